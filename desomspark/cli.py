@@ -1,0 +1,199 @@
+"""``desomspark <command>``: the command line of DESIGN.md.
+
+Each command parses its arguments, loads the configuration, builds what it
+needs (Spark session, lake, MLflow) and calls one library function.  Errors a
+user can fix (bad arguments, unusable input) end with one line on stderr and a
+non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from .config import Config, load_config
+
+EXIT_BAD_ARGS = 2
+EXIT_FAILED = 1
+
+
+class UserError(Exception):
+    """An error the user can fix: printed as one line, no traceback."""
+
+
+def _night(value: str) -> str:
+    if not re.fullmatch(r"\d{8}", value):
+        raise argparse.ArgumentTypeError(f"night must be YYYYMMDD, not {value!r}")
+    return value
+
+
+def _cell(value: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", value)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected X,Y, not {value!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _positive(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="desomspark", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, lake: bool = True, lake_required: bool = True):
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--master", default=None, help="Spark master (default: conf, local[*])")
+        p.add_argument("--conf", default=None, help="YAML file merged over conf/default.yaml")
+        if lake:
+            p.add_argument("--lake", required=lake_required, default=None if lake_required else "./lake",
+                           help="lake root: a local path or a URL Spark and fsspec can write")
+        return p
+
+    p = command("simulate", "write a simulated night of FITS exposures", lake=False)
+    p.add_argument("--out", required=True)
+    p.add_argument("--exposures", type=_positive, required=True)
+    p.add_argument("--ccds", type=_positive, default=None)
+    p.add_argument("--ccd-shape", type=_positive, nargs=2, metavar=("H", "W"), default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mix", choices=("balanced", "survey"), default="balanced")
+    p.add_argument("--compress", action="store_true", help="Rice-compress the CCDs (.fits.fz)")
+    p.add_argument("--processes", type=_positive, default=None)
+
+    p = command("ingest", "FITS exposures -> exposures/ ccds/ cutouts/ rejects/")
+    p.add_argument("--input", required=True, help="file, directory or glob (local or URL)")
+    p.add_argument("--night", type=_night, default=None)
+
+    p = command("train-desom1", "train DESOM-1 on the lake's cutouts (DDP via TorchDistributor)")
+    p.add_argument("--iterations", type=_positive, default=None)
+    p.add_argument("--processes", type=_positive, default=1)
+    p.add_argument("--gpu", action="store_true")
+    p.add_argument("--sample", type=_positive, default=None, help="cutouts in the training sample")
+    p.add_argument("--resume", action="store_true", help="continue the last interrupted run")
+    p.add_argument("--batch-size", type=_positive, default=None)
+    p.add_argument("--cluster", action="store_true", help="run the processes on executors (local_mode=False)")
+
+    p = command("histovectors", "cutouts -> DESOM-1 nodes -> 625-bin histo-vector per exposure")
+    p.add_argument("--desom1", default=None, help="MLflow model URI (default models:/desom1@champion)")
+    p.add_argument("--night", type=_night, default=None, help="only this night (default: all)")
+
+    p = command("train-desom2", "train DESOM-2 on the lake's histo-vectors")
+    p.add_argument("--iterations", type=_positive, default=None)
+    p.add_argument("--desom1", default=None, help="DESOM-1 version whose histo-vectors to use")
+
+    p = command("assign", "histo-vector -> DESOM-2 cell for each exposure")
+    p.add_argument("--desom2", default=None, help="MLflow model URI (default models:/desom2@champion)")
+    p.add_argument("--night", type=_night, default=None)
+
+    p = command("nightly", "ingest -> histo-vectors -> assign for one night, with the champion models")
+    p.add_argument("--input", required=True)
+    p.add_argument("--night", type=_night, required=True)
+
+    p = command("report", "write the HTML report of the lake")
+    p.add_argument("--out", required=True)
+
+    p = command("promote", "move alias 'champion' to a model version")
+    p.add_argument("--model", choices=("desom1", "desom2"), required=True)
+    p.add_argument("--version", required=True)
+
+    p = command("label", "label a DESOM-2 cell")
+    p.add_argument("--cell", type=_cell, required=True)
+    p.add_argument("--label", default=None)
+    p.add_argument("--unlabel", action="store_true")
+
+    p = command("export", "write exposure -> cell -> label")
+    p.add_argument("--format", choices=("csv", "parquet"), required=True)
+    p.add_argument("--out", required=True)
+
+    p = command("similar", "exposures nearest to one in the DESOM-2 latent space")
+    p.add_argument("--exposure", required=True)
+    p.add_argument("-k", type=_positive, default=10)
+
+    p = command("filter", "exposures rich in one DESOM-1 node")
+    p.add_argument("--node", type=_cell, required=True)
+    p.add_argument("--min-fraction", type=float, required=True)
+
+    command("evaluate", "score the map against ground-truth labels (simulated data)")
+    p = command("demo", "simulate a small night and run the whole chain on it", lake_required=False)
+    p.add_argument("--exposures", type=_positive, default=36)
+    return parser
+
+
+# --- commands -----------------------------------------------------------------
+
+def _spark(args, cfg: Config):
+    from .spark import get_spark
+
+    return get_spark(cfg.spark, master=args.master)
+
+
+def _lake(args):
+    from .lake import Lake
+
+    return Lake(args.lake)
+
+
+def cmd_simulate(args, cfg: Config) -> int:
+    from dataclasses import replace
+
+    from .simulate import simulate_night
+
+    sim = cfg.simulate
+    if args.ccds or args.ccd_shape:
+        from .simulate import small_config
+
+        sim = small_config(sim, args.ccds or sim.n_ccds, tuple(args.ccd_shape or sim.ccd_shape))
+    paths = simulate_night(args.out, args.exposures, replace(sim), seed=args.seed, mix=args.mix,
+                           compress=args.compress, processes=args.processes)
+    print(f"simulate: wrote {len(paths)} exposures and truth.csv to {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_ingest(args, cfg: Config) -> int:
+    from .ingest import ingest, main_summary_exit
+
+    spark = _spark(args, cfg)
+    summary = ingest(spark, args.input, _lake(args), night=args.night, cfg=cfg.ingest)
+    return main_summary_exit(summary)
+
+
+def _not_built(args, cfg: Config) -> int:
+    print(f"desomspark {args.command}: not built yet", file=sys.stderr)
+    return EXIT_FAILED
+
+
+COMMANDS = {
+    "simulate": cmd_simulate,
+    "ingest": cmd_ingest,
+}
+
+
+def _dispatch(name: str):
+    return COMMANDS.get(name, _not_built)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.conf)
+    except (OSError, ValueError) as exc:
+        print(f"desomspark {args.command}: bad --conf: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    try:
+        return int(_dispatch(args.command)(args, cfg) or 0)
+    except (UserError, FileNotFoundError, ValueError, PermissionError) as exc:
+        print(f"desomspark {args.command}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"desomspark {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Configuration: YAML files in ``conf/`` turned into typed dataclasses.
+
+Every stage takes one of the dataclasses below, so the numbers that steer a run
+(detection threshold, map size, temperature schedule...) are visible in one
+place (``conf/default.yaml``) and recorded with the run.  A user file given with
+``--conf`` is merged over the defaults key by key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str | None = "local[*]"
+    app_name: str = "desomspark"
+    properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LakeConfig:
+    root: str = "./lake"
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    tracking_uri: str | None = None
+    experiment: str = "desomspark"
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    n_ccds: int = 36
+    ccd_shape: tuple[int, int] = (4612, 2048)
+    pixel_scale: float = 0.187
+    ccd_columns: int = 9
+    gain: float = 1.6
+    read_noise: float = 5.0
+    sky_rate: float = 8.0
+    zero_point: float = 26.5
+    exptime: float = 300.0
+    star_density: float = 1500
+    galaxy_density: float = 5000
+    mag_bright: float = 15.0
+    mag_limit: float = 25.0
+    saturation: int = 65535
+    p_dead_ccd: float = 0.02
+    p_hot_column: float = 0.10
+    cosmic_rays_per_mpx: float = 3.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    detect_thresh: float = 2.0
+    min_area: int = 5
+    filter_fwhm: float = 3.0
+    filter_size: int = 7
+    back_size: int = 64
+    back_filter_size: int = 3
+    deblend_nthresh: int = 32
+    deblend_cont: float = 0.0
+    clean: bool = True
+    clean_param: float = 1.0
+    edge_margin: int = 37
+    max_per_ccd: int = 100
+    cutout_size: int = 32
+    clip_percentiles: tuple[float, float] = (1.0, 95.0)
+    min_ccd_side: int = 128
+
+
+@dataclass(frozen=True)
+class Desom1Config:
+    map_shape: tuple[int, int] = (25, 25)
+    latent_dim: int = 160
+    conv_channels: tuple[int, ...] = (32, 64, 128)
+    dense_units: int = 512
+    gamma: float = 0.0075
+    t_max: float = 10.0
+    t_min: float = 0.5
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    iterations: int = 100_000
+    sample: int = 1_000_000
+    seed: int = 42
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    max_in_memory_bytes: float = 8e9
+
+
+@dataclass(frozen=True)
+class Desom2Config:
+    map_shape: tuple[int, int] | None = (20, 20)
+    exposures_per_cell: int = 4
+    hidden: tuple[int, ...] = (450, 300)
+    latent_dim: int = 100
+    gamma: float = 0.001
+    t_max: float = 10.0
+    t_min: float = 0.1
+    batch_size: int = 256
+    learning_rate: float = 2e-3
+    iterations: int = 10_000
+    seed: int = 42
+    clip_sigma: float = 3.0
+    log_every: int = 500
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    desom1: Desom1Config = field(default_factory=Desom1Config)
+    desom2: Desom2Config = field(default_factory=Desom2Config)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def conf_dir() -> Path:
+    """The ``conf/`` folder holding ``default.yaml``.
+
+    ``$DESOMSPARK_CONF_DIR`` if set; else the checkout's ``conf/`` (editable
+    installs, spark-submit from the repository); else the copy that
+    ``setup.py`` installs under ``<prefix>/share/desomspark/conf``.
+    """
+    if "DESOMSPARK_CONF_DIR" in os.environ:
+        return Path(os.environ["DESOMSPARK_CONF_DIR"])
+    for candidate in (Path(__file__).resolve().parents[1] / "conf",
+                      Path(sys.prefix) / "share" / "desomspark" / "conf"):
+        if (candidate / "default.yaml").exists():
+            return candidate
+    raise FileNotFoundError("conf/default.yaml not found; set DESOMSPARK_CONF_DIR")
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Make dataclass ``cls`` from ``values``, refusing unknown keys (typos)."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(known)
+    if unknown:
+        raise ValueError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in values.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        if name == "properties" and isinstance(value, dict):
+            value = {str(k): str(v) for k, v in value.items()}
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
+    """Read ``default.yaml``, merge the user file at ``path`` and ``overrides`` over it.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A YAML file with any subset of the sections of ``default.yaml``.
+    overrides : dict, optional
+        Nested mapping merged last (used by the command line, e.g. ``--iterations``).
+
+    Returns
+    -------
+    Config
+    """
+    values = yaml.safe_load((conf_dir() / "default.yaml").read_text()) or {}
+    if path is not None:
+        user = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(user, dict):
+            raise ValueError(f"{path}: a YAML mapping was expected")
+        values = _merge(values, user)
+    if overrides:
+        values = _merge(values, overrides)
+    sections = {f.name: f.type for f in dataclasses.fields(Config)}
+    unknown = set(values) - set(sections)
+    if unknown:
+        raise ValueError(f"unknown section(s) in configuration: {', '.join(sorted(unknown))}")
+    built = {}
+    for f in dataclasses.fields(Config):
+        cls = f.default_factory  # the section's dataclass
+        built[f.name] = _build(cls, values.get(f.name) or {}, f.name)
+    return Config(**built)

@@ -1,0 +1,259 @@
+"""Ingest: FITS exposures -> exposures/, ccds/, cutouts/, rejects/ (Spark).
+
+The stages, each a Spark job over plain functions:
+
+1. the driver lists the input files (it opens none of them);
+2. *scan*: one task per file reads its headers (:func:`fitsio.scan_file`) and
+   lists its image HDUs; file- and HDU-level problems become rejects;
+3. *process*: one task per (file, HDU), so the 36 CCDs of an exposure spread
+   over executors; each reads its own HDU by path (:func:`fitsio.read_ccd`)
+   and runs :func:`detect.process_ccd`;
+4. the four tables are written to a staging folder and committed night by
+   night (:meth:`Lake.commit_nights`): a re-run replaces, never duplicates.
+
+Every input file ends in ``exposures/`` (status ok or partial) or as a
+file-level row of ``rejects/``.
+"""
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import pyarrow as pa
+
+from . import schema
+from .config import IngestConfig
+from .detect import process_ccd
+from .fitsio import FileScan, Reject, list_inputs, read_ccd, scan_file
+from .lake import Lake
+
+TABLES = ("exposures", "ccds", "cutouts", "rejects")
+UNKNOWN_NIGHT = "unknown"
+
+
+@dataclass
+class IngestSummary:
+    files: int
+    ok: int
+    partial: int
+    rejected: int
+    ccds: int
+    dead_ccds: int
+    cutouts: int
+    nights: list[str]
+
+    def line(self) -> str:
+        return (f"ingest: {self.files} files: {self.ok} ok, {self.partial} partial, {self.rejected} rejected; "
+                f"{self.ccds} CCDs ({self.dead_ccds} dead), {self.cutouts} cutouts; nights {', '.join(self.nights)}")
+
+
+def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
+    """Read and process one HDU: the ``ccds`` row plus its cutouts (a Spark task)."""
+    row = dict(night=task["night"], exposure_id=task["exposure_id"], hdu_index=task["hdu_index"],
+               extname=task["extname"], ccd_row=task["ccd_row"], ccd_col=task["ccd_col"],
+               height=task["height"], width=task["width"])
+    try:
+        image = read_ccd(task["path"], task["hdu_index"])
+        result = process_ccd(image, task["exposure_id"], task["hdu_index"], cfg)
+    except Reject as exc:
+        return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
+                          reject_reason=exc.reason, reject_detail=exc.detail, thumbnail=None,
+                          thumbnail_height=0, thumbnail_width=0, cutouts=[])
+    except Exception as exc:  # sep or numpy on a pathological image: reject, don't fail the night
+        return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
+                          reject_reason="unreadable_data", reject_detail=f"{type(exc).__name__}: {exc}"[:500],
+                          thumbnail=None, thumbnail_height=0, thumbnail_width=0, cutouts=[])
+    weight = float(result.weight)
+    cutouts = [(int(i), float(x), float(y), float(f), weight, bytearray(p))
+               for i, x, y, f, p in zip(result.source_index, result.x, result.y, result.flux, result.pixels)]
+    return row | dict(n_detected=result.n_detected, n_sampled=result.n_sampled,
+                      background=result.background, background_rms=result.background_rms, dead=result.dead,
+                      reject_reason=result.reject_reason, reject_detail=result.reject_detail,
+                      thumbnail=bytearray(result.thumbnail) if result.thumbnail else None,
+                      thumbnail_height=result.thumbnail_shape[0], thumbnail_width=result.thumbnail_shape[1],
+                      cutouts=cutouts)
+
+
+def _as_tuple(row: dict, columns: list[str]) -> tuple:
+    return tuple(row[c] for c in columns)
+
+
+def _result_schema():
+    """Spark schema of a per-CCD task result: the ccds columns + reject detail + nested cutouts."""
+    from pyspark.sql.types import ArrayType, StringType, StructField, StructType
+
+    ccds = schema.spark_schema("ccds")
+    cut = schema.spark_schema(pa.schema([f for f in schema.CUTOUTS
+                                         if f.name not in ("night", "exposure_id", "hdu_index")]))
+    return StructType(list(ccds.fields) + [StructField("reject_detail", StringType()),
+                                           StructField("cutouts", ArrayType(cut))])
+
+
+def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], list[dict], list[dict]]:
+    """Turn file scans into exposure rows (partial), HDU tasks and rejects.
+
+    Exposures take ``night`` when given, else the night of their header.
+    Rejects of files whose night is unknown go to the run's night: ``night``,
+    else the most common night of the run's exposures.
+    """
+    exposures, tasks, rejects = [], [], []
+    seen: dict[tuple[str, str], str] = {}
+    for scan in scans:
+        n = night or scan.night
+        if scan.file_reject is None and n is not None:
+            key = (n, scan.exposure_id)
+            if key in seen:
+                scan.file_reject = ("duplicate_exposure", f"exposure {scan.exposure_id} is also {seen[key]}")
+            else:
+                seen[key] = scan.path
+        if scan.file_reject is None and n is None:
+            scan.file_reject = ("bad_header", "no DATE-OBS or MJD-OBS to place it in a night; give --night")
+        if scan.file_reject is not None:
+            reason, detail = scan.file_reject
+            rejects.append(dict(night=n, path=scan.path, hdu_index=None, extname=None, reason=reason, detail=detail))
+            rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
+            continue
+        exposures.append(dict(night=n, exposure_id=scan.exposure_id, path=scan.path,
+                              n_hdus=len(scan.hdus) + len(scan.rejects), n_hdu_rejects=len(scan.rejects),
+                              **scan.meta))
+        rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
+        for hdu in scan.hdus:
+            tasks.append(dict(path=scan.path, night=n, exposure_id=scan.exposure_id, **asdict(hdu)))
+    run_night = night or (Counter(e["night"] for e in exposures).most_common(1) or [(UNKNOWN_NIGHT, 0)])[0][0]
+    for r in rejects:
+        r["night"] = r["night"] or run_night
+    return exposures, tasks, rejects
+
+
+def finish_exposures(exposures: list[dict], ccds: pd.DataFrame, scans_rejects: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
+    """Exposure rows with their CCD counts and status; exposures without a usable CCD become rejects."""
+    per_exp = ccds.groupby("exposure_id").agg(
+        n_used=("reject_reason", lambda s: int(s.isna().sum())),
+        n_rej=("reject_reason", lambda s: int(s.notna().sum())),
+        n_dead=("dead", "sum"), n_detected=("n_detected", "sum"), n_cutouts=("n_sampled", "sum"),
+    ) if len(ccds) else pd.DataFrame(columns=["n_used", "n_rej", "n_dead", "n_detected", "n_cutouts"])
+    rows, rejects = [], []
+    for e in exposures:
+        s = per_exp.loc[e["exposure_id"]] if e["exposure_id"] in per_exp.index else None
+        n_used = int(s["n_used"]) if s is not None else 0
+        n_rej = (int(s["n_rej"]) if s is not None else 0) + e["n_hdu_rejects"]
+        if n_used == 0:
+            rejects.append(dict(night=e["night"], path=e["path"], hdu_index=None, extname=None,
+                                reason="no_usable_ccd", detail=f"{n_rej} HDU(s) rejected"))
+            continue
+        rows.append(dict(
+            night=e["night"], exposure_id=e["exposure_id"], path=e["path"],
+            status="ok" if n_rej == 0 else "partial", n_hdus=e["n_hdus"], n_ccds_used=n_used,
+            n_ccds_dead=int(s["n_dead"]), n_ccds_rejected=n_rej, n_detected=int(s["n_detected"]),
+            n_cutouts=int(s["n_cutouts"]), **{k: e.get(k) for k in
+                                              ("exptime", "filter", "mjd_obs", "date_obs", "airmass", "object",
+                                               "truth_label", "truth_kind")}))
+    return pd.DataFrame(rows, columns=schema.EXPOSURES.names), rejects
+
+
+def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
+           cfg: IngestConfig = IngestConfig(), log=print) -> IngestSummary:
+    """Ingest the FITS files matching ``input_spec`` into ``lake``.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    input_spec : str
+        A file, a directory or a glob; local or fsspec URL.
+    lake : Lake
+    night : str, optional
+        ``YYYYMMDD`` for every file; default: from each file's DATE-OBS/MJD-OBS.
+    cfg : IngestConfig
+
+    Returns
+    -------
+    IngestSummary
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing matches ``input_spec``.
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    sc = spark.sparkContext
+    files = list_inputs(input_spec)
+    log(f"ingest: {len(files)} input files")
+
+    # stage 1: headers, one task per file
+    min_side = max(cfg.min_ccd_side, 2 * cfg.edge_margin + cfg.cutout_size)
+    scans = sc.parallelize(files, len(files)).map(lambda p: scan_file(p, min_side)).collect()
+    exposures, tasks, rejects = plan_night(scans, night)
+    log(f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far")
+
+    # stage 2: one task per CCD HDU (parallelize with one slice per element)
+    result_schema = _result_schema()
+    columns = [f.name for f in result_schema.fields]
+    if tasks:
+        rdd = sc.parallelize(tasks, len(tasks)).map(lambda t: _as_tuple(_ccd_task(t, cfg), columns))
+        results = spark.createDataFrame(rdd, result_schema).persist(StorageLevel.MEMORY_AND_DISK)
+    else:
+        results = spark.createDataFrame([], result_schema)
+    summary_cols = [c for c in columns if c not in ("cutouts", "thumbnail")]
+    ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
+
+    exposure_df, late_rejects = finish_exposures(exposures, ccd_rows, rejects)
+    rejects = rejects + late_rejects
+    path_of = {(t["night"], t["exposure_id"]): t["path"] for t in tasks}
+    for r in ccd_rows[ccd_rows["reject_reason"].notna()].itertuples():
+        rejects.append(dict(night=r.night, path=path_of[(r.night, r.exposure_id)], hdu_index=int(r.hdu_index),
+                            extname=r.extname, reason=r.reject_reason, detail=r.reject_detail))
+    # exposures without a usable CCD were rejected as files: their CCDs leave no rows
+    dropped = sorted({f"{n}/{e}" for n, e in path_of} - {f"{n}/{e}" for n, e in
+                                                          zip(exposure_df["night"], exposure_df["exposure_id"])})
+
+    staging = lake.new_staging()
+    n_tasks = max(1, len(tasks))
+    files_per_night = max(1, min(64, n_tasks // 200))  # ~20k cutouts a file at 100 per CCD
+    keep = ~F.concat_ws("/", "night", "exposure_id").isin(dropped) if dropped else F.lit(True)
+    ccds_df = results.select(*schema.CCDS.names).where(keep)
+    cut_fields = [f.name for f in schema.CUTOUTS if f.name not in ("night", "exposure_id", "hdu_index")]
+    cutouts_df = (results.where(keep).select("night", "exposure_id", "hdu_index", F.explode("cutouts").alias("c"))
+                  .select("night", "exposure_id", "hdu_index", *[F.col(f"c.{f}").alias(f) for f in cut_fields]))
+    _write(ccds_df.coalesce(files_per_night), lake, staging, "ccds")
+    _write(cutouts_df.coalesce(files_per_night).sortWithinPartitions("exposure_id", "hdu_index", "source_index"),
+           lake, staging, "cutouts")
+    _write_pandas(spark, exposure_df, lake, staging, "exposures")
+    _write_pandas(spark, pd.DataFrame(rejects, columns=schema.REJECTS.names), lake, staging, "rejects")
+    nights = sorted({e["night"] for e in exposures} | {r["night"] for r in rejects})
+    used = ccd_rows[ccd_rows["reject_reason"].isna()]
+    summary = IngestSummary(
+        files=len(files), ok=int((exposure_df["status"] == "ok").sum()),
+        partial=int((exposure_df["status"] == "partial").sum()),
+        rejected=sum(1 for r in rejects if r["hdu_index"] is None),
+        ccds=int(len(used)), dead_ccds=int(used["dead"].sum()) if len(used) else 0,
+        cutouts=int(used["n_sampled"].sum()) if len(used) else 0, nights=nights)
+    lake.commit_nights(staging, list(TABLES), nights, summary={"files": summary.files})
+    results.unpersist()
+    assert summary.ok + summary.partial + summary.rejected == summary.files, "an input file was lost"
+    log(summary.line())
+    return summary
+
+
+def _write(df, lake: Lake, staging: str, table: str) -> None:
+    df.write.mode("overwrite").option("compression", "zstd").partitionBy("night").parquet(
+        lake.spark_path(staging, table))
+
+
+def _write_pandas(spark, frame: pd.DataFrame, lake: Lake, staging: str, table: str) -> None:
+    """Write a small driver-side table through Spark (the lake may be remote)."""
+    if frame.empty:
+        return
+    arrow = schema.conform(pa.Table.from_pandas(frame, preserve_index=False), table)
+    _write(spark.createDataFrame(arrow.to_pandas(), schema.spark_schema(table)).coalesce(1), lake, staging, table)
+
+
+def main_summary_exit(summary: IngestSummary) -> int:
+    """Exit status of the ingest command: non-zero only when nothing usable was found."""
+    if summary.ok + summary.partial == 0:
+        print("ingest: no usable exposure among the inputs (see rejects/)", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,153 @@
+"""The lake: where each table lives, how a night is committed, how tables are read.
+
+Layout under the lake root (a local path or an fsspec URL)::
+
+    <table>/night=YYYYMMDD/part-*.parquet   exposures, ccds, cutouts, rejects,
+                                            histovectors, assignments
+    labels/part-*.parquet                   expert cell labels
+    _staging/<run>/<table>/night=...        a run's output before commit
+    _nights/<table>/<night>.json            commit record of a night's partition
+    mlflow.db, mlartifacts/                 the embedded MLflow store
+    checkpoints/, training/                 training state and samples
+
+A stage writes a night to ``_staging`` first and then *commits* it: the old
+partition is removed and the staged one moved in, table by table.  Re-running
+a night therefore replaces its rows instead of adding to them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from . import schema
+
+
+@dataclass(frozen=True)
+class Lake:
+    """A lake root.  ``Lake("./lake")``, ``Lake("s3a://bucket/desom")``."""
+
+    root: str
+
+    def __post_init__(self):
+        parsed = urlparse(self.root)
+        if parsed.scheme in ("", "file"):
+            path = parsed.path if parsed.scheme == "file" else self.root
+            object.__setattr__(self, "root", os.path.abspath(path))
+
+    # --- locations ---------------------------------------------------------
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if self.is_local:
+            return fsspec.filesystem("file")
+        protocol = urlparse(self.root).scheme
+        return fsspec.filesystem({"s3a": "s3", "s3n": "s3"}.get(protocol, protocol))
+
+    def path(self, *parts: str) -> str:
+        """A location inside the lake; parts that would leave it are refused."""
+        for part in parts:
+            if part.startswith("/") or ".." in part.split("/"):
+                raise ValueError(f"path {part!r} would leave the lake")
+        return posixpath.join(self.root, *parts)
+
+    def table(self, name: str) -> str:
+        if name not in schema.TABLES:
+            raise KeyError(f"unknown table {name!r}")
+        return self.path(name)
+
+    def spark_path(self, *parts: str) -> str:
+        """The same location as Spark wants it (``file://`` for local paths)."""
+        p = self.path(*parts)
+        return "file://" + p if self.is_local else p
+
+    def _fs_path(self, p: str) -> str:
+        return p if self.is_local else p.split("://", 1)[1]
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.exists(self._fs_path(self.path(*parts)))
+
+    def makedirs(self, *parts: str) -> str:
+        p = self.path(*parts)
+        self.fs.makedirs(self._fs_path(p), exist_ok=True)
+        return p
+
+    # --- staging and commit -------------------------------------------------
+    def new_staging(self) -> str:
+        """A fresh staging folder for one run (relative to the lake)."""
+        return posixpath.join("_staging", uuid.uuid4().hex)
+
+    def commit_nights(self, staging: str, tables: list[str], nights: list[str],
+                      summary: dict | None = None) -> None:
+        """Replace partition ``night=N`` of each table by the staged one, for every night.
+
+        A table that staged no rows for a night ends with no rows for it (the
+        old partition is removed all the same).
+        """
+        fs = self.fs
+        for table in tables:
+            for night in sorted(set(nights)):
+                part = f"night={night}"
+                target = self._fs_path(self.path(table, part))
+                staged = self._fs_path(self.path(staging, table, part))
+                if fs.exists(target):
+                    fs.rm(target, recursive=True)
+                if fs.exists(staged):
+                    fs.makedirs(posixpath.dirname(target), exist_ok=True)
+                    fs.mv(staged, target, recursive=True)
+                record = self._fs_path(self.path("_nights", table, f"{night}.json"))
+                fs.makedirs(posixpath.dirname(record), exist_ok=True)
+                with fs.open(record, "w") as fh:
+                    json.dump({"table": table, "night": night, **(summary or {})}, fh)
+        fs.rm(self._fs_path(self.path(staging)), recursive=True)
+
+    # --- reading ------------------------------------------------------------
+    def nights(self, table: str) -> list[str]:
+        """Nights present in a table."""
+        base = self._fs_path(self.table(table))
+        if not self.fs.exists(base):
+            return []
+        names = [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(base, detail=False)]
+        return sorted(n.split("=", 1)[1] for n in names if n.startswith("night="))
+
+    def dataset(self, table: str) -> ds.Dataset:
+        """A pyarrow dataset over a table (partition column ``night`` included)."""
+        base = self.table(table)
+        sch = schema.TABLES[table]
+        if table == "labels":
+            return ds.dataset(self._fs_path(base), schema=sch, format="parquet", filesystem=self._arrow_fs())
+        fields = [f for f in sch if f.name != "night"]
+        file_schema = pa.schema(fields)
+        part = ds.partitioning(pa.schema([("night", pa.string())]), flavor="hive")
+        return ds.dataset(self._fs_path(base), schema=file_schema.append(pa.field("night", pa.string())),
+                          format="parquet", partitioning=part, filesystem=self._arrow_fs(),
+                          exclude_invalid_files=True)
+
+    def _arrow_fs(self):
+        if self.is_local:
+            return None
+        from pyarrow.fs import PyFileSystem, FSSpecHandler
+
+        return PyFileSystem(FSSpecHandler(self.fs))
+
+    def read(self, table: str, nights: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:
+        """A whole table (or some nights of it) as Arrow, in the schema's column order."""
+        if not self.exists(table):
+            t = schema.empty_table(table)
+            return t.select(columns) if columns else t
+        dataset = self.dataset(table)
+        flt = ds.field("night").isin(nights) if nights is not None and table != "labels" else None
+        cols = columns or schema.TABLES[table].names
+        t = dataset.to_table(columns=cols, filter=flt)
+        out = schema.TABLES[table]
+        return t.cast(pa.schema([out.field(c) for c in cols])) if not columns else t
