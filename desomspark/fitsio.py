@@ -145,6 +145,13 @@ def _card(header: fits.Header, key: str, kind=str, default=None):
         return default
 
 
+def file_reason(hdu_reasons: list[str]) -> tuple[str, str]:
+    """The reject of a file none of whose HDUs could be used: their common reason, if they share one."""
+    unique = sorted(set(hdu_reasons))
+    reason = unique[0] if len(unique) == 1 else "no_usable_ccd"
+    return reason, f"no usable HDU: {len(hdu_reasons)} rejected ({', '.join(unique)})"
+
+
 @dataclass
 class HduInfo:
     hdu_index: int
@@ -216,7 +223,7 @@ def scan_file(path: str, min_side: int = 128) -> FileScan:
         scan.file_reject = ("bad_header", f"{type(exc).__name__}: {exc}"[:500])
     if scan.file_reject is None and not scan.hdus:
         if scan.rejects:
-            scan.file_reject = ("no_usable_ccd", f"{len(scan.rejects)} HDU(s) rejected")
+            scan.file_reject = file_reason([r["reason"] for r in scan.rejects])
         else:
             scan.file_reject = ("no_image_hdu", "no 2-D image HDU with data")
     return scan

@@ -26,7 +26,7 @@ import pyarrow as pa
 from . import schema
 from .config import IngestConfig
 from .detect import process_ccd
-from .fitsio import FileScan, Reject, list_inputs, read_ccd, scan_file
+from .fitsio import FileScan, Reject, file_reason, list_inputs, read_ccd, scan_file
 from .lake import Lake
 
 TABLES = ("exposures", "ccds", "cutouts", "rejects")
@@ -116,7 +116,8 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
             rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
             continue
         exposures.append(dict(night=n, exposure_id=scan.exposure_id, path=scan.path,
-                              n_hdus=len(scan.hdus) + len(scan.rejects), n_hdu_rejects=len(scan.rejects),
+                              n_hdus=len(scan.hdus) + len(scan.rejects),
+                              hdu_reject_reasons=[r["reason"] for r in scan.rejects],
                               **scan.meta))
         rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
         for hdu in scan.hdus:
@@ -129,19 +130,23 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
 
 def finish_exposures(exposures: list[dict], ccds: pd.DataFrame, scans_rejects: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
     """Exposure rows with their CCD counts and status; exposures without a usable CCD become rejects."""
-    per_exp = ccds.groupby("exposure_id").agg(
+    per_exp = ccds.groupby(["night", "exposure_id"]).agg(
         n_used=("reject_reason", lambda s: int(s.isna().sum())),
         n_rej=("reject_reason", lambda s: int(s.notna().sum())),
         n_dead=("dead", "sum"), n_detected=("n_detected", "sum"), n_cutouts=("n_sampled", "sum"),
     ) if len(ccds) else pd.DataFrame(columns=["n_used", "n_rej", "n_dead", "n_detected", "n_cutouts"])
     rows, rejects = [], []
     for e in exposures:
-        s = per_exp.loc[e["exposure_id"]] if e["exposure_id"] in per_exp.index else None
+        key = (e["night"], e["exposure_id"])
+        s = per_exp.loc[key] if key in per_exp.index else None
         n_used = int(s["n_used"]) if s is not None else 0
-        n_rej = (int(s["n_rej"]) if s is not None else 0) + e["n_hdu_rejects"]
+        n_rej = (int(s["n_rej"]) if s is not None else 0) + len(e["hdu_reject_reasons"])
         if n_used == 0:
+            reasons = e["hdu_reject_reasons"] + list(
+                ccds.loc[(ccds["night"] == key[0]) & (ccds["exposure_id"] == key[1]), "reject_reason"].dropna())
+            reason, detail = file_reason(reasons)
             rejects.append(dict(night=e["night"], path=e["path"], hdu_index=None, extname=None,
-                                reason="no_usable_ccd", detail=f"{n_rej} HDU(s) rejected"))
+                                reason=reason, detail=detail))
             continue
         rows.append(dict(
             night=e["night"], exposure_id=e["exposure_id"], path=e["path"],

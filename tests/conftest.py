@@ -1,0 +1,55 @@
+"""Shared fixtures: a real local Spark session and small simulated nights on disk."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+
+import pytest
+
+from desomspark.config import load_config
+from desomspark.simulate import simulate_night, small_config
+
+# Spark's Python workers must run the interpreter that has the project
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+#: the small camera of the tests: 4 CCDs of 512x512
+TEST_CCDS = 4
+TEST_SHAPE = (512, 512)
+
+
+@pytest.fixture(scope="session")
+def config():
+    return load_config()
+
+
+@pytest.fixture(scope="session")
+def small_sim(config):
+    """Simulation settings of the test camera, no dead CCDs (tests add their own)."""
+    return replace(small_config(config.simulate, TEST_CCDS, TEST_SHAPE), p_dead_ccd=0.0)
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from desomspark.config import SparkConfig
+    from desomspark.spark import get_spark
+
+    cfg = SparkConfig(master="local[2]", app_name="desomspark-tests", properties={
+        "spark.sql.shuffle.partitions": "4",
+        "spark.ui.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.driver.memory": "2g",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+    })
+    session = get_spark(cfg)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def night_dir(tmp_path_factory, small_sim):
+    """12 balanced exposures (2 of each class), 4 CCDs of 512x512."""
+    out = tmp_path_factory.mktemp("night")
+    simulate_night(out, 12, small_sim, seed=7, mix="balanced", processes=2, progress=False)
+    return out

@@ -1,0 +1,200 @@
+"""Ingest through a real local Spark session: bad files become rejects, nothing is lost or doubled."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+
+from desomspark.cutout import decode_pixels
+from desomspark.detect import process_ccd
+from desomspark.fitsio import read_ccd, scan_file
+from desomspark.ingest import ingest
+from desomspark.lake import Lake
+from desomspark.simulate import simulate_night
+
+NIGHT = "20251120"  # the simulator's MJD 61000.3 falls in this night
+
+
+def _mef(path, images, primary=None):
+    hdus = [fits.PrimaryHDU(header=primary)] + [fits.ImageHDU(im, name=f"ccd{i:02d}") for i, im in enumerate(images)]
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed_night(tmp_path_factory, night_dir):
+    """6 good simulated exposures plus one file of each kind of trouble."""
+    d = tmp_path_factory.mktemp("mixed")
+    good = sorted(night_dir.glob("*.fits"))[:6]
+    for p in good:
+        shutil.copy(p, d / p.name)
+    primary = fits.getheader(good[0], 0)
+    shape = (512, 512)
+    rng = np.random.default_rng(0)
+    expected = {}
+    # a corrupt header: starts like FITS, then garbage
+    (d / "corrupt.fits").write_bytes(b"SIMPLE  =                    T" + bytes(rng.integers(0, 256, 5000, dtype=np.uint8)))
+    expected["corrupt.fits"] = "bad_header"
+    # truncated inside the first CCD's data
+    raw = good[0].read_bytes()
+    (d / "truncated.fits").write_bytes(raw[: 2880 * 4 + 100_000])
+    expected["truncated.fits"] = "truncated"
+    (d / "empty.fits").write_bytes(b"")
+    expected["empty.fits"] = "empty_file"
+    (d / "notes.fits").write_text("observing log, not an image\n" * 50)
+    expected["notes.fits"] = "not_fits"
+    h = primary.copy(); h["EXPNUM"] = 77001
+    _mef(d / "allnan.fits", [np.full(shape, np.nan, np.float32)] * 2, h)
+    expected["allnan.fits"] = "all_nan"
+    h = primary.copy(); h["EXPNUM"] = 77002
+    fits.HDUList([fits.PrimaryHDU(header=h), fits.BinTableHDU.from_columns(
+        [fits.Column(name="a", format="E", array=np.arange(3.0))])]).writeto(d / "table.fits")
+    expected["table.fits"] = "no_image_hdu"
+    h = primary.copy(); h["EXPNUM"] = 77003
+    _mef(d / "cube.fits", [np.zeros((3, 256, 256), np.float32)], h)
+    expected["cube.fits"] = "wrong_dimensions"
+    # one NaN CCD among good ones: usable, status partial
+    with fits.open(good[1]) as src:
+        images = [hdu.data.astype(np.float32) for hdu in src[1:]]
+    images[2][:] = np.nan
+    h = primary.copy(); h["EXPNUM"] = 77004
+    _mef(d / "partial.fits", images, h)
+    return d, expected
+
+
+@pytest.fixture(scope="module")
+def ingested(spark, mixed_night, tmp_path_factory, config):
+    d, expected = mixed_night
+    lake = Lake(str(tmp_path_factory.mktemp("lake")))
+    summary = ingest(spark, str(d), lake, cfg=config.ingest, log=lambda m: None)
+    return lake, summary, d, expected
+
+
+def _sorted(table: pd.DataFrame, keys):
+    return table.sort_values(keys).reset_index(drop=True)
+
+
+def test_every_file_accounted_for(ingested):
+    lake, summary, d, expected = ingested
+    inputs = {str(p) for p in d.iterdir()}
+    exposures = lake.read("exposures").to_pandas()
+    rejects = lake.read("rejects").to_pandas()
+    file_rejects = rejects[rejects["hdu_index"].isna()]
+    assert set(exposures["path"]).isdisjoint(file_rejects["path"])
+    assert set(exposures["path"]) | set(file_rejects["path"]) == inputs
+    assert len(file_rejects) == len(set(file_rejects["path"]))
+    assert summary.files == len(inputs) == summary.ok + summary.partial + summary.rejected
+    assert (summary.ok, summary.partial, summary.rejected) == (6, 1, len(expected))
+
+
+def test_reject_reasons(ingested):
+    lake, _, d, expected = ingested
+    rejects = lake.read("rejects").to_pandas()
+    file_rejects = rejects[rejects["hdu_index"].isna()].set_index("path")["reason"]
+    got = {p.split("/")[-1]: r for p, r in file_rejects.items()}
+    assert got == expected
+    assert (rejects["night"] == NIGHT).all()   # rejects without a date join the run's night
+    partial = rejects[rejects["path"].str.endswith("partial.fits")]
+    assert list(partial["reason"]) == ["all_nan"] and list(partial["extname"]) == ["CCD02"]
+    exposures = lake.read("exposures").to_pandas().set_index("exposure_id")
+    assert exposures.loc["77004", "status"] == "partial"
+    assert exposures.loc["77004", "n_ccds_rejected"] == 1 and exposures.loc["77004", "n_ccds_used"] == 3
+
+
+def test_cutouts_and_weights(ingested):
+    lake, _, _, _ = ingested
+    cutouts = lake.read("cutouts")
+    pixels = decode_pixels(cutouts.column("pixels"))
+    assert pixels.shape == (cutouts.num_rows, 32, 32) and cutouts.num_rows > 100
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+    assert np.allclose(pixels.max(axis=(1, 2)), 1.0)      # min-max scaled per cutout
+    ccds = lake.read("ccds").to_pandas()
+    c = cutouts.drop(["pixels"]).to_pandas().merge(ccds, on=["night", "exposure_id", "hdu_index"])
+    np.testing.assert_allclose(c["weight"], c["n_detected"] / c["n_sampled"], rtol=1e-6)
+    assert (ccds.loc[ccds["reject_reason"].isna(), "n_sampled"] <= 100).all()
+    per_ccd = c.groupby(["exposure_id", "hdu_index"]).size()
+    used = ccds[ccds["n_sampled"] > 0].set_index(["exposure_id", "hdu_index"])["n_sampled"]
+    assert per_ccd.sort_index().tolist() == used.sort_index().tolist()
+    # a cutout sits on its source: the centre of the stamp is brighter than its border
+    centre = pixels[:, 14:18, 14:18].mean(axis=(1, 2))
+    border = np.concatenate([pixels[:, :3].reshape(len(pixels), -1), pixels[:, -3:].reshape(len(pixels), -1)], 1)
+    assert np.median(centre) > np.median(border.mean(1)) + 0.2
+    exposures = lake.read("exposures").to_pandas()
+    assert exposures["truth_label"].notna().all()
+    assert exposures.set_index("exposure_id")["n_cutouts"].sum() == cutouts.num_rows
+
+
+def test_rerun_gives_identical_tables(spark, ingested, config):
+    lake, _, d, _ = ingested
+    before = {t: lake.read(t).to_pandas() for t in ("exposures", "ccds", "cutouts", "rejects")}
+    ingest(spark, str(d), lake, cfg=config.ingest, log=lambda m: None)
+    keys = {"exposures": ["exposure_id"], "ccds": ["exposure_id", "hdu_index"],
+            "cutouts": ["exposure_id", "hdu_index", "source_index"], "rejects": ["path", "hdu_index"]}
+    for table, k in keys.items():
+        after = lake.read(table).to_pandas()
+        assert len(after) == len(before[table]), table
+        pd.testing.assert_frame_equal(_sorted(after, k), _sorted(before[table], k), check_like=True)
+
+
+def test_file_url_and_night_override(spark, night_dir, tmp_path, config):
+    lake = Lake(str(tmp_path / "lake"))
+    summary = ingest(spark, f"file://{night_dir}/sim*.fits", lake, night="20260101", cfg=config.ingest,
+                     log=lambda m: None)
+    assert summary.ok == 12 and summary.nights == ["20260101"]
+    assert lake.nights("cutouts") == ["20260101"]
+    direct = lake.read("cutouts").to_pandas()
+    assert direct["exposure_id"].nunique() == 12
+
+
+def test_compressed_gives_the_same_cutouts(tmp_path, small_sim, config):
+    one = replace(small_sim, n_ccds=2)
+    plain = simulate_night(tmp_path / "p", 1, one, seed=3, progress=False)[0]
+    rice = simulate_night(tmp_path / "z", 1, one, seed=3, compress=True, progress=False)[0]
+    assert [h.hdu_index for h in scan_file(str(rice)).hdus] == [h.hdu_index for h in scan_file(str(plain)).hdus]
+    for hdu in (1, 2):
+        a = process_ccd(read_ccd(str(plain), hdu), "x", hdu, config.ingest)
+        b = process_ccd(read_ccd(str(rice), hdu), "x", hdu, config.ingest)
+        assert a.n_detected == b.n_detected > 0 and a.pixels == b.pixels
+
+
+def test_sampling_is_without_replacement_and_repeatable(night_dir, config):
+    image = read_ccd(str(sorted(night_dir.glob("*.fits"))[0]), 1)
+    cfg = replace(config.ingest, max_per_ccd=10)
+    a = process_ccd(image, "e1", 1, cfg)
+    b = process_ccd(image, "e1", 1, cfg)
+    c = process_ccd(image, "e2", 1, cfg)
+    assert a.n_detected > 10 and a.n_sampled == 10
+    assert len(set(a.source_index.tolist())) == 10
+    assert a.source_index.tolist() == b.source_index.tolist()
+    assert a.source_index.tolist() != c.source_index.tolist()
+    m = cfg.edge_margin
+    assert (a.x >= m).all() and (a.x <= image.shape[1] - 1 - m).all()
+
+
+def test_dead_ccds_are_flagged():
+    flat = process_ccd(np.full((256, 256), 1000.0, np.float32), "e", 1)
+    assert flat.dead and flat.reject_reason is None and flat.n_sampled == 0
+    nan = process_ccd(np.full((256, 256), np.nan, np.float32), "e", 1)
+    assert nan.dead and nan.reject_reason == "all_nan"
+
+
+def test_command_line_exit_status(tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.fits").write_text("nothing here")
+    lake = tmp_path / "lake"
+    run = lambda *a: subprocess.run([sys.executable, "-m", "desomspark.cli", "ingest", *a],
+                                    capture_output=True, text=True, timeout=300)
+    done = run("--input", str(bad), "--lake", str(lake), "--master", "local[1]")
+    assert done.returncode == 1
+    assert "no usable exposure" in done.stderr
+    assert Lake(str(lake)).read("rejects").column("reason").to_pylist() == ["not_fits"]
+    missing = run("--input", str(tmp_path / "nowhere/*.fits"), "--lake", str(lake))
+    assert missing.returncode == 1 and "no input file matches" in missing.stderr
+    assert run("--input", str(bad), "--lake", str(lake), "--night", "2025-11-20").returncode == 2
