@@ -12,7 +12,8 @@ import re
 import sys
 from pathlib import Path
 
-from .config import Config, load_config
+from .config import Config, conf_dir, load_config
+from .registry import RegistryError
 
 EXIT_BAD_ARGS = 2
 EXIT_FAILED = 1
@@ -162,6 +163,60 @@ def cmd_ingest(args, cfg: Config) -> int:
     return main_summary_exit(summary)
 
 
+def cmd_train_desom1(args, cfg: Config) -> int:
+    from .desom1 import train_desom1
+
+    train_desom1(_spark(args, cfg), _lake(args), cfg, iterations=args.iterations, processes=args.processes,
+                 gpu=args.gpu, sample_size=args.sample, resume=args.resume, batch_size=args.batch_size,
+                 cluster=args.cluster)
+    return 0
+
+
+def cmd_promote(args, cfg: Config) -> int:
+    from .registry import CHAMPION, promote
+
+    promote(_lake(args), cfg.mlflow, args.model, args.version)
+    print(f"promote: {args.model} version {args.version} is now '{CHAMPION}'")
+    return 0
+
+
+def cmd_histovectors(args, cfg: Config) -> int:
+    from .pipeline import run_histovectors
+
+    run_histovectors(_spark(args, cfg), _lake(args), cfg, args.desom1, [args.night] if args.night else None)
+    return 0
+
+
+def cmd_train_desom2(args, cfg: Config) -> int:
+    from .desom2 import train_desom2
+
+    train_desom2(_lake(args), cfg, iterations=args.iterations, desom1_version=args.desom1)
+    return 0
+
+
+def cmd_assign(args, cfg: Config) -> int:
+    from .pipeline import run_assign
+
+    run_assign(_spark(args, cfg), _lake(args), cfg, args.desom2, [args.night] if args.night else None)
+    return 0
+
+
+def cmd_nightly(args, cfg: Config) -> int:
+    from .pipeline import nightly
+
+    nightly(_spark(args, cfg), args.input, _lake(args), args.night, cfg)
+    return 0
+
+
+def cmd_demo(args, cfg: Config) -> int:
+    from .demo import demo
+
+    if args.conf is None:  # the demo's own small settings
+        cfg = load_config(conf_dir() / "local.yaml")
+    demo(_spark(args, cfg), _lake(args), cfg, n_exposures=args.exposures)
+    return 0
+
+
 def _not_built(args, cfg: Config) -> int:
     print(f"desomspark {args.command}: not built yet", file=sys.stderr)
     return EXIT_FAILED
@@ -170,6 +225,13 @@ def _not_built(args, cfg: Config) -> int:
 COMMANDS = {
     "simulate": cmd_simulate,
     "ingest": cmd_ingest,
+    "train-desom1": cmd_train_desom1,
+    "promote": cmd_promote,
+    "histovectors": cmd_histovectors,
+    "train-desom2": cmd_train_desom2,
+    "assign": cmd_assign,
+    "nightly": cmd_nightly,
+    "demo": cmd_demo,
 }
 
 
@@ -187,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_ARGS
     try:
         return int(_dispatch(args.command)(args, cfg) or 0)
-    except (UserError, FileNotFoundError, ValueError, PermissionError) as exc:
+    except (UserError, FileNotFoundError, ValueError, PermissionError, RegistryError) as exc:
         print(f"desomspark {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -159,6 +159,13 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ValueError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
     kwargs = {}
     for name, value in values.items():
+        declared = known[name].type  # a string: annotations are postponed
+        if isinstance(value, str) and declared in ("float", "int"):
+            # YAML 1.1 reads 8.0e9 (no exponent sign) as a string
+            try:
+                value = float(value) if declared == "float" else int(value)
+            except ValueError:
+                raise ValueError(f"[{where}] {name}: expected a number, not {value!r}") from None
         if isinstance(value, list):
             value = tuple(value)
         if name == "properties" and isinstance(value, dict):

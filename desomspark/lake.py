@@ -77,6 +77,21 @@ class Lake:
     def exists(self, *parts: str) -> bool:
         return self.fs.exists(self._fs_path(self.path(*parts)))
 
+    def open(self, *parts: str, mode: str = "rb"):
+        """Open a file inside the lake (parent folders are made when writing)."""
+        p = self._fs_path(self.path(*parts))
+        if "w" in mode:
+            self.fs.makedirs(posixpath.dirname(p), exist_ok=True)
+        return self.fs.open(p, mode)
+
+    def read_json(self, *parts: str):
+        with self.open(*parts, mode="r") as fh:
+            return json.load(fh)
+
+    def write_json(self, value, *parts: str) -> None:
+        with self.open(*parts, mode="w") as fh:
+            json.dump(value, fh, indent=1)
+
     def makedirs(self, *parts: str) -> str:
         p = self.path(*parts)
         self.fs.makedirs(self._fs_path(p), exist_ok=True)
@@ -112,6 +127,10 @@ class Lake:
         fs.rm(self._fs_path(self.path(staging)), recursive=True)
 
     # --- reading ------------------------------------------------------------
+    def spark_read(self, spark, table: str):
+        """A table as a Spark DataFrame, typed by the schema module (``night`` stays a string)."""
+        return spark.read.schema(schema.spark_schema(table)).parquet(self.spark_path(table))
+
     def nights(self, table: str) -> list[str]:
         """Nights present in a table."""
         base = self._fs_path(self.table(table))

@@ -1,0 +1,88 @@
+"""Ingest speed: the Spark job against a bare loop of the same calls, in one run.
+
+On the same full-size simulated exposures (36 CCDs of 2048x4612 each):
+
+(a) a bare serial loop: scan_file, then read_ccd + process_ccd per CCD
+    (astropy read + sep + cutouts), nothing written;
+(b) the Spark ingest with master local[1], writing the four tables;
+(c) the same with local[2].
+
+Prints seconds per CCD and the ratios (b)/(a) (target <= 1.15: Spark's cost
+on one core) and (b)/(c) (target >= 1.8: scaling over two cores).  Spark
+session start-up is timed apart: a nightly run pays it once.
+
+Run: python bench/ingest.py [--exposures N] [--data DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from desomspark.config import load_config
+from desomspark.detect import process_ccd
+from desomspark.fitsio import list_inputs, read_ccd, scan_file
+from desomspark.ingest import ingest
+from desomspark.lake import Lake
+from desomspark.simulate import simulate_night
+from desomspark.spark import get_spark
+
+
+def bare_loop(files: list[str], cfg) -> tuple[int, int]:
+    n_ccds = n_cutouts = 0
+    for path in files:
+        scan = scan_file(path, max(cfg.min_ccd_side, 2 * cfg.edge_margin + cfg.cutout_size))
+        for hdu in scan.hdus:
+            result = process_ccd(read_ccd(path, hdu.hdu_index), scan.exposure_id, hdu.hdu_index, cfg)
+            n_ccds += 1
+            n_cutouts += result.n_sampled
+    return n_ccds, n_cutouts
+
+
+def spark_run(master: str, data: Path, cfg) -> tuple[float, float, int, int]:
+    t = time.perf_counter()
+    spark = get_spark(cfg.spark, master=master)
+    startup = time.perf_counter() - t
+    lake_dir = tempfile.mkdtemp(prefix="bench-lake-")
+    try:
+        t = time.perf_counter()
+        summary = ingest(spark, str(data), Lake(lake_dir), cfg=cfg.ingest, log=lambda m: None)
+        elapsed = time.perf_counter() - t
+    finally:
+        spark.stop()
+        shutil.rmtree(lake_dir, ignore_errors=True)
+    return startup, elapsed, summary.ccds, summary.cutouts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exposures", type=int, default=2)
+    parser.add_argument("--data", default=".bench/ingest", help="where the simulated exposures are kept")
+    args = parser.parse_args()
+    cfg = load_config()
+    data = Path(args.data) / f"n{args.exposures}"
+    if len(list(data.glob("*.fits"))) != args.exposures:
+        shutil.rmtree(data, ignore_errors=True)
+        print(f"simulating {args.exposures} full-size exposures into {data} ...")
+        simulate_night(data, args.exposures, cfg.simulate, seed=3, mix="balanced", progress=False)
+    files = list_inputs(str(data))
+
+    t = time.perf_counter()
+    n_ccds, n_cut = bare_loop(files, cfg.ingest)
+    bare = time.perf_counter() - t
+    print(f"(a) bare loop        {bare:7.1f} s  {bare / n_ccds:6.3f} s/CCD  ({n_ccds} CCDs, {n_cut} cutouts)")
+    results = {}
+    for label, master in (("b", "local[1]"), ("c", "local[2]")):
+        startup, elapsed, ccds, cut = spark_run(master, data, cfg)
+        assert (ccds, cut) == (n_ccds, n_cut), "Spark and the bare loop disagree"
+        results[label] = elapsed
+        print(f"({label}) spark {master:9s} {elapsed:7.1f} s  {elapsed / ccds:6.3f} s/CCD  "
+              f"(+{startup:.1f} s session start)")
+    print(f"(b)/(a) = {results['b'] / bare:.3f}   (target <= 1.15)")
+    print(f"(b)/(c) = {results['b'] / results['c']:.3f}   (target >= 1.8)")
+
+
+if __name__ == "__main__":
+    main()

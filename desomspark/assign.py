@@ -1,0 +1,93 @@
+"""Assignment: histo-vector -> DESOM-2 cell, novelty distance, and the cell's expert label.
+
+A pandas UDF (``mapInPandas``) loads DESOM-2 once per Python worker and maps
+each exposure's histo-vector to its cell (x = column, y = row on the map) and
+its latent distance to the cell's prototype: an exposure far from every
+prototype is something the map has not seen.  Expert labels (``labels/``,
+last word per cell wins) are joined on the cell.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import schema
+from .desom2 import ModelMismatch, check_desom1
+from .histovector import cached_model
+from .lake import Lake
+from .model import split_inference
+
+
+@torch.no_grad()
+def map_counts(mapper, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cell, latent distance, latent vector) of raw histo-vectors (n, bins) through a DESOM-2 mapper."""
+    device = next(mapper.parameters()).device
+    node, dist, z = split_inference(mapper(torch.as_tensor(counts, dtype=torch.float32, device=device)))
+    return node.cpu().numpy(), dist.cpu().numpy(), z.cpu().numpy()
+
+
+def assign_rows(batches: Iterator[pd.DataFrame], model_uri: str, metadata: dict, desom2_version: str,
+                threads: int | None) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: histo-vectors -> cell and distance (labels come later)."""
+    mapper = cached_model(model_uri, threads=threads)
+    cols = int(metadata["map_shape"][1])
+    for batch in batches:
+        if batch.empty:
+            continue
+        for version in batch["desom1_version"].unique():
+            check_desom1(metadata, version)
+        node, dist, _ = map_counts(mapper, np.stack(batch["counts"].to_numpy()))
+        yield pd.DataFrame({"night": batch["night"], "exposure_id": batch["exposure_id"],
+                            "desom1_version": batch["desom1_version"], "desom2_version": desom2_version,
+                            "cell": node.astype(np.int32), "cell_x": (node % cols).astype(np.int32),
+                            "cell_y": (node // cols).astype(np.int32), "distance": dist.astype(np.float64)})
+
+
+def current_labels(lake: Lake, desom2_version: str) -> pd.DataFrame:
+    """The label of each cell of a DESOM-2 version: the latest entry per cell (null = unlabelled)."""
+    labels = lake.read("labels").to_pandas()
+    labels = labels[labels["desom2_version"] == str(desom2_version)]
+    if labels.empty:
+        return pd.DataFrame(columns=["cell_x", "cell_y", "label"])
+    latest = labels.sort_values("labelled_at").groupby(["cell_x", "cell_y"], as_index=False).last()
+    return latest[["cell_x", "cell_y", "label"]]
+
+
+def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_version: str,
+                      nights: list[str] | None = None, log=print) -> pd.DataFrame:
+    """Assign every exposure of ``nights`` (default: all nights with histo-vectors) and commit."""
+    from pyspark.sql import functions as F
+
+    desom1_version = str(metadata["desom1_version"])
+    nights = nights or lake.nights("histovectors")
+    if not nights:
+        raise ValueError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
+    vectors = (lake.spark_read(spark, "histovectors")
+               .where(F.col("night").isin(nights) & (F.col("desom1_version") == str(desom1_version))))
+    if vectors.limit(1).count() == 0:
+        other = lake.read("histovectors", nights=nights, columns=["desom1_version"]).column("desom1_version")
+        found = sorted(set(other.to_pylist()))
+        if found:
+            raise ModelMismatch(f"DESOM-2 v{desom2_version} needs histo-vectors of desom1 v{desom1_version}; "
+                                f"nights {', '.join(nights)} have only v{', v'.join(found)}")
+        raise ValueError(f"no histo-vectors for nights {', '.join(nights)}")
+    slots = max(1, spark.sparkContext.defaultParallelism)
+    threads = max(1, (os.cpu_count() or 1) // slots)
+    out_schema = "night string, exposure_id string, desom1_version string, desom2_version string, " \
+                 "cell int, cell_x int, cell_y int, distance double"
+    cells = vectors.mapInPandas(lambda it: assign_rows(it, model_uri, metadata, str(desom2_version), threads),
+                                out_schema)
+    labels = spark.createDataFrame(current_labels(lake, desom2_version).astype({"cell_x": "int32", "cell_y": "int32"}),
+                                   "cell_x int, cell_y int, label string")
+    result = cells.join(labels, on=["cell_x", "cell_y"], how="left").select(*schema.ASSIGNMENTS.names)
+    staging = lake.new_staging()
+    result.coalesce(max(1, len(nights))).write.mode("overwrite").partitionBy("night").parquet(
+        lake.spark_path(staging, "assignments"))
+    lake.commit_nights(staging, ["assignments"], nights, summary={"desom2_version": str(desom2_version)})
+    table = lake.read("assignments", nights=nights).to_pandas()
+    log(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
+    return table

@@ -1,0 +1,145 @@
+"""Train DESOM-1 on the lake's cutouts and register it (``desomspark train-desom1``).
+
+1. *sample*: a uniform random sample of up to N cutouts over every exposure
+   of the lake, fixed by a seed (Spark; each cutout is kept when a hash of
+   its key and the seed falls below N / total), written once to
+   ``<lake>/training/desom1/<sample id>/`` in small row groups;
+2. *train*: ``TorchDistributor`` runs :func:`train.train_worker` on P
+   processes (local) or P executor slots (cluster); DDP over gloo or NCCL;
+3. *register*: the run's parameters, metric curves, prototype map and the
+   model go to MLflow; the model becomes a version of ``desom1`` with alias
+   ``challenger``.
+"""
+from __future__ import annotations
+
+import math
+import zlib
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import registry
+from .config import Config
+from .lake import Lake
+from .model import DesomInference
+from .train import TrainJob, build_model, load_checkpoint
+
+ROWS_PER_GROUP = 8192  # ~8 MiB of cutouts: enough groups to shard over ranks, large enough to read fast
+
+
+@dataclass
+class TrainingSample:
+    path: str
+    rows: int
+    seed: int
+    requested: int
+    total_cutouts: int
+
+
+def training_sample(spark, lake: Lake, n: int, seed: int, min_groups: int = 8) -> TrainingSample:
+    """Write (or reuse) the training sample of up to ``n`` cutouts; returns where and how many."""
+    from pyspark.sql import functions as F
+
+    cutouts = lake.spark_read(spark, "cutouts")
+    total = cutouts.count()
+    if total == 0:
+        raise ValueError(f"the lake {lake.root} has no cutouts: run ingest first")
+    nights = ",".join(lake.nights("cutouts"))
+    sample_id = f"n{n}-seed{seed}-{zlib.crc32(f'{nights}/{total}'.encode()):08x}"
+    rel = f"training/desom1/{sample_id}"
+    if lake.exists(rel, "_SAMPLE.json"):  # written last: the sample is complete
+        return TrainingSample(**lake.read_json(rel, "_SAMPLE.json"))
+    fraction = min(1.0, n / total)
+    # a uniform number in [0, 1) per cutout, fixed by its key and the seed
+    u = (F.xxhash64("exposure_id", "hdu_index", "source_index", F.lit(seed)).bitwiseAND(F.lit(0x7FFFFFFF))
+         / F.lit(float(2**31)))
+    chosen = cutouts.where(u < F.lit(fraction)).select("night", "exposure_id", "hdu_index", "source_index", "pixels")
+    rows = chosen.count()
+    files = max(min_groups, math.ceil(rows / ROWS_PER_GROUP))
+    (chosen.repartition(files, "exposure_id", "hdu_index", "source_index")
+     .sortWithinPartitions("exposure_id", "hdu_index", "source_index")
+     .write.mode("overwrite").option("parquet.block.size", ROWS_PER_GROUP * 1100)
+     .parquet(lake.spark_path(rel)))
+    sample = TrainingSample(path=lake.path(rel), rows=int(rows), seed=seed, requested=n, total_cutouts=int(total))
+    lake.write_json(asdict(sample), rel, "_SAMPLE.json")
+    return sample
+
+
+def _job(cfg: Config, sample: TrainingSample, lake: Lake, iterations: int, batch_size: int,
+         resume: bool, gpu: bool) -> TrainJob:
+    c = cfg.desom1
+    return TrainJob(kind="desom1", sample_path=sample.path, checkpoint_path=lake.path("checkpoints/desom1/last.pt"),
+                    model_cfg=asdict(c), iterations=iterations, batch_size=batch_size,
+                    learning_rate=c.learning_rate, gamma=c.gamma, t_max=c.t_max, t_min=c.t_min, seed=c.seed,
+                    checkpoint_every=c.checkpoint_every, log_every=c.log_every, resume=resume, use_gpu=gpu,
+                    max_in_memory_bytes=c.max_in_memory_bytes)
+
+
+def run_distributed(job: TrainJob, processes: int, local_mode: bool = True) -> dict:
+    """Run :func:`train.train_worker` on ``processes`` ranks with TorchDistributor."""
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    from .train import train_worker
+
+    distributor = TorchDistributor(num_processes=processes, local_mode=local_mode, use_gpu=job.use_gpu)
+    return distributor.run(train_worker, job)
+
+
+def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, processes: int = 1,
+                 gpu: bool = False, sample_size: int | None = None, resume: bool = False,
+                 batch_size: int | None = None, cluster: bool = False, log=print) -> dict:
+    """Sample, train with DDP, and register DESOM-1.  Returns run id, version and metrics."""
+    c = cfg.desom1
+    iterations = iterations or c.iterations
+    run_file = "checkpoints/desom1/run.json"
+    previous = None
+    if resume:
+        if not lake.exists(run_file):
+            raise ValueError("--resume: no interrupted DESOM-1 run in this lake")
+        previous = lake.read_json(run_file)
+        sample = TrainingSample(**previous["sample"])
+        iterations, batch_size = previous["iterations"], previous["batch_size"]
+    else:
+        sample = training_sample(spark, lake, sample_size or c.sample, c.seed, min_groups=max(8, processes))
+    batch_size = batch_size or c.batch_size
+    log(f"train-desom1: sample of {sample.rows} cutouts (of {sample.total_cutouts}) at {sample.path}")
+    job = _job(cfg, sample, lake, iterations, batch_size, resume, gpu)
+
+    registry.connect(lake, cfg.mlflow)
+    with registry.run(lake, cfg.mlflow, "desom1", run_id=previous and previous["run_id"]) as active:
+        import mlflow
+
+        if previous is None:
+            lake.write_json({"run_id": active.info.run_id, "sample": asdict(sample), "iterations": iterations,
+                             "batch_size": batch_size}, run_file)
+            mlflow.log_params(registry.flatten("desom1", asdict(c)) | {
+                "iterations": iterations, "batch_size": batch_size, "processes": processes, "gpu": gpu,
+                "sample.path": sample.path, "sample.rows": sample.rows, "sample.seed": sample.seed,
+                "sample.requested": sample.requested, "sample.total_cutouts": sample.total_cutouts,
+                "desom1.iterations": iterations, "desom1.batch_size": batch_size})
+        result = run_distributed(job, processes, local_mode=not cluster)
+        model = build_model(job)
+        model.load_state_dict(load_checkpoint(job.checkpoint_path)["model"])
+        registry.log_history(result["history"])
+        final = result["history"][-1] if result["history"] else {}
+        with tempfile.TemporaryDirectory() as tmp:
+            from .plots import prototype_map
+
+            png = prototype_map(model.decoded_prototypes().squeeze(1).numpy(), model.map_shape,
+                                Path(tmp) / "prototype_map.png")
+            mlflow.log_artifact(png)
+        mlflow.log_dict({"prototype_checksums": result["prototype_checksums"]}, "ranks.json")
+        model.eval()
+        version = registry.register_model(
+            DesomInference(model), "desom1", input_example=np.zeros((2, 1, 32, 32), np.float32),
+            metadata={"kind": "desom1", "map_shape": list(model.map_shape), "latent_dim": c.latent_dim},
+            tags={"sample": sample.path, "run_id": active.info.run_id},
+            extra={"decoded_prototypes": model.decoded_prototypes().squeeze(1).numpy(),
+                   "prototypes": model.som.prototypes.detach().numpy()})
+        run_id = active.info.run_id
+    log(f"train-desom1: registered desom1 version {version} (alias {registry.CHALLENGER}), run {run_id}")
+    return {"run_id": run_id, "version": version, "final": final,
+            "prototype_checksums": result["prototype_checksums"], "history": result["history"]}
+

@@ -1,0 +1,313 @@
+"""The training loop of DESOM, with DistributedDataParallel when there are several ranks.
+
+:func:`fit` is the loop (one process or one DDP rank).  :func:`train_worker`
+is what each rank runs, launched by ``TorchDistributor`` (local processes or
+Spark executors) or by plain ``torchrun``::
+
+    torchrun --nproc_per_node 2 -m desomspark.train job.json
+
+A rank reads its own row groups of the training sample with
+``pyarrow.dataset``; when its shard fits in memory (GPU memory on a GPU) it
+is held there as uint8 and batches are drawn on the device, otherwise row
+groups stream from storage.  Rank 0 checkpoints every ``checkpoint_every``
+iterations; ``resume`` continues from the last checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .model import DESOM, joint_loss, temperature
+
+
+@dataclass
+class TrainJob:
+    """Everything a rank needs, picklable and JSON-able (for torchrun)."""
+
+    kind: str                      # "desom1" or "desom2"
+    sample_path: str               # Parquet folder of the training sample
+    checkpoint_path: str           # file rank 0 writes (and reads on resume)
+    model_cfg: dict                # the Desom1Config / Desom2Config as a dict
+    iterations: int
+    batch_size: int                # global batch (split over ranks)
+    learning_rate: float
+    gamma: float
+    t_max: float
+    t_min: float
+    seed: int = 42
+    checkpoint_every: int = 1000
+    log_every: int = 100
+    resume: bool = False
+    use_gpu: bool = False
+    max_in_memory_bytes: float = 8e9
+    column: str = "pixels"
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self, path: str) -> None:
+        with open(path, "w") as fh:
+            json.dump(asdict(self), fh)
+
+    @classmethod
+    def from_json(cls, path: str) -> "TrainJob":
+        with open(path) as fh:
+            return cls(**json.load(fh))
+
+
+# --- data ---------------------------------------------------------------------
+
+def _fs_and_path(path: str):
+    import fsspec
+
+    fs, _, (p,) = fsspec.get_fs_token_paths(path)
+    return fs, p
+
+
+def row_groups(path: str) -> list[tuple[str, int, int]]:
+    """Every (file, row group, rows) of a Parquet folder, in a fixed order."""
+    fs, root = _fs_and_path(path)
+    files = sorted(f for f in fs.find(root) if f.endswith(".parquet"))
+    out = []
+    for f in files:
+        with fs.open(f, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+        out += [(f, i, meta.row_group(i).num_rows) for i in range(meta.num_row_groups)]
+    return out
+
+
+def shard_of(groups: list, rank: int, world: int) -> list:
+    """The row groups of ``rank``: every ``world``-th one."""
+    return groups[rank::world]
+
+
+def _read_group(path: str, file: str, index: int, column: str) -> np.ndarray:
+    fs, _ = _fs_and_path(path)
+    with fs.open(file, "rb") as fh:
+        table = pq.ParquetFile(fh).read_row_group(index, columns=[column])
+    return column_to_array(table.column(column))
+
+
+def column_to_array(col) -> np.ndarray:
+    """A training column as numpy: cutout bytes -> uint8 (n, 1, 32, 32); lists -> float32 (n, d)."""
+    import pyarrow as pa
+
+    from .cutout import decode_uint8
+
+    if pa.types.is_binary(col.type) or pa.types.is_fixed_size_binary(col.type):
+        return decode_uint8(col)[:, None, :, :]
+    return np.asarray(col.to_pylist(), dtype=np.float32)
+
+
+def as_input(batch: torch.Tensor) -> torch.Tensor:
+    """Stored samples -> model input: uint8 cutouts are scaled to [0, 1]."""
+    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
+
+
+class Shard:
+    """A rank's training data: held in (device) memory, or streamed row group by row group."""
+
+    def __init__(self, path: str, groups: list, column: str, device: torch.device, max_bytes: float,
+                 generator: torch.Generator):
+        self.path, self.groups, self.column, self.device = path, groups, column, device
+        self.generator = generator
+        self.n = sum(g[2] for g in groups)
+        probe = _read_group(path, *groups[0][:2], column) if groups else np.zeros((0, 1))
+        self.bytes = int(probe.nbytes / max(len(probe), 1) * self.n)
+        self.in_memory = self.bytes <= max_bytes
+        if self.in_memory:
+            arrays = [probe] + [_read_group(path, f, i, column) for f, i, _ in groups[1:]]
+            self.data = torch.from_numpy(np.concatenate(arrays)).to(device)
+        else:
+            self.buffer = torch.empty(0)
+            self.order: list[int] = []
+
+    def batch(self, size: int) -> torch.Tensor:
+        if self.in_memory:
+            idx = torch.randint(self.n, (size,), generator=self.generator).to(self.device)
+            return self.data[idx]
+        out = []
+        while size > 0:
+            if len(self.buffer) == 0:
+                if not self.order:
+                    self.order = torch.randperm(len(self.groups), generator=self.generator).tolist()
+                f, i, _ = self.groups[self.order.pop()]
+                chunk = torch.from_numpy(_read_group(self.path, f, i, self.column))
+                self.buffer = chunk[torch.randperm(len(chunk), generator=self.generator)]
+            take = self.buffer[:size]
+            self.buffer = self.buffer[size:]
+            out.append(take)
+            size -= len(take)
+        return torch.cat(out).to(self.device)
+
+    def sample(self, size: int) -> torch.Tensor:
+        """A fixed evaluation sample (the first rows)."""
+        if self.in_memory:
+            return self.data[:size]
+        f, i, _ = self.groups[0]
+        return torch.from_numpy(_read_group(self.path, f, i, self.column)[:size]).to(self.device)
+
+
+# --- checkpoints ----------------------------------------------------------------
+
+def save_checkpoint(path: str, state: dict) -> None:
+    """Write atomically (temp file, then rename): a kill never leaves half a checkpoint."""
+    fs, p = _fs_and_path(path)
+    fs.makedirs(os.path.dirname(p), exist_ok=True)
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    tmp = p + ".tmp"
+    with fs.open(tmp, "wb") as fh:
+        fh.write(buf.getvalue())
+    fs.mv(tmp, p)
+
+
+def load_checkpoint(path: str) -> dict | None:
+    """The checkpoint at ``path`` (tensors and plain values only), or None."""
+    fs, p = _fs_and_path(path)
+    if not fs.exists(p):
+        return None
+    with fs.open(p, "rb") as fh:
+        return torch.load(io.BytesIO(fh.read()), map_location="cpu", weights_only=True)
+
+
+def prototype_checksum(model: DESOM) -> str:
+    return hashlib.sha256(model.som.prototypes.detach().cpu().numpy().tobytes()).hexdigest()
+
+
+# --- the loop -----------------------------------------------------------------------
+
+def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1,
+        log=print) -> dict:
+    """Train ``model`` for ``job.iterations`` (DDP-wrapped when ``world > 1``).
+
+    Returns ``{"history": [...], "iteration": n}``; the history holds, every
+    ``log_every`` iterations, loss, reconstruction, SOM loss, T, quantization
+    and topographic error, samples/s.
+    """
+    from .metrics import map_quality
+
+    device = shard.device
+    model.to(device)
+    state = load_checkpoint(job.checkpoint_path) if job.resume else None
+    start, history = 0, []
+    init_gen = torch.Generator().manual_seed(job.seed)
+    if state is None:
+        # every rank builds the same prototypes from rank 0's data: DDP then broadcasts rank 0's anyway
+        model.init_prototypes(as_input(shard.sample(max(4 * model.som.n_nodes, 1024))), init_gen)
+    else:
+        model.load_state_dict(state["model"])
+        start, history = int(state["iteration"]), list(state["history"])
+    net = DistributedDataParallel(model) if world > 1 else model
+    optimizer = torch.optim.Adam(net.parameters(), lr=job.learning_rate)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        log(f"[rank {rank}] resumed at iteration {start}")
+    # batches differ per rank and per (re)start, but are fixed by the seed
+    shard.generator.manual_seed(job.seed * 1000 + rank + 7919 * start)
+    local_batch = math.ceil(job.batch_size / world)
+    eval_x = as_input(shard.sample(2048))
+    t_last, it_last = time.perf_counter(), start
+
+    def checkpoint(iteration: int) -> None:
+        if rank == 0:
+            save_checkpoint(job.checkpoint_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "iteration": iteration, "history": history})
+
+    for it in range(start, job.iterations):
+        t = temperature(it, job.iterations, job.t_max, job.t_min)
+        x = as_input(shard.batch(local_batch))
+        loss, rec, som_loss = joint_loss(net(x), x, model.som, t, job.gamma)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        done = it + 1
+        if done % job.log_every == 0 or done == job.iterations:
+            now = time.perf_counter()
+            rate = (done - it_last) * local_batch * world / max(now - t_last, 1e-9)
+            t_last, it_last = now, done
+            quality = map_quality(model, eval_x)
+            row = {"iteration": done, "loss": loss.item(), "reconstruction": rec.item(),
+                   "som_loss": som_loss.item(), "temperature": t, "samples_per_s": rate,
+                   "quantization_error": quality["quantization_error"],
+                   "topographic_error": quality["topographic_error"]}
+            history.append(row)
+            if rank == 0:
+                eta = (job.iterations - done) * local_batch * world / max(rate, 1e-9)
+                log(f"[{job.kind}] it {done}/{job.iterations}  {rate:8.0f} samples/s  loss {row['loss']:.5f}  "
+                    f"rec {row['reconstruction']:.5f}  som {row['som_loss']:.3f}  T {t:.3f}  "
+                    f"QE {row['quantization_error']:.3f}  TE {row['topographic_error']:.3f}  ETA {eta:5.0f} s")
+        if job.checkpoint_every and done % job.checkpoint_every == 0 and done < job.iterations:
+            checkpoint(done)
+    checkpoint(job.iterations)
+    return {"history": history, "iteration": job.iterations}
+
+
+def build_model(job: TrainJob) -> DESOM:
+    from types import SimpleNamespace
+
+    from .model import desom1, desom2
+
+    cfg = SimpleNamespace(**job.model_cfg)
+    if job.kind == "desom1":
+        return desom1(cfg)
+    return desom2(cfg, job.extra["input_dim"], tuple(job.extra["map_shape"]))
+
+
+def train_worker(job: TrainJob) -> dict:
+    """One rank of a (distributed) training run; returns the history and prototype checksums."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    use_gpu = job.use_gpu and torch.cuda.is_available()
+    if job.use_gpu and not use_gpu:
+        raise RuntimeError("--gpu was asked for but this worker sees no CUDA device")
+    if use_gpu:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_gpu else "gloo")
+    try:
+        torch.manual_seed(job.seed)  # identical initial weights on every rank
+        model = build_model(job)
+        groups = shard_of(row_groups(job.sample_path), rank, world)
+        if not groups:
+            raise RuntimeError(f"rank {rank} of {world} has no row group of {job.sample_path}")
+        shard = Shard(job.sample_path, groups, job.column, device, job.max_in_memory_bytes,
+                      torch.Generator().manual_seed(job.seed + rank))
+        if rank == 0:
+            print(f"[{job.kind}] {world} rank(s) on {device}; rank 0 holds {shard.n} samples "
+                  f"({'in memory' if shard.in_memory else 'streamed'})", flush=True)
+        result = fit(model, shard, job, rank, world, log=lambda m: print(m, flush=True))
+        checksum = prototype_checksum(model)
+        if world > 1:
+            sums = [None] * world
+            dist.all_gather_object(sums, checksum)
+        else:
+            sums = [checksum]
+        result["prototype_checksums"] = sums
+        return result
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":  # torchrun --nproc_per_node N -m desomspark.train job.json
+    out = train_worker(TrainJob.from_json(sys.argv[1]))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(json.dumps({"iteration": out["iteration"], "prototype_checksums": out["prototype_checksums"]}))

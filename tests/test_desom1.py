@@ -1,0 +1,104 @@
+"""DESOM-1 trained with DDP (2 CPU processes, gloo) launched by TorchDistributor, tracked in a real MLflow store."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+
+from desomspark.ingest import ingest
+from desomspark.lake import Lake
+
+
+@pytest.fixture(scope="module")
+def lake(spark, night_dir, tmp_path_factory, config):
+    lake = Lake(str(tmp_path_factory.mktemp("lake1")))
+    ingest(spark, str(night_dir), lake, cfg=config.ingest, log=lambda m: None)
+    return lake
+
+
+@pytest.fixture(scope="module")
+def small_config(config):
+    """A 6x6 DESOM-1 with the paper's layers, trained briefly."""
+    return replace(config, desom1=replace(config.desom1, map_shape=(6, 6), iterations=40, batch_size=64,
+                                          checkpoint_every=20, log_every=10))
+
+
+@pytest.fixture(scope="module")
+def trained(spark, lake, small_config):
+    from desomspark.desom1 import train_desom1
+
+    return train_desom1(spark, lake, small_config, processes=2, sample_size=800, log=lambda m: None)
+
+
+def test_ddp_ranks_end_with_identical_prototypes(trained):
+    sums = trained["prototype_checksums"]
+    assert len(sums) == 2 and sums[0] == sums[1]
+
+
+def test_loss_curve_and_metrics(trained):
+    history = trained["history"]
+    assert [h["iteration"] for h in history] == [10, 20, 30, 40]
+    assert history[-1]["reconstruction"] < history[0]["reconstruction"]
+    assert 0 <= history[-1]["topographic_error"] <= 1
+
+
+def test_sample_is_uniform_and_fixed(spark, lake, small_config):
+    from desomspark.desom1 import training_sample
+
+    a = training_sample(spark, lake, 800, seed=5)
+    b = training_sample(spark, lake, 800, seed=5)
+    total = a.total_cutouts
+    assert a == b and 0.8 * 800 < a.rows <= total and a.rows < 1.2 * 800
+    import pyarrow.dataset as ds
+
+    sample = ds.dataset(a.path).to_table(columns=["exposure_id"]).to_pandas()
+    cutouts = lake.read("cutouts", columns=["exposure_id"]).to_pandas()
+    # every exposure is represented roughly in proportion to its cutouts
+    share = sample["exposure_id"].value_counts(normalize=True)
+    expected = cutouts["exposure_id"].value_counts(normalize=True)
+    assert set(share.index) == set(expected.index)
+    assert (share - expected).abs().max() < 0.06
+
+
+def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
+    import mlflow
+    from mlflow import MlflowClient
+
+    from desomspark import registry
+
+    registry.connect(lake, small_config.mlflow)
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("desom1", "challenger")
+    assert version.version == trained["version"]
+    run = client.get_run(trained["run_id"])
+    assert run.data.params["desom1.gamma"] == str(small_config.desom1.gamma)
+    assert run.data.params["processes"] == "2"
+    assert "loss" in run.data.metrics and "topographic_error" in run.data.metrics
+    assert len(client.get_metric_history(trained["run_id"], "loss")) == 4
+    artifacts = [a.path for a in client.list_artifacts(trained["run_id"])]
+    assert "prototype_map.png" in artifacts
+    png = mlflow.artifacts.download_artifacts(run_id=trained["run_id"], artifact_path="prototype_map.png")
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    model = registry.load_model(f"models:/desom1/{trained['version']}")
+    assert model.map_shape == (6, 6)
+
+
+def test_promote_moves_champion(lake, trained):
+    run = lambda *a: subprocess.run([sys.executable, "-m", "desomspark.cli", "promote", "--lake", lake.root, *a],
+                                    capture_output=True, text=True, timeout=120)
+    done = run("--model", "desom1", "--version", trained["version"])
+    assert done.returncode == 0, done.stderr
+    from mlflow import MlflowClient
+
+    assert MlflowClient().get_model_version_by_alias("desom1", "champion").version == trained["version"]
+    missing = run("--model", "desom1", "--version", "99")
+    assert missing.returncode == 1 and "no version 99" in missing.stderr
+
+
+def test_resume_without_a_run_is_refused(spark, tmp_path, small_config):
+    from desomspark.desom1 import train_desom1
+
+    with pytest.raises(ValueError, match="no interrupted DESOM-1 run"):
+        train_desom1(spark, Lake(str(tmp_path)), small_config, resume=True)
