@@ -65,8 +65,6 @@ def bootstrap_defaults(lake: Lake, cfg: Config, log=print) -> None:
 
 def resolve_model(lake: Lake, cfg: Config, name: str, uri: str | None = None, log=print) -> tuple[str, str]:
     """(artifact URI a worker can load without the tracking server, version) of a model."""
-    from mlflow import MlflowClient
-
     registry.connect(lake, cfg.mlflow)
     uri = uri or DEFAULT_URIS[name]
     if uri == DEFAULT_URIS[name]:
@@ -74,7 +72,7 @@ def resolve_model(lake: Lake, cfg: Config, name: str, uri: str | None = None, lo
     model_name, version = registry.resolve(uri)
     if model_name != name:
         raise ValueError(f"{uri} is a {model_name} model, not {name}")
-    return MlflowClient().get_model_version_download_uri(name, version), version
+    return registry.download_uri(name, version), version
 
 
 def n_nodes(metadata: dict) -> int:

@@ -186,6 +186,13 @@ def resolve(uri: str) -> tuple[str, str]:
         raise RegistryError(f"{uri}: no such model version ({type(exc).__name__})") from exc
 
 
+def download_uri(name: str, version: str) -> str:
+    """Where a model version's files are: workers load from there without the tracking server."""
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_model_version_download_uri(name, str(version))
+
+
 def load_model(uri: str, device: str = "cpu"):
     """A registered model through MLflow's own loader."""
     import mlflow

@@ -336,11 +336,15 @@ def _write_one(args):
 
 
 def _progress(done: int, total: int) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    sys.stderr.write(f"\rsimulate [{'#' * filled}{'.' * (width - filled)}] {done}/{total} exposures")
-    if done == total:
-        sys.stderr.write("\n")
+    """A progress bar on a terminal; a line per quarter in a log."""
+    if sys.stderr.isatty():
+        width = 30
+        filled = int(width * done / max(total, 1))
+        sys.stderr.write(f"\rsimulate [{'#' * filled}{'.' * (width - filled)}] {done}/{total} exposures")
+        if done == total:
+            sys.stderr.write("\n")
+    elif done == total or done * 4 // total != (done - 1) * 4 // total:
+        sys.stderr.write(f"simulate: {done}/{total} exposures\n")
     sys.stderr.flush()
 
 

@@ -71,7 +71,7 @@ def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
     registry.connect(lake, small_config.mlflow)
     client = MlflowClient()
     version = client.get_model_version_by_alias("desom1", "challenger")
-    assert version.version == trained["version"]
+    assert str(version.version) == trained["version"]
     run = client.get_run(trained["run_id"])
     assert run.data.params["desom1.gamma"] == str(small_config.desom1.gamma)
     assert run.data.params["processes"] == "2"
@@ -81,8 +81,15 @@ def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
     assert "prototype_map.png" in artifacts
     png = mlflow.artifacts.download_artifacts(run_id=trained["run_id"], artifact_path="prototype_map.png")
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    model = registry.load_model(f"models:/desom1/{trained['version']}")
-    assert model.map_shape == (6, 6)
+    uri = f"models:/desom1/{trained['version']}"
+    assert registry.model_metadata(uri)["map_shape"] == [6, 6]
+    assert registry.model_extra(uri)["decoded_prototypes"].shape == (36, 32, 32)
+    import torch
+
+    from desomspark.model import split_inference
+
+    node, dist, z = split_inference(registry.load_model(uri)(torch.rand(5, 1, 32, 32)))
+    assert node.shape == (5,) and 0 <= int(node.min()) and int(node.max()) < 36 and z.shape == (5, 160)
 
 
 def test_promote_moves_champion(lake, trained):
@@ -92,7 +99,7 @@ def test_promote_moves_champion(lake, trained):
     assert done.returncode == 0, done.stderr
     from mlflow import MlflowClient
 
-    assert MlflowClient().get_model_version_by_alias("desom1", "champion").version == trained["version"]
+    assert str(MlflowClient().get_model_version_by_alias("desom1", "champion").version) == trained["version"]
     missing = run("--model", "desom1", "--version", "99")
     assert missing.returncode == 1 and "no version 99" in missing.stderr
 

@@ -1,0 +1,142 @@
+"""DESOM-1 training throughput: the real training step fed from cutouts/ vs a bare loop, in one run.
+
+(a) ``train.fit`` on a Shard read from the training sample in the lake
+    (Parquet row groups -> uint8 tensor -> batches), time including the read;
+(b) the same with the shard streamed row group by row group (as when a
+    rank's shard does not fit in memory);
+(c) a bare loop: the same model, loss and optimizer over the same cutouts
+    already in memory as a float32 tensor.
+
+Prints samples/s and the ratios (a)/(c) (target >= 0.9) and (b)/(c).
+On a CUDA machine it also times the paper's DESOM-1 (25x25, batch 256) for
+``--gpu-iterations`` and extrapolates to 100k iterations, with GPU utilisation.
+
+Run: python bench/train.py [--iterations N] [--batch-size B] [--gpu-iterations N]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, replace
+
+import numpy as np
+import torch
+
+from desomspark.config import load_config
+from desomspark.desom1 import training_sample
+from desomspark.ingest import ingest
+from desomspark.lake import Lake
+from desomspark.model import desom1, joint_loss, temperature
+from desomspark.simulate import simulate_night, small_config
+from desomspark.spark import get_spark
+from desomspark.train import Shard, TrainJob, as_input, fit, row_groups
+
+
+def make_sample(tmp: str, cfg) -> str:
+    sim = small_config(cfg.simulate, 4, (1024, 1024))
+    simulate_night(f"{tmp}/raw", 24, sim, seed=5, progress=False)
+    spark = get_spark(cfg.spark, master="local[2]")
+    lake = Lake(f"{tmp}/lake")
+    ingest(spark, f"{tmp}/raw", lake, night="20251120", cfg=cfg.ingest, log=lambda m: None)
+    sample = training_sample(spark, lake, 10**6, seed=1)
+    spark.stop()
+    return sample.path
+
+
+def job_for(cfg, path: str, iterations: int, batch: int, tmp: str) -> TrainJob:
+    c = cfg.desom1
+    return TrainJob(kind="desom1", sample_path=path, checkpoint_path=f"{tmp}/ckpt.pt", model_cfg=asdict(c),
+                    iterations=iterations, batch_size=batch, learning_rate=c.learning_rate, gamma=c.gamma,
+                    t_max=c.t_max, t_min=c.t_min, checkpoint_every=0, log_every=iterations)
+
+
+def run_fit(job: TrainJob, max_bytes: float, device: torch.device) -> float:
+    torch.manual_seed(0)
+    model = desom1(replace(load_config().desom1))
+    t = time.perf_counter()
+    shard = Shard(job.sample_path, row_groups(job.sample_path), "pixels", device, max_bytes,
+                  torch.Generator().manual_seed(0))
+    fit(model, shard, job, log=lambda m: None)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return job.iterations * job.batch_size / (time.perf_counter() - t)
+
+
+def run_bare(job: TrainJob, data: torch.Tensor, device: torch.device) -> float:
+    torch.manual_seed(0)
+    model = desom1(load_config().desom1).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=job.learning_rate)
+    gen = torch.Generator().manual_seed(0)
+    model.init_prototypes(data[:2500], gen)
+    t = time.perf_counter()
+    for it in range(job.iterations):
+        x = data[torch.randint(len(data), (job.batch_size,), generator=gen).to(device)]
+        loss, _, _ = joint_loss(model(x), x, model.som, temperature(it, job.iterations, job.t_max, job.t_min),
+                                job.gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return job.iterations * job.batch_size / (time.perf_counter() - t)
+
+
+class GpuSampler:
+    """Mean GPU utilisation (nvidia-smi, every 500 ms) while the block runs."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
+                                      "-lms", "500"], stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        values = [float(v) for v in self.proc.communicate()[0].split() if v.strip().isdigit()]
+        self.mean = sum(values) / len(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--gpu-iterations", type=int, default=2000)
+    args = parser.parse_args()
+    cfg = load_config()
+    tmp = tempfile.mkdtemp(prefix="bench-train-")
+    try:
+        path = make_sample(tmp, cfg)
+        n = sum(g[2] for g in row_groups(path))
+        print(f"training sample: {n} cutouts in {len(row_groups(path))} row groups; "
+              f"{args.iterations} iterations x {args.batch_size}, {torch.get_num_threads()} threads, CPU")
+        cpu = torch.device("cpu")
+        job = job_for(cfg, path, args.iterations, args.batch_size, tmp)
+        shard = Shard(path, row_groups(path), "pixels", cpu, 1e12, torch.Generator())
+        data = as_input(shard.data)
+        bare = run_bare(job, data, cpu)
+        full = run_fit(job, 1e12, cpu)
+        streamed = run_fit(job, 1.0, cpu)
+        print(f"(a) fit, shard in memory   {full:8.0f} samples/s")
+        print(f"(b) fit, shard streamed    {streamed:8.0f} samples/s")
+        print(f"(c) bare loop in memory    {bare:8.0f} samples/s")
+        print(f"(a)/(c) = {full / bare:.3f}   (target >= 0.9)")
+        print(f"(b)/(c) = {streamed / bare:.3f}")
+        if torch.cuda.is_available():
+            gpu = torch.device("cuda")
+            gjob = job_for(cfg, path, args.gpu_iterations, 256, tmp)
+            with GpuSampler() as sampler:
+                rate = run_fit(gjob, 1e12, gpu)
+            seconds = 100_000 * 256 / rate
+            print(f"GPU {torch.cuda.get_device_name()}: {rate:.0f} samples/s -> 100k x 256 iterations "
+                  f"in {seconds / 60:.1f} min (paper: < 3 h; target <= 10 min); "
+                  f"mean GPU utilisation {sampler.mean:.0f} %")
+        else:
+            print("GPU: no CUDA device on this machine")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

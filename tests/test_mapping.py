@@ -1,0 +1,158 @@
+"""Histo-vectors in a pandas UDF, DESOM-2, assignment and the nightly job, on a real lake."""
+from __future__ import annotations
+
+from dataclasses import replace
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from desomspark import registry
+from desomspark.cutout import decode_pixels
+from desomspark.desom2 import ModelMismatch, check_desom1, clean_and_standardise, train_desom2
+from desomspark.histovector import cached_model, cutout_nodes, histovector
+from desomspark.ingest import ingest
+from desomspark.lake import Lake
+from desomspark.pipeline import nightly, run_assign, run_histovectors
+from desomspark.simulate import simulate_night
+
+TABLES = ("exposures", "ccds", "cutouts", "rejects", "histovectors", "assignments")
+
+
+@pytest.fixture(scope="module")
+def mapped(spark, night_dir, tmp_path_factory, config):
+    """A lake with a small DESOM-1 and DESOM-2 trained on the test night, histo-vectors and cells."""
+    from desomspark.desom1 import train_desom1
+
+    lake = Lake(str(tmp_path_factory.mktemp("maplake")))
+    cfg = replace(config, desom1=replace(config.desom1, map_shape=(5, 5), iterations=30, batch_size=64,
+                                         checkpoint_every=0, log_every=10),
+                  desom2=replace(config.desom2, map_shape=None, iterations=200, batch_size=12, log_every=100))
+    ingest(spark, str(night_dir), lake, cfg=cfg.ingest, log=lambda m: None)
+    d1 = train_desom1(spark, lake, cfg, processes=1, sample_size=2000, log=lambda m: None)
+    run_histovectors(spark, lake, cfg, desom1_uri=f"models:/desom1/{d1['version']}", log=lambda m: None)
+    d2 = train_desom2(lake, cfg, log=lambda m: None)
+    table = run_assign(spark, lake, cfg, desom2_uri=f"models:/desom2/{d2['version']}", log=lambda m: None)
+    return lake, cfg, d1, d2, table
+
+
+def test_udf_matches_the_model_called_directly(mapped):
+    lake, cfg, d1, _, _ = mapped
+    model = cached_model(registry.download_uri("desom1", d1["version"]), "cpu")
+    cutouts = lake.read("cutouts").to_pandas()
+    nodes = cutout_nodes(model, decode_pixels(cutouts["pixels"].tolist()))
+    vectors = lake.read("histovectors").to_pandas().set_index("exposure_id")
+    assert len(vectors) == cutouts["exposure_id"].nunique() == 12
+    for exposure, rows in cutouts.groupby("exposure_id"):
+        expected = histovector(nodes[rows.index], rows["weight"].to_numpy(np.float64), 25)
+        np.testing.assert_allclose(vectors.loc[exposure, "counts"], expected, rtol=1e-9)
+        assert vectors.loc[exposure, "n_cutouts"] == len(rows)
+    assert set(vectors["desom1_version"]) == {d1["version"]}
+
+
+def test_weights_make_counts_sum_to_detections(mapped):
+    lake, *_ = mapped
+    vectors = lake.read("histovectors").to_pandas().set_index("exposure_id")
+    ccds = lake.read("ccds").to_pandas()
+    detected = ccds[ccds["n_sampled"] > 0].groupby("exposure_id")["n_detected"].sum()
+    for exposure, row in vectors.iterrows():
+        assert np.sum(row["counts"]) == pytest.approx(detected[exposure], rel=1e-6)
+        assert row["n_detected"] == pytest.approx(detected[exposure], rel=1e-6)
+    # some CCD kept fewer cutouts than it detected, so weighting mattered
+    assert (ccds["n_detected"] > ccds["n_sampled"]).any()
+
+
+def test_assignments_carry_both_versions_and_cells(mapped):
+    lake, _, d1, d2, table = mapped
+    rows, cols = d2["map_shape"]
+    assert len(table) == 12
+    assert set(table["desom1_version"]) == {d1["version"]} and set(table["desom2_version"]) == {d2["version"]}
+    assert ((table["cell"] == table["cell_y"] * cols + table["cell_x"])).all()
+    assert table["cell_x"].between(0, cols - 1).all() and table["cell_y"].between(0, rows - 1).all()
+    assert (table["distance"] >= 0).all() and table["label"].isna().all()
+
+
+def test_desom2_normalisation_is_stored_in_the_model(mapped):
+    lake, _, _, d2, table = mapped
+    uri = f"models:/desom2/{d2['version']}"
+    extra = registry.model_extra(uri)
+    vectors = lake.read("histovectors").to_pandas()
+    z = clean_and_standardise(torch.tensor(np.stack(vectors["counts"]), dtype=torch.float32), 3.0)
+    np.testing.assert_allclose(extra["bin_min"], z.min(0).values.numpy(), rtol=1e-5, atol=1e-6)
+    assert registry.model_metadata(uri)["desom1_version"] == d2["desom1_version"]
+
+
+def test_version_mismatch_is_refused(spark, mapped):
+    lake, cfg, _, d2, _ = mapped
+    with pytest.raises(ModelMismatch, match="desom1 version"):
+        check_desom1({"desom1_version": "1"}, "2")
+    from desomspark.assign import write_assignments
+
+    uri = registry.download_uri("desom2", d2["version"])
+    meta = dict(registry.model_metadata(uri), desom1_version="999")
+    with pytest.raises(ModelMismatch, match="v999"):
+        write_assignments(spark, lake, uri, meta, d2["version"], log=lambda m: None)
+
+
+def _same_class_closeness(table: pd.DataFrame) -> tuple[float, float]:
+    """Share of same-class pairs within Manhattan distance 1 on the map, observed and under shuffled labels."""
+    xy = table[["cell_x", "cell_y"]].to_numpy()
+    labels = table["truth_label"].to_numpy()
+    pairs = list(combinations(range(len(table)), 2))
+    close = np.array([np.abs(xy[i] - xy[j]).sum() <= 1 for i, j in pairs])
+
+    def score(lab):
+        same = np.array([lab[i] == lab[j] for i, j in pairs])
+        return close[same].mean()
+
+    rng = np.random.default_rng(0)
+    return score(labels), float(np.mean([score(rng.permutation(labels)) for _ in range(200)]))
+
+
+@pytest.fixture(scope="module")
+def fresh_nightly(spark, tmp_path_factory, small_sim, config):
+    """nightly on a fresh lake (the shipped default models), twice on the same night."""
+    raw = tmp_path_factory.mktemp("raw")
+    simulate_night(raw, 30, replace(small_sim, ccd_shape=(1024, 1024)), seed=99, mix="balanced",
+                   progress=False)
+    lake = Lake(str(tmp_path_factory.mktemp("nightlake")))
+    first = nightly(spark, str(raw), lake, "20260301", config, log=lambda m: None)
+    snapshot = {t: lake.read(t).to_pandas() for t in TABLES}
+    second = nightly(spark, str(raw), lake, "20260301", config, log=lambda m: None)
+    return lake, raw, first, second, snapshot
+
+
+def test_nightly_on_a_fresh_install_uses_the_default_models(fresh_nightly):
+    lake, _, first, _, _ = fresh_nightly
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    for name in ("desom1", "desom2"):
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.tags.get("default") == "true"
+    assert first.exposures == 30 and sum(first.labels.values()) == 30
+    assert len(first.most_novel) == 5
+    assert lake.nights("assignments") == ["20260301"]
+
+
+def test_nightly_twice_gives_identical_tables(fresh_nightly):
+    lake, _, first, second, snapshot = fresh_nightly
+    keys = {"exposures": ["exposure_id"], "ccds": ["exposure_id", "hdu_index"],
+            "cutouts": ["exposure_id", "hdu_index", "source_index"], "rejects": ["path"],
+            "histovectors": ["exposure_id"], "assignments": ["exposure_id"]}
+    for table, k in keys.items():
+        after = lake.read(table).to_pandas().sort_values(k).reset_index(drop=True)
+        before = snapshot[table].sort_values(k).reset_index(drop=True)
+        pd.testing.assert_frame_equal(after, before, check_like=True)
+    assert first.lines() == second.lines()
+
+
+def test_alike_exposures_land_together(fresh_nightly):
+    lake, *_ = fresh_nightly
+    cells = lake.read("assignments").to_pandas()
+    truth = lake.read("exposures", columns=["exposure_id", "truth_label"]).to_pandas()
+    observed, chance = _same_class_closeness(cells.merge(truth, on="exposure_id"))
+    print(f"same-class pairs in the same or a neighbouring cell: {observed:.3f} (chance {chance:.3f})")
+    assert observed > chance + 0.05
