@@ -23,13 +23,19 @@ CHALLENGER = "challenger"
 PIP_REQUIREMENTS = ["torch", "numpy", "desomspark"]
 
 
+# The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() writes the
+# variable itself, and a process that uses two lakes must not inherit the first one's store.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
+
+
 class RegistryError(RuntimeError):
     """MLflow is unreachable or a model/version/alias is missing."""
 
 
 def tracking_uri(lake: Lake, cfg: MlflowConfig = MlflowConfig()) -> str:
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    """The environment's MLFLOW_TRACKING_URI, else the configuration's, else the lake's sqlite store."""
+    if _USER_TRACKING_URI:
+        return _USER_TRACKING_URI
     if cfg.tracking_uri:
         return cfg.tracking_uri
     if not lake.is_local:

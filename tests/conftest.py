@@ -38,6 +38,7 @@ def spark():
     cfg = SparkConfig(master="local[2]", app_name="desomspark-tests", properties={
         "spark.sql.shuffle.partitions": "4",
         "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",
         "spark.driver.memory": "2g",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
