@@ -53,7 +53,8 @@ def current_labels(lake: Lake, desom2_version: str) -> pd.DataFrame:
     labels = labels[labels["desom2_version"] == str(desom2_version)]
     if labels.empty:
         return pd.DataFrame(columns=["cell_x", "cell_y", "label"])
-    latest = labels.sort_values("labelled_at").groupby(["cell_x", "cell_y"], as_index=False).last()
+    # not groupby().last(): it skips nulls, and an unlabel (null) must win too
+    latest = labels.sort_values("labelled_at").drop_duplicates(["cell_x", "cell_y"], keep="last")
     return latest[["cell_x", "cell_y", "label"]]
 
 

@@ -217,6 +217,51 @@ def cmd_demo(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_label(args, cfg: Config) -> int:
+    from .explore import champion_metadata, label_cell
+
+    if args.unlabel == (args.label is not None):
+        raise UserError("give either --label NAME or --unlabel")
+    lake = _lake(args)
+    _, version, meta = champion_metadata(lake, cfg, "desom2")
+    row = label_cell(lake, version, args.cell, None if args.unlabel else args.label, tuple(meta["map_shape"]))
+    what = f"'{row['label']}'" if row["label"] else "unlabelled"
+    print(f"label: cell {args.cell[0]},{args.cell[1]} of desom2 v{version} is {what} (by {row['author']}); "
+          f"'desomspark assign' carries it to past nights, nightly to new ones")
+    return 0
+
+
+def cmd_export(args, cfg: Config) -> int:
+    from .explore import export
+
+    n = export(_lake(args), args.out, args.format)
+    print(f"export: {n} exposures written to {args.out}")
+    return 0
+
+
+def cmd_similar(args, cfg: Config) -> int:
+    from .explore import champion_metadata, similar
+
+    lake = _lake(args)
+    uri, version, meta = champion_metadata(lake, cfg, "desom2")
+    table = similar(lake, uri, meta, args.exposure, args.k)
+    print(f"similar to {args.exposure} (desom2 v{version} latent space):")
+    print(table.to_string(index=False))
+    return 0
+
+
+def cmd_filter(args, cfg: Config) -> int:
+    from .explore import champion_metadata, filter_node
+
+    lake = _lake(args)
+    _, version, meta = champion_metadata(lake, cfg, "desom1")
+    table = filter_node(lake, args.node, args.min_fraction, tuple(meta["map_shape"]))
+    print(f"{len(table)} exposures with >= {args.min_fraction:.0%} of detections on DESOM-1 node "
+          f"{args.node[0]},{args.node[1]}")
+    print(table.to_string(index=False))
+    return 0
+
+
 def _not_built(args, cfg: Config) -> int:
     print(f"desomspark {args.command}: not built yet", file=sys.stderr)
     return EXIT_FAILED
@@ -232,6 +277,10 @@ COMMANDS = {
     "assign": cmd_assign,
     "nightly": cmd_nightly,
     "demo": cmd_demo,
+    "label": cmd_label,
+    "export": cmd_export,
+    "similar": cmd_similar,
+    "filter": cmd_filter,
 }
 
 

@@ -1,0 +1,120 @@
+"""What astronomers do with the map: label cells, export, find similar exposures, filter by content.
+
+* :func:`label_cell` appends to ``labels/`` (who, when, which DESOM-2 version);
+  the last word on a cell wins, and ``assign`` carries it to every exposure
+  of the cell, past nights (re-run ``assign``) and future ones (``nightly``).
+* :func:`export` writes exposure -> cell -> label.
+* :func:`similar` ranks exposures by distance in DESOM-2's latent space
+  (paper section 5.3: a content-based recommendation).
+* :func:`filter_node` finds exposures rich in one DESOM-1 node (e.g. donuts).
+"""
+from __future__ import annotations
+
+import getpass
+import os
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import registry, schema
+from .lake import Lake
+
+
+def author() -> str:
+    """Who is labelling: ``$DESOMSPARK_AUTHOR``, else the login name."""
+    return os.environ.get("DESOMSPARK_AUTHOR") or getpass.getuser()
+
+
+def label_cell(lake: Lake, desom2_version: str, cell: tuple[int, int], label: str | None,
+               map_shape: tuple[int, int]) -> dict:
+    """Record ``label`` (None: remove the label) for cell (x, y) of a DESOM-2 version."""
+    x, y = cell
+    rows, cols = map_shape
+    if not (0 <= x < cols and 0 <= y < rows):
+        raise ValueError(f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{desom2_version}")
+    if label is not None and not label.strip():
+        raise ValueError("a label cannot be empty (use --unlabel to remove one)")
+    row = {"desom2_version": str(desom2_version), "cell_x": x, "cell_y": y,
+           "label": label.strip() if label else None, "author": author(),
+           "labelled_at": datetime.now(timezone.utc)}
+    table = schema.conform(pa.Table.from_pylist([row]), "labels")
+    stamp = row["labelled_at"].strftime("%Y%m%dT%H%M%S%f")
+    with lake.open("labels", f"part-{stamp}-{os.getpid()}.parquet", mode="wb") as fh:
+        pq.write_table(table, fh)
+    return row
+
+
+def export(lake: Lake, out: str, fmt: str) -> int:
+    """Write every assignment (exposure -> cell -> label) as CSV or Parquet; returns the row count."""
+    table = lake.read("assignments").to_pandas()
+    exposures = lake.read("exposures", columns=["night", "exposure_id", "path", "truth_label"]).to_pandas()
+    merged = table.merge(exposures, on=["night", "exposure_id"], how="left").sort_values(["night", "exposure_id"])
+    columns = ["night", "exposure_id", "path", "cell_x", "cell_y", "label", "distance", "desom1_version",
+               "desom2_version"]
+    merged = merged[columns]
+    if fmt == "csv":
+        merged.to_csv(out, index=False)
+    elif fmt == "parquet":
+        merged.to_parquet(out, index=False)
+    else:
+        raise ValueError(f"format must be csv or parquet, not {fmt!r}")
+    return len(merged)
+
+
+def latent_vectors(lake: Lake, model_uri: str, desom1_version: str) -> pd.DataFrame:
+    """Every exposure's DESOM-2 latent vector (from its histo-vector made by ``desom1_version``)."""
+    from .assign import map_counts
+    from .histovector import cached_model
+
+    vectors = lake.read("histovectors").to_pandas()
+    vectors = vectors[vectors["desom1_version"] == str(desom1_version)]
+    if vectors.empty:
+        raise ValueError(f"no histo-vectors of desom1 v{desom1_version} in {lake.root}")
+    _, _, z = map_counts(cached_model(model_uri, "cpu"), np.stack(vectors["counts"].to_numpy()))
+    return pd.DataFrame({"night": vectors["night"].to_numpy(), "exposure_id": vectors["exposure_id"].to_numpy(),
+                         "z": list(z)})
+
+
+def similar(lake: Lake, model_uri: str, metadata: dict, exposure_id: str, k: int = 10) -> pd.DataFrame:
+    """The ``k`` exposures nearest to ``exposure_id`` in DESOM-2's latent space (itself first)."""
+    table = latent_vectors(lake, model_uri, metadata["desom1_version"])
+    match = table.index[table["exposure_id"] == str(exposure_id)]
+    if len(match) == 0:
+        raise ValueError(f"exposure {exposure_id} has no histo-vector in {lake.root}")
+    z = np.stack(table["z"].to_numpy())
+    d = np.linalg.norm(z - z[match[0]], axis=1)
+    order = np.argsort(d, kind="stable")
+    # the exposure itself first, whatever ties there are
+    order = np.concatenate([[match[0]], order[order != match[0]]])[:k]
+    return pd.DataFrame({"exposure_id": table["exposure_id"].to_numpy()[order],
+                         "night": table["night"].to_numpy()[order], "distance": d[order]})
+
+
+def filter_node(lake: Lake, node: tuple[int, int], min_fraction: float, map_shape: tuple[int, int]) -> pd.DataFrame:
+    """Exposures whose share of detections on DESOM-1 node (x, y) is at least ``min_fraction``."""
+    x, y = node
+    rows, cols = map_shape
+    if not (0 <= x < cols and 0 <= y < rows):
+        raise ValueError(f"node {x},{y} is outside the {rows}x{cols} DESOM-1 map")
+    if not 0 <= min_fraction <= 1:
+        raise ValueError("--min-fraction must be between 0 and 1")
+    vectors = lake.read("histovectors").to_pandas()
+    if vectors.empty:
+        return pd.DataFrame(columns=["night", "exposure_id", "fraction"])
+    counts = np.stack(vectors["counts"].to_numpy())
+    total = counts.sum(axis=1)
+    fraction = counts[:, y * cols + x] / np.where(total > 0, total, 1.0)
+    out = pd.DataFrame({"night": vectors["night"], "exposure_id": vectors["exposure_id"],
+                        "desom1_version": vectors["desom1_version"], "fraction": fraction})
+    return out[out["fraction"] >= min_fraction].sort_values("fraction", ascending=False).reset_index(drop=True)
+
+
+def champion_metadata(lake: Lake, cfg, name: str) -> tuple[str, str, dict]:
+    """(artifact URI, version, metadata) of a model's champion (the defaults on a fresh lake)."""
+    from .pipeline import resolve_model
+
+    uri, version = resolve_model(lake, cfg, name, log=lambda m: None)
+    return uri, version, registry.model_metadata(uri)

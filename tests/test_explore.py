@@ -1,0 +1,93 @@
+"""Labelling that propagates through assign, export, similar exposures and node filters."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from desomspark import registry
+from desomspark.explore import export, filter_node, label_cell, similar
+from desomspark.ingest import ingest
+from desomspark.lake import Lake
+from desomspark.pipeline import resolve_model, run_assign, run_histovectors
+
+
+@pytest.fixture(scope="module")
+def lake(spark, night_dir, tmp_path_factory, config):
+    """The test night mapped with the default models (a fresh install)."""
+    lake = Lake(str(tmp_path_factory.mktemp("explore")))
+    ingest(spark, str(night_dir), lake, cfg=config.ingest, log=lambda m: None)
+    run_histovectors(spark, lake, config, log=lambda m: None)
+    run_assign(spark, lake, config, log=lambda m: None)
+    return lake
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "desomspark.cli", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_a_label_reaches_every_exposure_of_its_cell(spark, lake, config, monkeypatch):
+    before = lake.read("assignments").to_pandas()
+    cell = before.iloc[0]
+    monkeypatch.setenv("DESOMSPARK_AUTHOR", "night-astronomer")
+    uri, version = resolve_model(lake, config, "desom2", log=lambda m: None)
+    shape = tuple(registry.model_metadata(uri)["map_shape"])
+    row = label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), "BadFocus", shape)
+    assert row["author"] == "night-astronomer"
+    after = run_assign(spark, lake, config, log=lambda m: None)
+    members = (after["cell_x"] == cell.cell_x) & (after["cell_y"] == cell.cell_y)
+    assert (after.loc[members, "label"] == "BadFocus").all() and after.loc[~members, "label"].isna().all()
+    # the last word wins: unlabel
+    label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), None, shape)
+    assert run_assign(spark, lake, config, log=lambda m: None)["label"].isna().all()
+    with pytest.raises(ValueError, match="outside"):
+        label_cell(lake, version, (shape[1], 0), "x", shape)
+
+
+def test_export_csv_and_parquet(lake, tmp_path):
+    n = export(lake, str(tmp_path / "a.csv"), "csv")
+    csv = pd.read_csv(tmp_path / "a.csv", dtype={"exposure_id": str})
+    assert n == len(csv) == 12 and {"exposure_id", "cell_x", "cell_y", "label", "path"} <= set(csv.columns)
+    export(lake, str(tmp_path / "a.parquet"), "parquet")
+    assert len(pd.read_parquet(tmp_path / "a.parquet")) == 12
+
+
+def test_similar_returns_the_exposure_itself_first(lake, config):
+    uri, _ = resolve_model(lake, config, "desom2", log=lambda m: None)
+    meta = registry.model_metadata(uri)
+    exposures = lake.read("assignments").to_pandas()["exposure_id"]
+    table = similar(lake, uri, meta, exposures.iloc[3], k=5)
+    assert table["exposure_id"].iloc[0] == exposures.iloc[3] and table["distance"].iloc[0] == 0
+    assert len(table) == 5 and table["distance"].is_monotonic_increasing
+    with pytest.raises(ValueError, match="no histo-vector"):
+        similar(lake, uri, meta, "nope", 3)
+
+
+def test_filter_finds_exposures_rich_in_a_node(lake):
+    vectors = lake.read("histovectors").to_pandas()
+    import numpy as np
+
+    counts = np.stack(vectors["counts"])
+    node = int(counts.sum(0).argmax())
+    x, y = node % 25, node // 25
+    share = counts[:, node] / counts.sum(1)
+    threshold = float(np.median(share))
+    table = filter_node(lake, (x, y), threshold, (25, 25))
+    assert len(table) == int((share >= threshold).sum()) and (table["fraction"] >= threshold).all()
+    assert table["fraction"].is_monotonic_decreasing
+
+
+def test_command_line(lake, tmp_path):
+    done = _cli("label", "--lake", lake.root, "--cell", "0,0", "--label", "Good")
+    assert done.returncode == 0 and "'Good'" in done.stdout, done.stderr
+    assert _cli("label", "--lake", lake.root, "--cell", "0,0").returncode == 1
+    out = tmp_path / "e.csv"
+    assert _cli("export", "--lake", lake.root, "--format", "csv", "--out", str(out)).returncode == 0 and out.exists()
+    exposure = lake.read("assignments").to_pandas()["exposure_id"].iloc[0]
+    done = _cli("similar", "--lake", lake.root, "--exposure", exposure, "-k", "3")
+    assert done.returncode == 0 and exposure in done.stdout.splitlines()[2]
+    done = _cli("filter", "--lake", lake.root, "--node", "3,4", "--min-fraction", "0.0")
+    assert done.returncode == 0 and "12 exposures" in done.stdout
