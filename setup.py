@@ -11,9 +11,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["desomspark", "desomspark.*"]),
-    # conf/ ships with the package so that an installed copy (a container, an
-    # executor) finds its defaults; see desomspark.config.conf_dir
-    data_files=[("share/desomspark/conf", [str(p) for p in Path("conf").glob("*")])],
+    # conf/ and the default models ship with the package so that an installed
+    # copy (a container, an executor) finds them; see config.conf_dir, pipeline.models_dir
+    data_files=[("share/desomspark/conf", [str(p) for p in Path("conf").glob("*.*")])] + [
+        (f"share/desomspark/{folder.as_posix()}", [str(f) for f in folder.iterdir() if f.is_file()])
+        for folder in sorted({f.parent for f in Path("models").rglob("*") if f.is_file()})
+        if folder != Path("models")],  # the model folders, not the card and the script
     install_requires=[
         "pyspark>=4.0,<5",
         # the CPU build lies on disk as 2.13.0; a CUDA image installs its own build first

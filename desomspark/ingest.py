@@ -129,7 +129,7 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
     return exposures, tasks, rejects
 
 
-def finish_exposures(exposures: list[dict], ccds: pd.DataFrame, scans_rejects: list[dict]) -> tuple[pd.DataFrame, list[dict]]:
+def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
     """Exposure rows with their CCD counts and status; exposures without a usable CCD become rejects."""
     per_exp = ccds.groupby(["night", "exposure_id"]).agg(
         n_used=("reject_reason", lambda s: int(s.isna().sum())),
@@ -211,7 +211,7 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
     ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
     log(f"ingest: processed {len(ccd_rows)} CCDs in {time.perf_counter() - t0:.1f} s")
 
-    exposure_df, late_rejects = finish_exposures(exposures, ccd_rows, rejects)
+    exposure_df, late_rejects = finish_exposures(exposures, ccd_rows)
     rejects = rejects + late_rejects
     path_of = {(t["night"], t["exposure_id"]): t["path"] for t in tasks}
     for r in ccd_rows[ccd_rows["reject_reason"].notna()].itertuples():
