@@ -22,7 +22,6 @@ import tempfile
 import time
 from dataclasses import asdict, replace
 
-import numpy as np
 import torch
 
 from desomspark.config import load_config

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import numpy as np
 from mlflow import MlflowClient
 
 from desomspark import registry

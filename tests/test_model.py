@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
