@@ -107,7 +107,6 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
     log(f"train-desom1: sample of {sample.rows} cutouts (of {sample.total_cutouts}) at {sample.path}")
     job = _job(cfg, sample, lake, iterations, batch_size, resume, gpu)
 
-    registry.connect(lake, cfg.mlflow)
     with registry.run(lake, cfg.mlflow, "desom1", run_id=previous and previous["run_id"]) as active:
         import mlflow
 
