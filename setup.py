@@ -34,6 +34,6 @@ setup(
         "matplotlib>=3.8",
         "pyyaml>=6",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6"]},
+    extras_require={"test": ["pytest>=8", "hypothesis>=6", "selenium>=4"]},
     entry_points={"console_scripts": ["desomspark=desomspark.cli:main"]},
 )

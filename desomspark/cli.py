@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", type=_cell, required=True)
     p.add_argument("--min-fraction", type=float, required=True)
 
-    command("evaluate", "score the map against ground-truth labels (simulated data)")
+    p = command("evaluate", "score the map against ground-truth labels (simulated data)")
+    p.add_argument("--out", default=None, help="folder of the tables and t-SNE picture (default <lake>/evaluation)")
     p = command("demo", "simulate a small night and run the whole chain on it", lake_required=False)
     p.add_argument("--exposures", type=_positive, default=36)
     return parser
@@ -262,9 +263,19 @@ def cmd_filter(args, cfg: Config) -> int:
     return 0
 
 
-def _not_built(args, cfg: Config) -> int:
-    print(f"desomspark {args.command}: not built yet", file=sys.stderr)
-    return EXIT_FAILED
+def cmd_report(args, cfg: Config) -> int:
+    from .report import write_report
+
+    index = write_report(_lake(args), cfg, args.out)
+    print(f"report: open {index}")
+    return 0
+
+
+def cmd_evaluate(args, cfg: Config) -> int:
+    from .evaluate import evaluate
+
+    evaluate(_lake(args), cfg, args.out)
+    return 0
 
 
 COMMANDS = {
@@ -281,11 +292,9 @@ COMMANDS = {
     "export": cmd_export,
     "similar": cmd_similar,
     "filter": cmd_filter,
+    "report": cmd_report,
+    "evaluate": cmd_evaluate,
 }
-
-
-def _dispatch(name: str):
-    return COMMANDS.get(name, _not_built)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"desomspark {args.command}: bad --conf: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
     try:
-        return int(_dispatch(args.command)(args, cfg) or 0)
+        return int(COMMANDS[args.command](args, cfg) or 0)
     except (UserError, FileNotFoundError, ValueError, PermissionError, RegistryError) as exc:
         print(f"desomspark {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -73,6 +73,7 @@ class IngestConfig:
     cutout_size: int = 32
     clip_percentiles: tuple[float, float] = (1.0, 95.0)
     min_ccd_side: int = 128
+    window_size: int = 500
 
 
 @dataclass(frozen=True)

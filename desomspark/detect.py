@@ -63,6 +63,8 @@ class CcdResult:
     reject_detail: str | None = None
     thumbnail: bytes = b""
     thumbnail_shape: tuple[int, int] = (0, 0)
+    window: bytes = b""
+    window_shape: tuple[int, int] = (0, 0)
     source_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
     x: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     y: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -96,21 +98,40 @@ def detect_sources(image: np.ndarray, cfg: IngestConfig,
     return objects, bkg
 
 
+def _stretch(image: np.ndarray, level: float, rms: float) -> np.ndarray:
+    """uint8 display stretch: sky at ~25, asinh above it (faint and bright sources both visible)."""
+    rms = rms if np.isfinite(rms) and rms > 0 else 1.0
+    level = level if np.isfinite(level) else 0.0
+    stretched = np.arcsinh((image - level) / (3.0 * rms)) / np.arcsinh(100.0)
+    return np.clip(25 + 230 * stretched, 0, 255).astype(np.uint8)
+
+
 def thumbnail(image: np.ndarray, level: float, rms: float,
               max_side: int = THUMBNAIL_MAX_SIDE) -> tuple[bytes, tuple[int, int]]:
-    """Block-averaged uint8 view of a CCD (sky at ~25, asinh stretch), for galleries."""
+    """Block-averaged uint8 view of a whole CCD, for focal-plane mosaics."""
     factor = max(1, int(np.ceil(max(image.shape) / max_side)))
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     small = image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
-    rms = rms if np.isfinite(rms) and rms > 0 else 1.0
-    level = level if np.isfinite(level) else 0.0
-    stretched = np.arcsinh((small - level) / (3.0 * rms)) / np.arcsinh(100.0)
-    q = np.clip(25 + 230 * stretched, 0, 255).astype(np.uint8)
+    q = _stretch(small, level, rms)
     return q.tobytes(), q.shape
 
 
+def window(image: np.ndarray, level: float, rms: float, side: int) -> tuple[bytes, tuple[int, int]]:
+    """The central ``side`` x ``side`` pixels of a CCD at full resolution (uint8, same stretch)."""
+    h, w = image.shape
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    q = _stretch(image[y0:y0 + side, x0:x0 + side], level, rms)
+    return q.tobytes(), q.shape
+
+
+def _views(result: CcdResult, image: np.ndarray, level: float, rms: float, window_size: int) -> None:
+    result.thumbnail, result.thumbnail_shape = thumbnail(image, level, rms)
+    if window_size > 0:
+        result.window, result.window_shape = window(image, level, rms, window_size)
+
+
 def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
-                cfg: IngestConfig = IngestConfig()) -> CcdResult:
+                cfg: IngestConfig = IngestConfig(), keep_window: bool = False) -> CcdResult:
     """Detect, sample and cut out the sources of one CCD.
 
     Parameters
@@ -120,6 +141,8 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     exposure_id, hdu_index
         Seed the sampling, so that a re-run picks the same sources.
     cfg : IngestConfig
+    keep_window : bool
+        Also keep the central ``cfg.window_size`` pixels at full resolution.
 
     Returns
     -------
@@ -139,12 +162,12 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     if float(image.max()) == float(image.min()):
         result.dead = True
         result.background, result.background_rms = median, 0.0
-        result.thumbnail, result.thumbnail_shape = thumbnail(image, median, 1.0)
+        _views(result, image, median, 1.0, cfg.window_size if keep_window else 0)
         return result
 
     objects, bkg = detect_sources(image, cfg)
     result.background, result.background_rms = float(bkg.globalback), float(bkg.globalrms)
-    result.thumbnail, result.thumbnail_shape = thumbnail(image, result.background, result.background_rms)
+    _views(result, image, result.background, result.background_rms, cfg.window_size if keep_window else 0)
 
     h, w = image.shape
     m = cfg.edge_margin

@@ -50,6 +50,9 @@ class IngestSummary:
                 f"{self.ccds} CCDs ({self.dead_ccds} dead), {self.cutouts} cutouts; nights {', '.join(self.nights)}")
 
 
+_NO_VIEWS = dict(thumbnail=None, thumbnail_height=0, thumbnail_width=0, window=None, window_height=0, window_width=0)
+
+
 def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
     """Read and process one HDU: the ``ccds`` row plus its cutouts (a Spark task)."""
     row = dict(night=task["night"], exposure_id=task["exposure_id"], hdu_index=task["hdu_index"],
@@ -57,15 +60,14 @@ def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
                height=task["height"], width=task["width"])
     try:
         image = read_ccd(task["path"], task["hdu_index"])
-        result = process_ccd(image, task["exposure_id"], task["hdu_index"], cfg)
+        result = process_ccd(image, task["exposure_id"], task["hdu_index"], cfg, keep_window=task["window"])
     except Reject as exc:
         return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
-                          reject_reason=exc.reason, reject_detail=exc.detail, thumbnail=None,
-                          thumbnail_height=0, thumbnail_width=0, cutouts=[])
+                          reject_reason=exc.reason, reject_detail=exc.detail, cutouts=[], **_NO_VIEWS)
     except Exception as exc:  # sep or numpy on a pathological image: reject, don't fail the night
         return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
                           reject_reason="unreadable_data", reject_detail=f"{type(exc).__name__}: {exc}"[:500],
-                          thumbnail=None, thumbnail_height=0, thumbnail_width=0, cutouts=[])
+                          cutouts=[], **_NO_VIEWS)
     weight = float(result.weight)
     cutouts = [(int(i), float(x), float(y), float(f), weight, bytearray(p))
                for i, x, y, f, p in zip(result.source_index, result.x, result.y, result.flux, result.pixels)]
@@ -74,6 +76,8 @@ def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
                       reject_reason=result.reject_reason, reject_detail=result.reject_detail,
                       thumbnail=bytearray(result.thumbnail) if result.thumbnail else None,
                       thumbnail_height=result.thumbnail_shape[0], thumbnail_width=result.thumbnail_shape[1],
+                      window=bytearray(result.window) if result.window else None,
+                      window_height=result.window_shape[0], window_width=result.window_shape[1],
                       cutouts=cutouts)
 
 
@@ -90,6 +94,19 @@ def _result_schema():
                                          if f.name not in ("night", "exposure_id", "hdu_index")]))
     return StructType(list(ccds.fields) + [StructField("reject_detail", StringType()),
                                            StructField("cutouts", ArrayType(cut))])
+
+
+def window_hdu(scan: FileScan) -> int | None:
+    """The HDU whose full-resolution window the galleries show: the CCD nearest the focal-plane centre."""
+    if not scan.hdus:
+        return None
+    placed = [h for h in scan.hdus if h.ccd_row >= 0 and h.ccd_col >= 0]
+    if not placed:
+        return scan.hdus[0].hdu_index
+    rows = [h.ccd_row for h in placed]
+    cols = [h.ccd_col for h in placed]
+    cy, cx = (min(rows) + max(rows)) / 2, (min(cols) + max(cols)) / 2
+    return min(placed, key=lambda h: ((h.ccd_row - cy) ** 2 + (h.ccd_col - cx) ** 2, h.hdu_index)).hdu_index
 
 
 def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], list[dict], list[dict]]:
@@ -121,8 +138,10 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
                               hdu_reject_reasons=[r["reason"] for r in scan.rejects],
                               **scan.meta))
         rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
+        central = window_hdu(scan)
         for hdu in scan.hdus:
-            tasks.append(dict(path=scan.path, night=n, exposure_id=scan.exposure_id, **asdict(hdu)))
+            tasks.append(dict(path=scan.path, night=n, exposure_id=scan.exposure_id,
+                              window=hdu.hdu_index == central, **asdict(hdu)))
     run_night = night or (Counter(e["night"] for e in exposures).most_common(1) or [(UNKNOWN_NIGHT, 0)])[0][0]
     for r in rejects:
         r["night"] = r["night"] or run_night
@@ -206,7 +225,7 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
         results = spark.createDataFrame(rdd, result_schema, verifySchema=False).persist(StorageLevel.DISK_ONLY)
     else:
         results = spark.createDataFrame([], result_schema)
-    summary_cols = [c for c in columns if c not in ("cutouts", "thumbnail")]
+    summary_cols = [c for c in columns if c not in ("cutouts", "thumbnail", "window")]
     t0 = time.perf_counter()
     ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
     log(f"ingest: processed {len(ccd_rows)} CCDs in {time.perf_counter() - t0:.1f} s")

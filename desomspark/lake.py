@@ -159,13 +159,16 @@ class Lake:
 
         return PyFileSystem(FSSpecHandler(self.fs))
 
-    def read(self, table: str, nights: list[str] | None = None, columns: list[str] | None = None) -> pa.Table:
-        """A whole table (or some nights of it) as Arrow, in the schema's column order."""
+    def read(self, table: str, nights: list[str] | None = None, columns: list[str] | None = None,
+             where: ds.Expression | None = None) -> pa.Table:
+        """A whole table (or some nights of it, or the rows matching ``where``) as Arrow."""
         if not self.exists(table):
             t = schema.empty_table(table)
             return t.select(columns) if columns else t
         dataset = self.dataset(table)
         flt = ds.field("night").isin(nights) if nights is not None and table != "labels" else None
+        if where is not None:
+            flt = where if flt is None else flt & where
         cols = columns or schema.TABLES[table].names
         t = dataset.to_table(columns=cols, filter=flt)
         out = schema.TABLES[table]

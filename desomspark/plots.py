@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 
 def mosaic(images: np.ndarray, map_shape: tuple[int, int], gap: int = 1) -> np.ndarray:
@@ -32,6 +33,132 @@ def prototype_map(decoded: np.ndarray, map_shape: tuple[int, int], path, title: 
     ax.set_yticks([(r + 0.5) * image.shape[0] / rows for r in range(0, rows, 5)], range(0, rows, 5))
     ax.set_xlabel("node column")
     ax.set_ylabel("node row")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def focal_plane(thumbnails: list[tuple[int, int, np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Place CCD thumbnails (ccd_row, ccd_col, uint8 image) in their focal-plane layout.
+
+    Row 0 is drawn at the top; a CCD missing from the list (rejected) is a NaN hole.
+    CCDs without a known position (row or column < 0) are laid out in one row.
+    """
+    if not thumbnails:
+        return np.full((1, 1), np.nan, dtype=np.float32)
+    if any(r < 0 or c < 0 for r, c, _ in thumbnails):
+        thumbnails = [(0, k, img) for k, (_, _, img) in enumerate(thumbnails)]
+    h = max(img.shape[0] for _, _, img in thumbnails)
+    w = max(img.shape[1] for _, _, img in thumbnails)
+    rows = max(r for r, _, _ in thumbnails) + 1
+    cols = max(c for _, c, _ in thumbnails) + 1
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan, dtype=np.float32)
+    for r, c, img in thumbnails:
+        out[r * (h + gap):r * (h + gap) + img.shape[0], c * (w + gap):c * (w + gap) + img.shape[1]] = img
+    return out
+
+
+def _show(ax, image, title: str = "") -> None:
+    cmap = plt.get_cmap("gray").with_extremes(bad="#3060a0")  # holes (rejected CCDs, gaps) in blue, not black sky
+    ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def histovector_figure(examples: list[dict], map_shape: tuple[int, int], path) -> str:
+    """Paper Figure 8: per exposure, a full-resolution window, its DESOM-1 density map and its histo-vector.
+
+    ``examples``: dicts with ``exposure_id``, ``window`` (uint8 2-D array or None) and ``counts``
+    (the histo-vector, ``rows * cols`` values).
+    """
+    rows, cols = map_shape
+    fig, axes = plt.subplots(len(examples), 3, figsize=(11, 3.2 * len(examples)), dpi=90,
+                             gridspec_kw={"width_ratios": [1, 1, 2]}, squeeze=False)
+    for (a_win, a_map, a_hist), ex in zip(axes, examples):
+        counts = np.asarray(ex["counts"], dtype=float)
+        window = ex.get("window")
+        _show(a_win, window if window is not None else np.full((2, 2), np.nan), f"{ex['exposure_id']}")
+        im = a_map.imshow(counts.reshape(rows, cols), cmap="viridis", interpolation="nearest")
+        a_map.set_title("density on DESOM-1", fontsize=8)
+        a_map.set_xlabel("node column", fontsize=7)
+        a_map.set_ylabel("node row", fontsize=7)
+        fig.colorbar(im, ax=a_map, fraction=0.046, pad=0.04)
+        a_hist.bar(np.arange(counts.size), counts, width=1.0, color="k")
+        a_hist.set_xlim(0, counts.size)
+        a_hist.set_xlabel("DESOM-1 node index", fontsize=7)
+        a_hist.set_ylabel("detections", fontsize=7)
+        a_hist.set_title("histo-vector", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def desom2_map(cells: pd.DataFrame, map_shape: tuple[int, int], path, by: str = "class") -> str:
+    """Paper Figure 10: the DESOM-2 map coloured by each cell's majority ``by`` value, and by count.
+
+    ``cells``: one row per occupied cell with ``cell_x``, ``cell_y``, ``count`` and ``by``
+    (e.g. the majority true class, or the expert label; null = none).
+    """
+    rows, cols = map_shape
+    count = np.zeros((rows, cols))
+    names = sorted({str(v) for v in cells[by].dropna()})
+    code = np.full((rows, cols), np.nan)
+    for r in cells.itertuples():
+        count[r.cell_y, r.cell_x] = r.count
+        value = getattr(r, by)
+        if isinstance(value, str):
+            code[r.cell_y, r.cell_x] = names.index(value)
+    fig, (a_cls, a_cnt) = plt.subplots(1, 2, figsize=(11, 5), dpi=90)
+    palette = plt.get_cmap("tab10", max(1, len(names)))
+    a_cls.imshow(np.ma.masked_invalid(code), cmap=palette, vmin=-0.5, vmax=max(1, len(names)) - 0.5,
+                 interpolation="nearest")
+    a_cls.set_title(f"DESOM-2 cells by {by}")
+    if names:
+        a_cls.legend(handles=[plt.Rectangle((0, 0), 1, 1, color=palette(k)) for k in range(len(names))],
+                     labels=names, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    else:
+        a_cls.text(0.5, 0.5, f"no cell has a {by} yet", ha="center", va="center", transform=a_cls.transAxes)
+    im = a_cnt.imshow(count, cmap="Greys", interpolation="nearest")
+    for y in range(rows):
+        for x in range(cols):
+            if count[y, x] > 0:
+                a_cnt.text(x, y, f"{int(count[y, x])}", ha="center", va="center", fontsize=7,
+                           color="white" if count[y, x] > count.max() / 2 else "black")
+    a_cnt.set_title("exposures per cell")
+    fig.colorbar(im, ax=a_cnt, fraction=0.046, pad=0.04)
+    for ax in (a_cls, a_cnt):
+        ax.set_xlabel("cell x")
+        ax.set_ylabel("cell y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def cell_gallery(members: list[dict], path, title: str) -> str:
+    """Paper Figures 11-18: up to nine exposures of one cell, each as its focal-plane
+    mosaic beside one CCD's full-resolution window.
+
+    ``members``: dicts with ``caption``, ``mosaic`` (2-D array) and ``window`` (2-D array or None).
+    """
+    n = max(1, len(members))
+    grid = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / grid))
+    fig, axes = plt.subplots(rows, 2 * grid, figsize=(3.4 * grid, 1.9 * rows + 0.5), dpi=90, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, m in enumerate(members):
+        r, c = divmod(k, grid)
+        _show(axes[r, 2 * c], m["mosaic"], m["caption"])
+        window = m.get("window")
+        _show(axes[r, 2 * c + 1], window if window is not None else np.full((2, 2), np.nan),
+              f"{window.shape[0]}x{window.shape[1]} window" if window is not None else "no window")
+        axes[r, 2 * c].axis("on")
+        axes[r, 2 * c + 1].axis("on")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

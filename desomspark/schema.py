@@ -62,6 +62,9 @@ CCDS = pa.schema([
     ("thumbnail", pa.binary()),         # uint8 block-averaged image (see thumbnail_shape)
     ("thumbnail_height", pa.int32()),
     ("thumbnail_width", pa.int32()),
+    ("window", pa.binary()),            # uint8 full-resolution central window, one CCD per exposure
+    ("window_height", pa.int32()),
+    ("window_width", pa.int32()),
 ])
 
 #: one row per sampled source

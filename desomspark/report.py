@@ -1,0 +1,256 @@
+"""``desomspark report``: a static HTML site of the map, for the astronomers who label it.
+
+The site is one folder: ``index.html`` plus PNGs under ``img/``, linked
+relatively, so it opens from disk, a web server or an archive alike.  It shows
+
+* the DESOM-2 map as a grid of buttons (count and label per cell); clicking a
+  cell opens its gallery: nine random members drawn from the thumbnails that
+  ingest stored (focal-plane mosaic + one CCD at full resolution, paper
+  Figures 11-18), its label and the list of its members;
+* the DESOM-1 prototype map (Figure 6), the DESOM-2 map by label and by count
+  (Figure 10, and by true class on simulated data), four exposures' density
+  maps and histo-vectors (Figure 8);
+* one summary line per night.
+
+Every string that comes from a FITS header, a path or a label is escaped
+(:func:`html.escape`): a header is input from outside and must show as text.
+"""
+from __future__ import annotations
+
+import html
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from . import plots, registry
+from .assign import current_labels
+from .lake import Lake
+
+GALLERY_SIZE = 9
+MEMBER_COLUMNS = ["exposure_id", "night", "object", "filter", "exptime", "airmass", "distance", "truth_label"]
+
+
+def _image(data, height: int, width: int) -> np.ndarray | None:
+    if data is None or not height or not width:
+        return None
+    return np.frombuffer(data, dtype=np.uint8).reshape(int(height), int(width))
+
+
+def exposure_views(lake: Lake, exposure_ids: list[str]) -> dict[str, dict]:
+    """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails and its full-resolution ``window``."""
+    if not exposure_ids:
+        return {}
+    ccds = lake.read("ccds", columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "thumbnail",
+                                      "thumbnail_height", "thumbnail_width", "window", "window_height",
+                                      "window_width"],
+                     where=ds.field("exposure_id").isin(list(exposure_ids))).to_pandas()
+    views = {}
+    for exposure_id, group in ccds.sort_values("hdu_index").groupby("exposure_id"):
+        thumbs = [(int(r.ccd_row), int(r.ccd_col), img) for r in group.itertuples()
+                  if (img := _image(r.thumbnail, r.thumbnail_height, r.thumbnail_width)) is not None]
+        windows = [w for r in group.itertuples()
+                   if (w := _image(r.window, r.window_height, r.window_width)) is not None]
+        views[exposure_id] = {"mosaic": plots.focal_plane(thumbs), "window": windows[0] if windows else None}
+    return views
+
+
+def map_members(lake: Lake, desom2_version: str) -> pd.DataFrame:
+    """Every exposure assigned by one DESOM-2 version, with its header fields."""
+    assigned = lake.read("assignments").to_pandas()
+    assigned = assigned[assigned["desom2_version"] == str(desom2_version)]
+    exposures = lake.read("exposures", columns=["night", "exposure_id", "path", "object", "filter", "exptime",
+                                                "airmass", "date_obs", "truth_label"]).to_pandas()
+    return assigned.merge(exposures, on=["night", "exposure_id"], how="left")
+
+
+def cell_summary(members: pd.DataFrame) -> pd.DataFrame:
+    """One row per occupied cell: count, expert label, and majority true class where known."""
+    def majority(s: pd.Series):
+        s = s.dropna()
+        return s.value_counts().index[0] if len(s) else None
+
+    return (members.groupby(["cell_x", "cell_y"])
+            .agg(count=("exposure_id", "size"), label=("label", "first"), truth=("truth_label", majority))
+            .reset_index())
+
+
+def night_summaries(lake: Lake) -> pd.DataFrame:
+    """Per night: exposures ok / partial, rejected files, CCDs, cutouts, assigned exposures."""
+    exposures = lake.read("exposures", columns=["night", "status", "n_ccds_used", "n_cutouts"]).to_pandas()
+    rejects = lake.read("rejects", columns=["night", "hdu_index"]).to_pandas()
+    assigned = lake.read("assignments", columns=["night", "exposure_id", "label"]).to_pandas()
+    nights = sorted(set(exposures["night"]) | set(rejects["night"]))
+    rows = []
+    for night in nights:
+        e = exposures[exposures["night"] == night]
+        a = assigned[assigned["night"] == night]
+        labels = a["label"].fillna("(unlabelled)").value_counts()
+        rows.append({"night": night, "ok": int((e["status"] == "ok").sum()),
+                     "partial": int((e["status"] == "partial").sum()),
+                     "rejected_files": int(((rejects["night"] == night) & rejects["hdu_index"].isna()).sum()),
+                     "ccds": int(e["n_ccds_used"].sum()), "cutouts": int(e["n_cutouts"].sum()),
+                     "assigned": int(a["exposure_id"].nunique()),
+                     "labels": ", ".join(f"{k}: {v}" for k, v in labels.items())})
+    return pd.DataFrame(rows)
+
+
+def _e(value) -> str:
+    """Escape anything for HTML text or attribute ('' for missing)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return html.escape(str(value), quote=True)
+
+
+def _colour(label: str | None, count: int, top: int) -> str:
+    if label:
+        hue = sum(label.encode()) * 47 % 360  # a stable colour per label
+        return f"hsl({hue}, 60%, 70%)"
+    shade = 95 - int(45 * count / max(1, top))
+    return f"hsl(220, 15%, {shade}%)"
+
+
+def _table(frame: pd.DataFrame, columns: list[str], cls: str = "") -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>"
+                   for row in frame[columns].itertuples(index=False))
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+table.map { border-collapse: collapse; }
+table.map td { padding: 1px; }
+button.cell { width: 3.6em; height: 3.2em; border: 1px solid #888; font-size: 0.7em; cursor: pointer; }
+button.cell.empty { visibility: hidden; }
+table.list { border-collapse: collapse; font-size: 0.8em; }
+table.list td, table.list th { border: 1px solid #ccc; padding: 2px 6px; }
+section.gallery { border-top: 2px solid #446; margin-top: 1em; }
+img { max-width: 100%; }
+"""
+
+SCRIPT = """
+for (const button of document.querySelectorAll('button.cell')) {
+  button.addEventListener('click', () => {
+    for (const g of document.querySelectorAll('section.gallery')) g.hidden = true;
+    const gallery = document.getElementById(button.dataset.gallery);
+    gallery.hidden = false;
+    history.replaceState(null, '', '#' + button.id);
+    gallery.scrollIntoView();
+  });
+}
+if (location.hash) { const b = document.querySelector(location.hash); if (b) b.click(); }
+"""
+
+
+def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> Path:
+    """Write the site for the champion DESOM-2 into ``out``; returns the path of ``index.html``."""
+    from .explore import champion_metadata
+
+    out = Path(out)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    d1_uri, d1_version, d1_meta = champion_metadata(lake, cfg, "desom1")
+    d2_uri, d2_version, d2_meta = champion_metadata(lake, cfg, "desom2")
+    members = map_members(lake, d2_version)
+    if members.empty:
+        raise ValueError(f"no exposure of {lake.root} is assigned by desom2 v{d2_version}: run assign first")
+    # the label as it stands now (a cell labelled after the last assign shows it already)
+    labels = current_labels(lake, d2_version)
+    members = members.drop(columns="label").merge(labels, on=["cell_x", "cell_y"], how="left")
+    cells = cell_summary(members)
+    shape = tuple(int(v) for v in d2_meta["map_shape"])
+    rng = np.random.default_rng(seed)
+
+    figures = []
+    decoded = registry.model_extra(d1_uri).get("decoded_prototypes")
+    if decoded is not None:
+        plots.prototype_map(decoded, tuple(d1_meta["map_shape"]), out / "img" / "prototype_map.png",
+                            title=f"DESOM-1 v{d1_version} prototypes")
+        figures.append(("DESOM-1 prototypes (Figure 6)", "img/prototype_map.png"))
+    plots.desom2_map(cells, shape, out / "img" / "desom2_labels.png", by="label")
+    figures.append(("DESOM-2 map by expert label and count (Figure 10)", "img/desom2_labels.png"))
+    if cells["truth"].notna().any():
+        plots.desom2_map(cells, shape, out / "img" / "desom2_truth.png", by="truth")
+        figures.append(("DESOM-2 map by majority true class (simulated data)", "img/desom2_truth.png"))
+
+    # Figure 8: the most populated cells' first exposures
+    examples_ids = [members[(members.cell_x == c.cell_x) & (members.cell_y == c.cell_y)]["exposure_id"].iloc[0]
+                    for c in cells.sort_values("count", ascending=False).head(4).itertuples()]
+    vectors = lake.read("histovectors", where=ds.field("exposure_id").isin(examples_ids)).to_pandas()
+    vectors = vectors[vectors["desom1_version"] == str(d1_version)].drop_duplicates("exposure_id")
+    chosen = {eid: members[members.exposure_id == eid].iloc[0] for eid in examples_ids}
+    galleries = {}
+    for c in cells.itertuples():
+        in_cell = members[(members.cell_x == c.cell_x) & (members.cell_y == c.cell_y)]
+        pick = in_cell.iloc[np.sort(rng.choice(len(in_cell), size=min(GALLERY_SIZE, len(in_cell)), replace=False))]
+        galleries[(c.cell_x, c.cell_y)] = pick
+    views = exposure_views(lake, sorted({e for g in galleries.values() for e in g["exposure_id"]}
+                                        | set(vectors["exposure_id"])))
+    if len(vectors):
+        plots.histovector_figure([{"exposure_id": f"{r.exposure_id} ({chosen[r.exposure_id].truth_label or ''})",
+                                   "window": views.get(r.exposure_id, {}).get("window"), "counts": r.counts}
+                                  for r in vectors.itertuples()], tuple(d1_meta["map_shape"]),
+                                 out / "img" / "histovectors.png")
+        figures.append(("Full-resolution windows, density maps and histo-vectors (Figure 8)",
+                        "img/histovectors.png"))
+
+    sections = []
+    for (x, y), pick in galleries.items():
+        cell = cells[(cells.cell_x == x) & (cells.cell_y == y)].iloc[0]
+        name = f"img/cell_{x}_{y}.png"
+        plots.cell_gallery([{"caption": f"{r.exposure_id} {r.truth_label or ''}".strip(),
+                             "mosaic": views.get(r.exposure_id, {}).get("mosaic", np.full((2, 2), np.nan)),
+                             "window": views.get(r.exposure_id, {}).get("window")} for r in pick.itertuples()],
+                           out / name, title=f"cell ({x}, {y}): {len(pick)} of {int(cell['count'])} exposures")
+        in_cell = members[(members.cell_x == x) & (members.cell_y == y)].sort_values(["night", "exposure_id"])
+        columns = [c for c in MEMBER_COLUMNS if c in in_cell and (c != "truth_label" or in_cell[c].notna().any())]
+        sections.append(
+            f'<section class="gallery" id="gallery-{x}-{y}" hidden><h3>Cell ({x}, {y})</h3>'
+            f'<p>Label: <b class="label">{_e(cell["label"]) or "(none)"}</b> &middot; {int(cell["count"])} exposures'
+            f' &middot; label it: <code>desomspark label --cell {x},{y} --label NAME</code></p>'
+            f'<img src="{name}" alt="gallery of cell ({x}, {y})">'
+            f'{_table(in_cell, columns, "list members")}</section>')
+
+    top = int(cells["count"].max())
+    by_cell = {(int(c.cell_x), int(c.cell_y)): c for c in cells.itertuples()}
+    grid = []
+    for y in range(shape[0]):
+        tds = []
+        for x in range(shape[1]):
+            c = by_cell.get((x, y))
+            if c is None:
+                tds.append('<td><button class="cell empty" disabled></button></td>')
+                continue
+            label = c.label if isinstance(c.label, str) else None
+            tds.append(f'<td><button class="cell" id="cell-{x}-{y}" data-gallery="gallery-{x}-{y}" '
+                       f'style="background:{_colour(label, c.count, top)}" title="cell ({x}, {y})">'
+                       f'{c.count}<br>{_e(label)}</button></td>')
+        grid.append("<tr>" + "".join(tds) + "</tr>")
+
+    nights = night_summaries(lake)
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>desomspark report</title><style>{STYLE}</style></head>
+<body>
+<h1>Exposures on the DESOM-2 map</h1>
+<p>desom2 v{_e(d2_version)} on desom1 v{_e(d1_version)} &middot; {len(members)} exposures in {len(cells)} cells
+&middot; lake <code>{_e(lake.root)}</code> &middot; written {stamp}</p>
+<h2>The map</h2>
+<p>Each button is a cell (x to the right, y down): its number of exposures and its label. Click one to see it.</p>
+<table class="map">{''.join(grid)}</table>
+<div id="galleries">{''.join(sections)}</div>
+<h2>Nights</h2>
+{_table(nights, list(nights.columns), "list nights")}
+<h2>Figures</h2>
+{''.join(f'<figure><img src="{src}" alt="{_e(t)}"><figcaption>{_e(t)}</figcaption></figure>' for t, src in figures)}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    log(f"report: {len(cells)} cells, {len(members)} exposures, {len(nights)} nights -> {index}")
+    return index

@@ -1,0 +1,135 @@
+"""What astronomers see: thumbnails, figures, the HTML report in a real browser, and the evaluation."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits
+from PIL import Image
+
+from desomspark import plots
+from desomspark.evaluate import evaluate, majority_scores
+from desomspark.ingest import ingest
+from desomspark.lake import Lake
+from desomspark.pipeline import run_assign, run_histovectors
+from desomspark.report import exposure_views, write_report
+
+HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
+
+
+@pytest.fixture(scope="module")
+def lake(spark, night_dir, tmp_path_factory, config):
+    """The test night, one file's OBJECT header made hostile, mapped with the default models."""
+    raw = tmp_path_factory.mktemp("report-raw")
+    files = sorted(night_dir.glob("*.fits*"))
+    for f in files:
+        shutil.copy(f, raw / f.name)
+    fits.setval(raw / files[0].name, "OBJECT", value=HOSTILE_OBJECT, ext=0)
+    lake = Lake(str(tmp_path_factory.mktemp("report-lake")))
+    ingest(spark, str(raw), lake, cfg=config.ingest, log=lambda m: None)
+    run_histovectors(spark, lake, config, log=lambda m: None)
+    run_assign(spark, lake, config, log=lambda m: None)
+    return lake
+
+
+def test_ingest_keeps_a_mosaic_and_one_full_resolution_window_per_exposure(lake, config):
+    ccds = lake.read("ccds").to_pandas()
+    windows = ccds[ccds["window"].notna()]
+    # one CCD per exposure, full resolution: the central window_size pixels of a 512x512 CCD
+    assert sorted(windows["exposure_id"]) == sorted(ccds["exposure_id"].unique())
+    side = config.ingest.window_size
+    assert (windows["window_height"] == side).all() and (windows["window_width"] == side).all()
+    assert all(len(w) == side * side for w in windows["window"])
+    views = exposure_views(lake, list(windows["exposure_id"][:2]))
+    for view in views.values():
+        # 4 CCDs in a 2x2 focal plane of 128x128 thumbnails with 2-pixel gaps
+        assert view["mosaic"].shape == (2 * 128 + 2, 2 * 128 + 2)
+        assert view["window"].shape == (side, side) and view["window"].dtype == np.uint8
+
+
+def test_plots_have_the_right_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    path = plots.prototype_map(rng.random((625, 32, 32)), (25, 25), tmp_path / "p.png")
+    assert Image.open(path).size == (1000, 1000)  # 25 nodes x 0.4 in x 100 dpi
+    examples = [{"exposure_id": str(i), "window": rng.integers(0, 255, (500, 500), dtype=np.uint8),
+                 "counts": rng.random(625)} for i in range(4)]
+    w, h = Image.open(plots.histovector_figure(examples, (25, 25), tmp_path / "h.png")).size
+    assert (w, h) == (990, int(3.2 * 4 * 90))
+    cells = pd.DataFrame({"cell_x": [0, 3], "cell_y": [0, 4], "count": [5, 2], "truth": ["Good", None]})
+    assert Image.open(plots.desom2_map(cells, (5, 5), tmp_path / "m.png", by="truth")).size == (990, 450)
+    members = [{"caption": str(i), "mosaic": rng.random((40, 40)) * 255, "window": None} for i in range(9)]
+    assert Image.open(plots.cell_gallery(members, tmp_path / "g.png", "cell")).size == (918, round((1.9 * 3 + .5) * 90))
+
+
+def test_majority_scores_by_hand():
+    truth = ["Good", "Good", "BT", "BT", "Good", "RBT"]
+    clusters = [0, 0, 0, 1, 2, 2]           # 0 -> Good, 1 -> BT, 2 -> tie broken to one class
+    s = majority_scores(truth, clusters)
+    assert s["clusters"] == 3 and s["purity"] == pytest.approx(4 / 6)
+    perfect = majority_scores(truth, [0, 0, 1, 1, 0, 2])
+    assert perfect["purity"] == 1.0 and perfect["accuracy"] == perfect["precision"] == perfect["recall"] == 1.0
+
+
+def _browser(tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("chromium / chromedriver not installed (scripts/install_test_tools.sh installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_report_opens_a_cell_gallery_in_a_browser_and_shows_headers_as_text(lake, config, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    index = write_report(lake, config, tmp_path / "site", log=lambda m: None)
+    assert HOSTILE_OBJECT not in index.read_text()          # escaped in the file itself
+    assignments = lake.read("assignments").to_pandas()
+    hostile_id = lake.read("exposures").to_pandas().query("object == @HOSTILE_OBJECT")["exposure_id"].iloc[0]
+    target = assignments[assignments["exposure_id"] == hostile_id].iloc[0]
+    x, y = int(target.cell_x), int(target.cell_y)
+
+    browser = _browser(tmp_path)
+    try:
+        browser.get(index.as_uri())
+        gallery = browser.find_element(By.ID, f"gallery-{x}-{y}")
+        assert not gallery.is_displayed()
+        browser.find_element(By.ID, f"cell-{x}-{y}").click()
+        WebDriverWait(browser, 10).until(lambda b: gallery.is_displayed())
+        image = gallery.find_element(By.TAG_NAME, "img")
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", image) > 100
+        assert HOSTILE_OBJECT in gallery.text                # shown as text ...
+        assert browser.execute_script("return window.__pwned === undefined")   # ... never run
+        assert len(browser.find_elements(By.TAG_NAME, "script")) == 1          # only the page's own
+        n_members = int(((assignments.cell_x == x) & (assignments.cell_y == y)).sum())
+        assert len(gallery.find_elements(By.CSS_SELECTOR, "table.members tbody tr")) == n_members
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
+    assert Image.open(tmp_path / "report.png").size[0] > 0
+    assert (index.parent / "img" / f"cell_{x}_{y}.png").exists()
+    assert (index.parent / "img" / "prototype_map.png").exists()
+
+
+def test_evaluate_scores_desom_and_the_baselines(lake, config, tmp_path):
+    from desomspark.baselines import BaselineConfig
+
+    table = evaluate(lake, config, tmp_path, BaselineConfig(epochs=3), log=lambda m: None)
+    assert list(table["method"]) == ["DESOM-1 + DESOM-2 (cells)", "pixel PCA + k-means", "PCA + agglomerative (Ward)",
+                                     "PCA + affinity propagation", "conv AE + k-means", "VAE latent + k-means"]
+    k = table.loc[0, "clusters"]
+    assert (table.loc[[1, 2, 4, 5], "clusters"] == k).all()  # same number of clusters as DESOM-2 cells
+    assert table[["purity", "nmi", "accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert pd.read_csv(tmp_path / "evaluation.csv").shape == (6, 7)
+    assert (tmp_path / "evaluation.md").read_text().count("\n|") >= 7
+    assert Image.open(tmp_path / "tsne.png").size == (630, 540)
