@@ -48,15 +48,16 @@ def local_path(path: str) -> str | None:
 def list_inputs(spec: str) -> list[str]:
     """Expand ``spec`` (a file, a directory, a glob; local or fsspec URL) to sorted files.
 
-    A directory gives the FITS files directly inside it.  Raises
+    A directory gives the FITS-named entries directly inside it (a FITS-named
+    sub-directory or a broken link included: they become rejects, so that
+    everything that looks like an input is accounted for).  Raises
     ``FileNotFoundError`` when nothing matches.
     """
     local = local_path(spec)
     if local is not None:
         if os.path.isdir(local):
             names = sorted(os.listdir(local))
-            files = [os.path.join(local, n) for n in names
-                     if n.lower().endswith(FITS_SUFFIXES) and not os.path.isdir(os.path.join(local, n))]
+            files = [os.path.join(local, n) for n in names if n.lower().endswith(FITS_SUFFIXES)]
         elif any(c in local for c in "*?["):
             files = sorted(p for p in glob.glob(local) if not os.path.isdir(p))
         elif os.path.lexists(local):
@@ -193,6 +194,10 @@ def scan_file(path: str, min_side: int = 128) -> FileScan:
     ``file_reject`` (the whole file).
     """
     scan = FileScan(path=path)
+    local = local_path(path)
+    if local is not None and os.path.isdir(local):
+        scan.file_reject = ("not_a_file", "a directory, not a FITS file")
+        return scan
     try:
         size = _size(path)
     except OSError as exc:
@@ -257,6 +262,9 @@ def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int) -> None:
         index += 1
 
 
+VALID_BITPIX = (8, 16, 32, 64, -32, -64)
+
+
 def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int) -> None:
     header = hdu.header
     is_image = isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
@@ -268,6 +276,10 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int) -> Non
         return  # e.g. the primary header of a multi-extension file
     extname = str(header.get("EXTNAME", f"hdu{index}"))
     reject = dict(hdu_index=index, extname=extname)
+    bitpix = header.get("BITPIX")
+    if bitpix not in VALID_BITPIX:
+        scan.rejects.append(reject | dict(reason="bad_header", detail=f"BITPIX = {bitpix!r} is not a FITS pixel type"))
+        return
     shape = tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))
     if naxis != 2:
         scan.rejects.append(reject | dict(reason="wrong_dimensions", detail=f"NAXIS={naxis}, shape {shape}"))

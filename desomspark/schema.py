@@ -136,6 +136,7 @@ TABLES: dict[str, pa.Schema] = {
 #: reject codes and what they mean
 REJECT_REASONS = {
     "not_found": "the path does not exist or cannot be listed",
+    "not_a_file": "the path is a directory",
     "empty_file": "the file has zero bytes",
     "not_fits": "the file is not FITS (no SIMPLE card)",
     "truncated": "the file ends before the data its headers announce",
