@@ -29,6 +29,9 @@ import pyarrow.dataset as ds
 
 from . import schema
 
+#: written into a staging folder once its tables are complete: the commit is decided
+COMMIT_FILE = "_COMMIT.json"
+
 
 @dataclass(frozen=True)
 class Lake:
@@ -99,7 +102,11 @@ class Lake:
 
     # --- staging and commit -------------------------------------------------
     def new_staging(self) -> str:
-        """A fresh staging folder for one run (relative to the lake)."""
+        """A fresh staging folder for one run (relative to the lake).
+
+        Commits that a crash interrupted are finished first (:meth:`recover`).
+        """
+        self.recover()
         return posixpath.join("_staging", uuid.uuid4().hex)
 
     def commit_nights(self, staging: str, tables: list[str], nights: list[str],
@@ -107,24 +114,54 @@ class Lake:
         """Replace partition ``night=N`` of each table by the staged one, for every night.
 
         A table that staged no rows for a night ends with no rows for it (the
-        old partition is removed all the same).
+        old partition is removed all the same).  The decision to commit is
+        written first (``<staging>/_COMMIT.json``): a run that dies before it
+        leaves only an invisible staging folder; one that dies after it is
+        rolled forward by the next writer (:meth:`recover`), so a night is
+        never left with some tables new and others old.
         """
+        with self.fs.open(self._fs_path(self.path(staging, COMMIT_FILE)), "w") as fh:
+            json.dump({"tables": list(tables), "nights": sorted(set(nights)), "summary": summary or {}}, fh)
+        self._apply(staging)
+
+    def _apply(self, staging: str) -> None:
+        """Carry out a decided commit; every step can be repeated after a crash."""
         fs = self.fs
-        for table in tables:
-            for night in sorted(set(nights)):
+        with fs.open(self._fs_path(self.path(staging, COMMIT_FILE)), "r") as fh:
+            plan = json.load(fh)
+        for table in plan["tables"]:
+            for night in plan["nights"]:
                 part = f"night={night}"
                 target = self._fs_path(self.path(table, part))
                 staged = self._fs_path(self.path(staging, table, part))
+                moved = self._fs_path(self.path(staging, table, part + ".done"))
+                if fs.exists(moved):
+                    continue  # this partition was committed before the crash
                 if fs.exists(target):
                     fs.rm(target, recursive=True)
                 if fs.exists(staged):
                     fs.makedirs(posixpath.dirname(target), exist_ok=True)
                     fs.mv(staged, target, recursive=True)
+                fs.makedirs(posixpath.dirname(moved), exist_ok=True)
+                fs.touch(moved)
                 record = self._fs_path(self.path("_nights", table, f"{night}.json"))
                 fs.makedirs(posixpath.dirname(record), exist_ok=True)
                 with fs.open(record, "w") as fh:
-                    json.dump({"table": table, "night": night, **(summary or {})}, fh)
+                    json.dump({"table": table, "night": night, **plan["summary"]}, fh)
         fs.rm(self._fs_path(self.path(staging)), recursive=True)
+
+    def recover(self) -> list[str]:
+        """Finish commits a crash interrupted; returns their staging folders."""
+        base = self._fs_path(self.path("_staging"))
+        if not self.fs.exists(base):
+            return []
+        done = []
+        for folder in sorted(self.fs.ls(base, detail=False)):
+            rel = posixpath.join("_staging", posixpath.basename(folder.rstrip("/")))
+            if self.fs.exists(self._fs_path(self.path(rel, COMMIT_FILE))):
+                self._apply(rel)
+                done.append(rel)
+        return done
 
     # --- reading ------------------------------------------------------------
     def spark_read(self, spark, table: str):

@@ -54,3 +54,12 @@ def night_dir(tmp_path_factory, small_sim):
     out = tmp_path_factory.mktemp("night")
     simulate_night(out, 12, small_sim, seed=7, mix="balanced", processes=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def airflow_python():
+    """The interpreter of the Airflow environment that scripts/install_test_tools.sh builds, if any."""
+    from pathlib import Path
+
+    python = Path(__file__).resolve().parents[1] / ".venv-airflow" / "bin" / "python"
+    return str(python) if python.exists() else None

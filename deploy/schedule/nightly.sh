@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The nightly run: spark-submit jobs/nightly.py for one night (default: last night, UTC),
+# i.e. ingest -> histo-vectors -> assign with the champion models.  Called by cron
+# (deploy/schedule/crontab) or Airflow (deploy/schedule/desomspark_nightly.py).
+#
+#   deploy/schedule/nightly.sh [YYYYMMDD]
+#
+# Environment:
+#   SPARK_MASTER         spark://HOST:7077, or k8s://https://API:6443 (required)
+#   MLFLOW_TRACKING_URI  the MLflow server (required; drivers and executors use it)
+#   DESOMSPARK_HOME      the installed project (default: two folders above this script)
+#   DESOMSPARK_PYTHON    the interpreter with desomspark installed, on every node (default: python3)
+#   DESOMSPARK_LAKE      the lake (default /lake); DESOMSPARK_RAW the folder of nights (default /data/raw)
+#   SPARK_SUBMIT_ARGS    more spark-submit arguments (e.g. Kubernetes image and volumes, see deploy/README.md)
+#   DRY_RUN=1            print the command instead of running it
+set -euo pipefail
+night="${1:-$(date -u -d '1 day ago' +%Y%m%d)}"
+if [[ ! "$night" =~ ^[0-9]{8}$ ]]; then
+  echo "nightly.sh: the night is YYYYMMDD, not '$night'" >&2
+  exit 2
+fi
+: "${SPARK_MASTER:?nightly.sh: set SPARK_MASTER}"
+: "${MLFLOW_TRACKING_URI:?nightly.sh: set MLFLOW_TRACKING_URI}"
+home="${DESOMSPARK_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}"
+python="${DESOMSPARK_PYTHON:-python3}"
+read -r -a extra <<< "${SPARK_SUBMIT_ARGS:-}"
+cmd=(spark-submit --master "$SPARK_MASTER"
+     --conf "spark.pyspark.python=$python"
+     --conf "spark.executorEnv.MLFLOW_TRACKING_URI=$MLFLOW_TRACKING_URI"
+     "${extra[@]}"
+     "$home/jobs/nightly.py"
+     --lake "${DESOMSPARK_LAKE:-/lake}" --input "${DESOMSPARK_RAW:-/data/raw}/$night" --night "$night"
+     --conf "$home/conf/cluster.yaml")
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  printf '%q ' "${cmd[@]}"
+  echo
+  exit 0
+fi
+echo "nightly.sh: night $night on $SPARK_MASTER ($(date -u +%FT%TZ))"
+exec "${cmd[@]}"
