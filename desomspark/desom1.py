@@ -92,6 +92,7 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
                  batch_size: int | None = None, cluster: bool = False, log=print) -> dict:
     """Sample, train with DDP, and register DESOM-1.  Returns run id, version and metrics."""
     c = cfg.desom1
+    registry.connect(lake, cfg.mlflow)  # an unreachable MLflow fails here, not after the training
     iterations = iterations or c.iterations
     run_file = "checkpoints/desom1/run.json"
     previous = None

@@ -92,6 +92,7 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
     import mlflow
 
     c = cfg.desom2
+    registry.connect(lake, cfg.mlflow)  # an unreachable MLflow fails here, not after the training
     counts, exposures, version = training_vectors(lake, desom1_version)
     raw = torch.as_tensor(counts, dtype=torch.float32)
     z = clean_and_standardise(raw, c.clip_sigma)

@@ -88,8 +88,14 @@ def tsne_figure(lake: Lake, desom1_uri: str, members: pd.DataFrame, path, n: int
 
 
 def evaluate(lake: Lake, cfg, out: str | Path | None = None,
-             baseline_cfg: baselines.BaselineConfig = baselines.BaselineConfig(), log=print) -> pd.DataFrame:
-    """Score the champion DESOM-2's cells and the baselines; writes ``evaluation.{csv,md}`` and ``tsne.png``."""
+             baseline_cfg: baselines.BaselineConfig = baselines.BaselineConfig(), max_exposures: int = 3000,
+             log=print) -> pd.DataFrame:
+    """Score the champion DESOM-2's cells and the baselines; writes ``evaluation.{csv,md}`` and ``tsne.png``.
+
+    Every method is scored on the same exposures: all those with a true class,
+    or a random ``max_exposures`` of them (the baselines hold one image per
+    exposure in memory, and affinity propagation needs n^2 similarities).
+    """
     from .explore import champion_metadata
     from .report import exposure_views, map_members
 
@@ -97,6 +103,9 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     _, d2_version, _ = champion_metadata(lake, cfg, "desom2")
     members = map_members(lake, d2_version)
     members = members[members["truth_label"].notna()].reset_index(drop=True)
+    if len(members) > max_exposures:
+        log(f"evaluate: scoring a random {max_exposures} of {len(members)} exposures")
+        members = members.sample(n=max_exposures, random_state=baseline_cfg.seed).reset_index(drop=True)
     if members.empty:
         raise ValueError(f"no exposure assigned by desom2 v{d2_version} has a true class (QUALITY header): "
                          "evaluate needs ground truth, e.g. a simulated night")

@@ -30,6 +30,7 @@ from .assign import current_labels
 from .lake import Lake
 
 GALLERY_SIZE = 9
+MAX_LISTED = 500  # members listed per cell in the page; `desomspark export` has them all
 MEMBER_COLUMNS = ["exposure_id", "night", "object", "filter", "exptime", "airmass", "distance", "truth_label"]
 
 
@@ -208,12 +209,14 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> 
                            out / name, title=f"cell ({x}, {y}): {len(pick)} of {int(cell['count'])} exposures")
         in_cell = members[(members.cell_x == x) & (members.cell_y == y)].sort_values(["night", "exposure_id"])
         columns = [c for c in MEMBER_COLUMNS if c in in_cell and (c != "truth_label" or in_cell[c].notna().any())]
+        more = (f"<p>... and {len(in_cell) - MAX_LISTED} more: <code>desomspark export</code> lists every one.</p>"
+                if len(in_cell) > MAX_LISTED else "")
         sections.append(
             f'<section class="gallery" id="gallery-{x}-{y}" hidden><h3>Cell ({x}, {y})</h3>'
             f'<p>Label: <b class="label">{_e(cell["label"]) or "(none)"}</b> &middot; {int(cell["count"])} exposures'
             f' &middot; label it: <code>desomspark label --cell {x},{y} --label NAME</code></p>'
             f'<img src="{name}" alt="gallery of cell ({x}, {y})">'
-            f'{_table(in_cell, columns, "list members")}</section>')
+            f'{_table(in_cell.head(MAX_LISTED), columns, "list members")}{more}</section>')
 
     top = int(cells["count"].max())
     by_cell = {(int(c.cell_x), int(c.cell_y)): c for c in cells.itertuples()}

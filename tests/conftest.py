@@ -19,6 +19,13 @@ TEST_CCDS = 4
 TEST_SHAPE = (512, 512)
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_mlflow_store(monkeypatch):
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI: a command a test starts must find
+    its own lake's store, not the last one this process used."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
 @pytest.fixture(scope="session")
 def config():
     return load_config()

@@ -7,6 +7,7 @@ runs it all the same.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -64,13 +65,17 @@ def cluster_lake(cluster, mlflow_server, night_dir, tmp_path_factory):
     return lake
 
 
+def _client(server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(server.uri, registry_uri=server.uri)
+
+
 def _table(lake: Lake, name: str, keys: list[str]) -> pd.DataFrame:
     return lake.read(name).to_pandas().sort_values(keys).reset_index(drop=True)
 
 
 def test_nightly_on_the_cluster_equals_local_mode(cluster_lake, local_reference, mlflow_server):
-    from mlflow import MlflowClient
-
     for name, keys in (("exposures", ["exposure_id"]), ("ccds", ["exposure_id", "hdu_index"]),
                        ("cutouts", ["exposure_id", "hdu_index", "source_index"])):
         a, b = _table(cluster_lake, name, keys), _table(local_reference, name, keys)
@@ -85,34 +90,29 @@ def test_nightly_on_the_cluster_equals_local_mode(cluster_lake, local_reference,
     assert np.allclose(aa["distance"], ab["distance"], atol=1e-5)
     # the models were registered on the server, not in the lake
     assert not (Path(cluster_lake.root) / "mlflow.db").exists()
-    client = MlflowClient(mlflow_server.uri)
+    client = _client(mlflow_server)
     assert str(client.get_model_version_by_alias("desom1", "champion").version) == "1"
 
 
 def test_desom1_trains_with_torchdistributor_on_both_workers(cluster, mlflow_server, cluster_lake, tmp_path):
-    import mlflow
-    from mlflow import MlflowClient
-
     conf = tmp_path / "small.yaml"
     conf.write_text(yaml.safe_dump({"desom1": {"map_shape": [4, 4], "batch_size": 32, "checkpoint_every": 10,
                                                "log_every": 5, "sample": 2000}}))
     done = _submit(cluster, mlflow_server, "train_desom1.py", "--lake", cluster_lake.root, "--conf", str(conf),
                    "--iterations", "20", "--processes", "2", "--cluster")
     assert done.returncode == 0, done.stderr[-3000:]
-    client = MlflowClient(mlflow_server.uri)
+    client = _client(mlflow_server)
     version = client.get_model_version_by_alias("desom1", "challenger")
     assert str(version.version) == "2"  # v1 is the default registered by nightly
-    mlflow.set_tracking_uri(mlflow_server.uri)
-    ranks = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/ranks.json")["prototype_checksums"]
+    ranks = json.loads(Path(client.download_artifacts(version.run_id, "ranks.json", str(tmp_path))).read_text())
+    ranks = ranks["prototype_checksums"]
     assert len(ranks) == 2 and len(set(ranks)) == 1      # two DDP ranks, one model
     run = client.get_run(version.run_id)
     assert run.data.params["processes"] == "2"
 
 
 def test_mlflow_down_is_a_clear_error_and_registers_nothing(cluster_lake, mlflow_server):
-    from mlflow import MlflowClient
-
-    before = [v.version for v in MlflowClient(mlflow_server.uri).search_model_versions("name='desom2'")]
+    before = [v.version for v in _client(mlflow_server).search_model_versions("name='desom2'")]
     mlflow_server.stop()
     try:
         done = subprocess.run([sys.executable, "-m", "desomspark.cli", "train-desom2", "--lake", cluster_lake.root,
@@ -123,7 +123,7 @@ def test_mlflow_down_is_a_clear_error_and_registers_nothing(cluster_lake, mlflow
     assert done.returncode == 1
     assert f"MLflow at {mlflow_server.uri} is not usable" in done.stderr
     assert "Traceback" not in done.stderr
-    after = [v.version for v in MlflowClient(mlflow_server.uri).search_model_versions("name='desom2'")]
+    after = [v.version for v in _client(mlflow_server).search_model_versions("name='desom2'")]
     assert after == before
 
 
@@ -145,6 +145,7 @@ def test_a_worker_killed_mid_ingest_loses_and_doubles_nothing(cluster, mlflow_se
     lines += proc.stdout.readlines()
     assert proc.wait(timeout=600) == 0, "".join(lines)[-3000:]
     assert cluster.alive_workers() == 1
+    assert any("Lost executor" in line for line in lines)   # the kill hit a running stage
     assert any("ingest: 12 files: 12 ok" in line for line in lines)
     for name, keys in (("exposures", ["exposure_id"]), ("ccds", ["exposure_id", "hdu_index"]),
                        ("cutouts", ["exposure_id", "hdu_index", "source_index"])):

@@ -109,3 +109,50 @@ def test_resume_without_a_run_is_refused(spark, tmp_path, small_config):
 
     with pytest.raises(ValueError, match="no interrupted DESOM-1 run"):
         train_desom1(spark, Lake(str(tmp_path)), small_config, resume=True)
+
+
+def test_a_killed_train_desom1_resumes_from_its_checkpoint(lake, tmp_path):
+    """Kill the command (driver, torchrun and ranks) mid-training; ``--resume`` finishes the same MLflow run."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from desomspark.train import load_checkpoint
+
+    conf = tmp_path / "small.yaml"
+    conf.write_text(yaml.safe_dump({"desom1": {"map_shape": [6, 6], "batch_size": 32, "checkpoint_every": 10,
+                                               "log_every": 10}}))
+    args = [sys.executable, "-m", "desomspark.cli", "train-desom1", "--lake", lake.root, "--conf", str(conf),
+            "--master", "local[2]"]
+    checkpoint = lake.path("checkpoints/desom1/last.pt")
+    started = time.time()
+    proc = subprocess.Popen(args + ["--iterations", "400", "--sample", "600"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = started + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(checkpoint) and os.path.getmtime(checkpoint) > started:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped = load_checkpoint(checkpoint)["iteration"]
+    assert 0 < stopped < 400
+    run_id = lake.read_json("checkpoints/desom1/run.json")["run_id"]
+
+    done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed at iteration {stopped}" in done.stdout + done.stderr
+    assert load_checkpoint(checkpoint)["iteration"] == 400
+    from mlflow import MlflowClient
+
+    from desomspark import registry
+
+    registry.connect(lake)
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("desom1", "challenger")
+    assert version.run_id == run_id             # the interrupted run, finished
+    steps = [m.step for m in client.get_metric_history(run_id, "loss")]
+    assert max(steps) == 400 and len(steps) == len(set(steps)) == 40   # every 10 iterations, once

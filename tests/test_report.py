@@ -15,18 +15,20 @@ from desomspark.ingest import ingest
 from desomspark.lake import Lake
 from desomspark.pipeline import run_assign, run_histovectors
 from desomspark.report import exposure_views, write_report
+from desomspark.simulate import simulate_night
 
 HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
 
 
+N_EXPOSURES = 36  # 6 of each class: enough for purity to tell clusterings apart
+
+
 @pytest.fixture(scope="module")
-def lake(spark, night_dir, tmp_path_factory, config):
-    """The test night, one file's OBJECT header made hostile, mapped with the default models."""
+def lake(spark, small_sim, tmp_path_factory, config):
+    """A balanced night, one file's OBJECT header made hostile, mapped with the default models."""
     raw = tmp_path_factory.mktemp("report-raw")
-    files = sorted(night_dir.glob("*.fits*"))
-    for f in files:
-        shutil.copy(f, raw / f.name)
-    fits.setval(raw / files[0].name, "OBJECT", value=HOSTILE_OBJECT, ext=0)
+    files = simulate_night(raw, N_EXPOSURES, small_sim, seed=21, mix="balanced", processes=2, progress=False)
+    fits.setval(files[0], "OBJECT", value=HOSTILE_OBJECT, ext=0)
     lake = Lake(str(tmp_path_factory.mktemp("report-lake")))
     ingest(spark, str(raw), lake, cfg=config.ingest, log=lambda m: None)
     run_histovectors(spark, lake, config, log=lambda m: None)
@@ -131,5 +133,9 @@ def test_evaluate_scores_desom_and_the_baselines(lake, config, tmp_path):
     assert (table.loc[[1, 2, 4, 5], "clusters"] == k).all()  # same number of clusters as DESOM-2 cells
     assert table[["purity", "nmi", "accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
     assert pd.read_csv(tmp_path / "evaluation.csv").shape == (6, 7)
+    assert table.loc[0, "clusters"] == lake.read("assignments").to_pandas()["cell"].nunique()
     assert (tmp_path / "evaluation.md").read_text().count("\n|") >= 7
     assert Image.open(tmp_path / "tsne.png").size == (630, 540)
+    # the point of the method: cells sort exposures by quality better than clustering their pixels
+    desom, pixel_pca = table.loc[0, "purity"], table.loc[1, "purity"]
+    assert desom > pixel_pca, table.to_string()
