@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from sklearn.cluster import AffinityPropagation, AgglomerativeClustering, KMeans
 from sklearn.decomposition import PCA
+from sklearn.metrics.pairwise import euclidean_distances
 from torch import nn
 
 from .model import ConvAutoencoder
@@ -70,14 +71,15 @@ def agglomerative(features: np.ndarray, k: int) -> np.ndarray:
 
 def affinity_propagation(features: np.ndarray, k: int, seed: int = 0, tries: int = 12) -> np.ndarray:
     """Affinity propagation with its preference bisected towards ``k`` clusters."""
-    similarity = -((features[:, None, :] - features[None, :, :]) ** 2).sum(-1)
+    # computed once (n^2 floats, not n^2 x d) and handed to every try
+    similarity = -euclidean_distances(features, squared=True)
     off_diagonal = similarity[~np.eye(len(features), dtype=bool)]
     low, high = float(off_diagonal.min()) * 2, float(np.median(off_diagonal))  # few ... many clusters
     best = None
     for _ in range(tries):
         preference = (low + high) / 2
-        labels = AffinityPropagation(preference=preference, damping=0.8, random_state=seed,
-                                     max_iter=500).fit_predict(features)
+        labels = AffinityPropagation(preference=preference, damping=0.8, random_state=seed, max_iter=500,
+                                     affinity="precomputed").fit_predict(similarity)
         n = len(np.unique(labels))
         if best is None or abs(n - k) < abs(len(np.unique(best)) - k):
             best = labels

@@ -178,17 +178,16 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> 
         plots.desom2_map(cells, shape, out / "img" / "desom2_truth.png", by="truth")
         figures.append(("DESOM-2 map by majority true class (simulated data)", "img/desom2_truth.png"))
 
+    in_cell = {(int(x), int(y)): group.sort_values(["night", "exposure_id"])
+               for (x, y), group in members.groupby(["cell_x", "cell_y"])}
     # Figure 8: the most populated cells' first exposures
-    examples_ids = [members[(members.cell_x == c.cell_x) & (members.cell_y == c.cell_y)]["exposure_id"].iloc[0]
+    examples_ids = [in_cell[(int(c.cell_x), int(c.cell_y))]["exposure_id"].iloc[0]
                     for c in cells.sort_values("count", ascending=False).head(4).itertuples()]
     vectors = lake.read("histovectors", where=ds.field("exposure_id").isin(examples_ids)).to_pandas()
     vectors = vectors[vectors["desom1_version"] == str(d1_version)].drop_duplicates("exposure_id")
     chosen = {eid: members[members.exposure_id == eid].iloc[0] for eid in examples_ids}
-    galleries = {}
-    for c in cells.itertuples():
-        in_cell = members[(members.cell_x == c.cell_x) & (members.cell_y == c.cell_y)]
-        pick = in_cell.iloc[np.sort(rng.choice(len(in_cell), size=min(GALLERY_SIZE, len(in_cell)), replace=False))]
-        galleries[(c.cell_x, c.cell_y)] = pick
+    galleries = {key: group.iloc[np.sort(rng.choice(len(group), size=min(GALLERY_SIZE, len(group)), replace=False))]
+                 for key, group in in_cell.items()}
     views = exposure_views(lake, sorted({e for g in galleries.values() for e in g["exposure_id"]}
                                         | set(vectors["exposure_id"])))
     if len(vectors):
@@ -207,16 +206,16 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> 
                              "mosaic": views.get(r.exposure_id, {}).get("mosaic", np.full((2, 2), np.nan)),
                              "window": views.get(r.exposure_id, {}).get("window")} for r in pick.itertuples()],
                            out / name, title=f"cell ({x}, {y}): {len(pick)} of {int(cell['count'])} exposures")
-        in_cell = members[(members.cell_x == x) & (members.cell_y == y)].sort_values(["night", "exposure_id"])
-        columns = [c for c in MEMBER_COLUMNS if c in in_cell and (c != "truth_label" or in_cell[c].notna().any())]
-        more = (f"<p>... and {len(in_cell) - MAX_LISTED} more: <code>desomspark export</code> lists every one.</p>"
-                if len(in_cell) > MAX_LISTED else "")
+        listed = in_cell[(x, y)]
+        columns = [c for c in MEMBER_COLUMNS if c in listed and (c != "truth_label" or listed[c].notna().any())]
+        more = (f"<p>... and {len(listed) - MAX_LISTED} more: <code>desomspark export</code> lists every one.</p>"
+                if len(listed) > MAX_LISTED else "")
         sections.append(
             f'<section class="gallery" id="gallery-{x}-{y}" hidden><h3>Cell ({x}, {y})</h3>'
             f'<p>Label: <b class="label">{_e(cell["label"]) or "(none)"}</b> &middot; {int(cell["count"])} exposures'
             f' &middot; label it: <code>desomspark label --cell {x},{y} --label NAME</code></p>'
             f'<img src="{name}" alt="gallery of cell ({x}, {y})">'
-            f'{_table(in_cell.head(MAX_LISTED), columns, "list members")}{more}</section>')
+            f'{_table(listed.head(MAX_LISTED), columns, "list members")}{more}</section>')
 
     top = int(cells["count"].max())
     by_cell = {(int(c.cell_x), int(c.cell_y)): c for c in cells.itertuples()}
