@@ -99,6 +99,8 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     from .explore import champion_metadata
     from .report import exposure_views, map_members
 
+    if out is None and not lake.is_local:
+        raise ValueError(f"the lake {lake.root} is not a local folder: give --out, a local folder for the tables")
     d1_uri, d1_version, _ = champion_metadata(lake, cfg, "desom1")
     _, d2_version, _ = champion_metadata(lake, cfg, "desom2")
     members = map_members(lake, d2_version)

@@ -65,6 +65,12 @@ def test_plots_have_the_right_sizes(tmp_path):
     assert Image.open(plots.cell_gallery(members, tmp_path / "g.png", "cell")).size == (918, round((1.9 * 3 + .5) * 90))
 
 
+def test_evaluate_of_a_remote_lake_asks_for_a_local_out(config):
+    # without --out the tables would land in a local folder named after the URL
+    with pytest.raises(ValueError, match="--out"):
+        evaluate(Lake("s3://survey-lake/desom"), config)
+
+
 def test_majority_scores_by_hand():
     truth = ["Good", "Good", "BT", "BT", "Good", "RBT"]
     clusters = [0, 0, 0, 1, 2, 2]           # 0 -> Good, 1 -> BT, 2 -> tie broken to one class
