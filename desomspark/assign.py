@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from . import schema
-from .desom2 import ModelMismatch, check_desom1
+from .desom2 import ModelMismatch, check_desom1, input_matrix
 from .histovector import cached_model
 from .lake import Lake
 from .model import split_inference
@@ -24,7 +24,11 @@ from .model import split_inference
 
 @torch.no_grad()
 def map_counts(mapper, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cell, latent distance, latent vector) of raw histo-vectors (n, bins) through a DESOM-2 mapper."""
+    """(cell, latent distance, latent vector) of raw DESOM-2 inputs through a mapper.
+
+    ``counts`` is (n, bins) or, for a model trained with quality numbers, (n,
+    bins + len(qa_inputs)) as :func:`desom2.input_matrix` makes it.
+    """
     device = next(mapper.parameters()).device
     node, dist, z = split_inference(mapper(torch.as_tensor(counts, dtype=torch.float32, device=device)))
     return node.cpu().numpy(), dist.cpu().numpy(), z.cpu().numpy()
@@ -35,12 +39,13 @@ def assign_rows(batches: Iterator[pd.DataFrame], model_uri: str, metadata: dict,
     """mapInPandas body: histo-vectors -> cell and distance (labels come later)."""
     mapper = cached_model(model_uri, threads=threads)
     cols = int(metadata["map_shape"][1])
+    qa_inputs = list(metadata.get("qa_inputs") or [])
     for batch in batches:
         if batch.empty:
             continue
         for version in batch["desom1_version"].unique():
             check_desom1(metadata, version)
-        node, dist, _ = map_counts(mapper, np.stack(batch["counts"].to_numpy()))
+        node, dist, _ = map_counts(mapper, input_matrix(batch["counts"], batch, qa_inputs))
         yield pd.DataFrame({"night": batch["night"], "exposure_id": batch["exposure_id"],
                             "desom1_version": batch["desom1_version"], "desom2_version": desom2_version,
                             "cell": node.astype(np.int32), "cell_x": (node % cols).astype(np.int32),
@@ -76,6 +81,11 @@ def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_
             raise ModelMismatch(f"DESOM-2 v{desom2_version} needs histo-vectors of desom1 v{desom1_version}; "
                                 f"nights {', '.join(nights)} have only v{', v'.join(found)}")
         raise ValueError(f"no histo-vectors for nights {', '.join(nights)}")
+    qa_inputs = list(metadata.get("qa_inputs") or [])
+    if qa_inputs:
+        # the model also reads the exposures' quality numbers (measured at ingest)
+        vectors = vectors.join(lake.spark_read(spark, "exposures").select("night", "exposure_id", *qa_inputs),
+                               on=["night", "exposure_id"], how="left")
     slots = max(1, spark.sparkContext.defaultParallelism)
     threads = max(1, (os.cpu_count() or 1) // slots)
     out_schema = "night string, exposure_id string, desom1_version string, desom2_version string, " \

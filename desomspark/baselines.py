@@ -138,14 +138,17 @@ def autoencoder_latent(images: np.ndarray, cfg: BaselineConfig, variational: boo
     return latent.numpy()
 
 
-def run_baselines(images: np.ndarray, k: int, cfg: BaselineConfig = BaselineConfig(), log=print) -> dict[str, np.ndarray]:
-    """Cluster assignments of every baseline, by name."""
+def run_baselines(images: np.ndarray, k: int, cfg: BaselineConfig = BaselineConfig(),
+                  log=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per baseline, by name: (cluster of each image, the features it clustered)."""
     features = pca_features(images, cfg.pca_components, cfg.seed)
-    out = {"pixel PCA + k-means": kmeans(features, k, cfg.seed),
-           "PCA + agglomerative (Ward)": agglomerative(features, k),
-           "PCA + affinity propagation": affinity_propagation(features, k, cfg.seed)}
+    out = {"pixel PCA + k-means": (kmeans(features, k, cfg.seed), features),
+           "PCA + agglomerative (Ward)": (agglomerative(features, k), features),
+           "PCA + affinity propagation": (affinity_propagation(features, k, cfg.seed), features)}
     log("evaluate: training the conv autoencoder baseline")
-    out["conv AE + k-means"] = kmeans(autoencoder_latent(images, cfg, variational=False), k, cfg.seed)
+    latent = autoencoder_latent(images, cfg, variational=False)
+    out["conv AE + k-means"] = (kmeans(latent, k, cfg.seed), latent)
     log("evaluate: training the VAE baseline")
-    out["VAE latent + k-means"] = kmeans(autoencoder_latent(images, cfg, variational=True), k, cfg.seed)
+    latent = autoencoder_latent(images, cfg, variational=True)
+    out["VAE latent + k-means"] = (kmeans(latent, k, cfg.seed), latent)
     return out

@@ -110,6 +110,10 @@ class Desom2Config:
     seed: int = 42
     clip_sigma: float = 3.0
     log_every: int = 500
+    transform: str = "hellinger"
+    qa_inputs: tuple[str, ...] = ("fwhm", "elongation_median", "elongation_p90", "detections_per_ccd", "sky",
+                                  "sky_rms", "sky_spread", "background_structure", "depth")
+    qa_weight: float = 0.25
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
-from . import registry
+import pandas as pd
+
+from . import metrics, registry
 from .config import Config
 from .desom1 import train_desom1
 from .desom2 import train_desom2
@@ -24,13 +26,43 @@ from .simulate import simulate_night, small_config
 TRAIN_NIGHT, NEXT_NIGHT = "20251120", "20251121"
 
 
-def class_table(lake: Lake, nights: list[str]):
-    """Exposures per (cell, true class): how the map sorted a simulated night."""
-    exposures = lake.read("exposures", nights=nights, columns=["exposure_id", "truth_label"]).to_pandas()
-    cells = lake.read("assignments", nights=nights, columns=["exposure_id", "cell_x", "cell_y"]).to_pandas()
-    table = cells.merge(exposures, on="exposure_id")
-    return table.pivot_table(index=["cell_y", "cell_x"], columns="truth_label", values="exposure_id",
-                             aggfunc="count", fill_value=0)
+def _assigned_truth(lake: Lake, nights: list[str]) -> pd.DataFrame:
+    exposures = lake.read("exposures", nights=nights, columns=["night", "exposure_id", "truth_label"]).to_pandas()
+    cells = lake.read("assignments", nights=nights,
+                      columns=["night", "exposure_id", "cell", "cell_x", "cell_y"]).to_pandas()
+    return cells.merge(exposures, on=["night", "exposure_id"])
+
+
+def class_table(lake: Lake, nights: list[str]) -> pd.DataFrame:
+    """Exposures per (cell, true class): how the map sorted a simulated night.
+
+    Cells are grouped by their majority class, so that a map that sorts well
+    reads as a block diagonal.
+    """
+    table = _assigned_truth(lake, nights).pivot_table(
+        index=["cell_y", "cell_x"], columns="truth_label", values="exposure_id", aggfunc="count", fill_value=0)
+    majority = table.idxmax(axis=1)
+    order = sorted(table.index, key=lambda cell: (list(table.columns).index(majority[cell]), -table.loc[cell].max()))
+    return table.loc[order]
+
+
+def map_scores(lake: Lake, nights: list[str]) -> dict[str, float]:
+    """Leave-one-out neighbour accuracy of the map on ``nights`` (all classes, the paper's six, Good/Bad)
+    and how many cells the exposures use."""
+    from .evaluate import GOOD, PAPER_CLASSES
+
+    members = _assigned_truth(lake, nights)
+    members = members[members["truth_label"].notna()]
+    positions = {c: (y, x) for c, y, x in members[["cell", "cell_y", "cell_x"]].drop_duplicates().itertuples(index=False)}
+    predicted = metrics.neighbour_predictions(members["truth_label"], members["cell"], positions)
+    return metrics.prediction_scores(members["truth_label"], predicted, GOOD, PAPER_CLASSES) | {
+        "exposures": len(members), "cells_used": int(members["cell"].nunique())}
+
+
+def scores_line(scores: dict) -> str:
+    return (f"map neighbour accuracy {scores['neighbour_accuracy']:.3f} (the paper's six classes "
+            f"{scores['neighbour_accuracy_6']:.3f}, Good/Bad {scores['neighbour_good_bad']:.3f}); "
+            f"{scores['cells_used']} cells used by {scores['exposures']} exposures")
 
 
 def train_and_map(spark, lake: Lake, cfg: Config, log=print) -> tuple[dict, dict]:
@@ -53,8 +85,9 @@ def demo(spark, lake: Lake, cfg: Config, n_exposures: int = 36, log=print) -> di
     ingest(spark, raw, lake, night=TRAIN_NIGHT, cfg=cfg.ingest, log=log)
 
     d1, d2 = train_and_map(spark, lake, cfg, log)
-    log("demo: exposures per DESOM-2 cell and true class (training night):")
+    log("demo: exposures per DESOM-2 cell and true class (training night), cells grouped by majority class:")
     log(class_table(lake, [TRAIN_NIGHT]).to_string())
+    log("demo: " + scores_line(map_scores(lake, [TRAIN_NIGHT])))
 
     raw2 = lake.path("raw", NEXT_NIGHT)
     log(f"demo: a new night ({NEXT_NIGHT}) arrives: nightly with the champion models")

@@ -1,15 +1,28 @@
-"""DESOM-2: histo-vector -> one cell of the exposure map (``desomspark train-desom2``).
+"""DESOM-2: histo-vector (+ quality numbers) -> one cell of the exposure map (``desomspark train-desom2``).
 
-Normalisation of a histo-vector (as in the original pipeline):
+The input of one exposure is its raw histo-vector (weighted counts per DESOM-1
+node), optionally followed by its classical quality numbers
+(:data:`qa.QA_FEATURES`, ``desom2.qa_inputs`` in conf).  The mapper turns it into
+DESOM-2's input inside the registered graph, with every statistic fitted on the
+training set stored as a buffer, so a served model needs nothing else:
 
-1. per vector: clip above mean + 3 sigma (one crowded node must not dominate);
-2. per vector: z-score (the shape of the distribution, not the number of sources);
-3. per bin: min-max with the minimum and maximum fitted on the training set.
+``transform: original`` (the paper's pipeline)
+    per vector, clip above mean + 3 sigma and z-score; per bin, min-max.
+``transform: hellinger``
+    the square root of each vector's proportions (counts are multinomial: the
+    square root stabilises their variance, and the Euclidean distance between
+    such vectors is the Hellinger distance between the exposures' node
+    distributions), divided by one number (the training set's largest value)
+    so that the geometry is kept, the input lies in [0, 1] like the paper's,
+    and rare nodes (a trail, a donut) weigh as much as their evidence.
+quality numbers
+    each robustly standardised (median, IQR), clipped to +-10, a missing value
+    (no PSF star measured) set to the median, and scaled so that the block
+    carries ``qa_weight`` times the histogram block's variance.
 
-The fitted statistics live in the model (:class:`ExposureMapper` buffers),
-and the DESOM-1 version whose histo-vectors it was trained on in the model's
-metadata; a histo-vector made by another DESOM-1 is refused.  Training runs in one
-process (tens of thousands of 625-bin vectors) with :func:`train.fit`.
+The DESOM-1 version whose histo-vectors it was trained on is in the model's
+metadata; a histo-vector made by another DESOM-1 is refused.  Training runs in
+one process (tens of thousands of vectors) with :func:`train.fit`.
 """
 from __future__ import annotations
 
@@ -18,16 +31,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch import nn
 
 from . import registry
-from .config import Config
+from .config import Config, Desom2Config
 from .lake import Lake
 from .model import DESOM, DesomInference, desom2, map_side_for
+from .qa import QA_FEATURES, robust_scale
 from .train import Shard, TrainJob, fit, row_groups
+
+TRANSFORMS = ("original", "hellinger")
 
 
 class ModelMismatch(ValueError):
@@ -42,27 +59,95 @@ def clean_and_standardise(counts: torch.Tensor, clip_sigma: float = 3.0) -> torc
     return (v - mu) / torch.where(sd > 0, sd, torch.ones_like(sd))
 
 
-class ExposureMapper(nn.Module):
-    """Raw histo-vector (weighted counts) -> (DESOM-2 node, latent distance, latent vector).
+def hellinger(counts: torch.Tensor) -> torch.Tensor:
+    """Square root of each vector's proportions (an empty vector stays zero)."""
+    total = counts.sum(dim=1, keepdim=True)
+    return torch.sqrt(counts.clamp_min(0) / torch.where(total > 0, total, torch.ones_like(total)))
 
-    The whole normalisation is inside ``forward``; buffers ``bin_min`` /
-    ``bin_max`` are the per-bin scaler fitted on the training set, so the
-    registered model carries every statistic it was trained with.
+
+class ExposureMapper(nn.Module):
+    """Raw input (weighted counts, then quality numbers) -> (DESOM-2 node, latent distance, latent vector).
+
+    The whole normalisation is inside ``forward``: the buffers are the
+    statistics fitted on the training set (:func:`fit_normalisation`), so the
+    registered model carries everything it was trained with.
     """
 
-    def __init__(self, desom: DESOM, bin_min: torch.Tensor, bin_max: torch.Tensor, clip_sigma: float):
+    def __init__(self, desom: DESOM, transform: str, bin_center: torch.Tensor, bin_scale: torch.Tensor,
+                 clip_sigma: float, qa_center: torch.Tensor | None = None, qa_scale: torch.Tensor | None = None):
         super().__init__()
+        if transform not in TRANSFORMS:
+            raise ValueError(f"desom2.transform must be one of {', '.join(TRANSFORMS)}, not {transform!r}")
         self.inference = DesomInference(desom)
-        self.register_buffer("bin_min", bin_min.float())
-        self.register_buffer("bin_span", torch.where(bin_max > bin_min, bin_max - bin_min,
-                                                     torch.ones_like(bin_max)).float())
+        self.transform = transform
+        self.n_bins = int(bin_center.numel())
+        self.register_buffer("bin_center", bin_center.float())
+        self.register_buffer("bin_scale", torch.where(bin_scale > 0, bin_scale, torch.ones_like(bin_scale)).float())
         self.clip_sigma = float(clip_sigma)
+        qa_center = torch.zeros(0) if qa_center is None else qa_center
+        qa_scale = torch.ones(0) if qa_scale is None else qa_scale
+        self.register_buffer("qa_center", qa_center.float())
+        self.register_buffer("qa_scale", qa_scale.float())
 
-    def normalise(self, counts: torch.Tensor) -> torch.Tensor:
-        return (clean_and_standardise(counts, self.clip_sigma) - self.bin_min) / self.bin_span
+    @property
+    def n_inputs(self) -> int:
+        return self.n_bins + int(self.qa_center.numel())
 
-    def forward(self, counts: torch.Tensor):
-        return self.inference(self.normalise(counts))
+    def histogram_block(self, counts: torch.Tensor) -> torch.Tensor:
+        v = hellinger(counts) if self.transform == "hellinger" else clean_and_standardise(counts, self.clip_sigma)
+        return (v - self.bin_center) / self.bin_scale
+
+    def qa_block(self, qa: torch.Tensor) -> torch.Tensor:
+        # qa_scale already holds the block weight; a missing number sits at the median
+        z = ((qa - self.qa_center) / self.qa_scale).clamp(-10.0, 10.0)  # as qa.standardise
+        return torch.where(torch.isnan(z), torch.zeros_like(z), z)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        blocks = [self.histogram_block(x[:, :self.n_bins])]
+        if self.qa_center.numel():
+            blocks.append(self.qa_block(x[:, self.n_bins:]))
+        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+
+    def forward(self, x: torch.Tensor):
+        return self.inference(self.normalise(x))
+
+
+def fit_normalisation(counts: torch.Tensor, qa: torch.Tensor | None, transform: str, clip_sigma: float,
+                      qa_weight: float) -> dict[str, torch.Tensor]:
+    """The mapper's buffers fitted on a training set (see the module docstring)."""
+    if transform == "hellinger":
+        # one scale for every bin keeps the Hellinger geometry; dividing by the largest
+        # value puts the input in [0, 1] as the paper's min-max did, so the dense
+        # autoencoder and gamma keep the balance they were chosen for
+        h = hellinger(counts)
+        center = torch.zeros_like(h[0])
+        scale = torch.full_like(center, float(h.max().clamp_min(1e-12)))
+    else:
+        z = clean_and_standardise(counts, clip_sigma)
+        center = z.min(dim=0).values
+        scale = z.max(dim=0).values - center
+    out = {"bin_center": center, "bin_scale": torch.where(scale > 0, scale, torch.ones_like(scale))}
+    if qa is not None and qa.shape[1]:
+        x_hist = ((hellinger(counts) if transform == "hellinger" else clean_and_standardise(counts, clip_sigma))
+                  - out["bin_center"]) / out["bin_scale"]
+        block_variance = float(x_hist.var(dim=0, unbiased=False).sum())
+        median, spread = robust_scale(qa.double().numpy())
+        # unit-variance features, then the block weighted to qa_weight x the histogram block
+        factor = np.sqrt(qa_weight * block_variance / qa.shape[1]) if qa_weight > 0 else 0.0
+        out["qa_center"] = torch.as_tensor(median, dtype=torch.float32)
+        out["qa_scale"] = torch.as_tensor(spread / factor if factor > 0 else np.full_like(spread, np.inf),
+                                          dtype=torch.float32)
+    return out
+
+
+def desom2_map_shape(c: Desom2Config, n_exposures: int) -> tuple[int, int]:
+    """The map: ``c.map_shape`` (20x20) for survey-size sets, smaller where that would leave
+    fewer than ``c.exposures_per_cell`` exposures per cell (a map of singletons sorts nothing)."""
+    side = map_side_for(n_exposures, c.exposures_per_cell)
+    if not c.map_shape:
+        return side, side
+    rows, cols = (int(v) for v in c.map_shape)
+    return (min(rows, side), min(cols, side)) if side * side < rows * cols else (rows, cols)
 
 
 def check_desom1(metadata: dict, version: str) -> None:
@@ -73,8 +158,18 @@ def check_desom1(metadata: dict, version: str) -> None:
                             f"these come from version {version}: recompute them or train DESOM-2 again")
 
 
-def training_vectors(lake: Lake, desom1_version: str | None = None) -> tuple[np.ndarray, list[str], str]:
-    """Every histo-vector of the lake made by one DESOM-1 version (default: the most recent one)."""
+def input_matrix(counts, qa: pd.DataFrame | None, qa_inputs: tuple[str, ...] | list[str]) -> np.ndarray:
+    """DESOM-2's raw input rows: the counts, then the ``qa_inputs`` columns (float32, NaN kept)."""
+    x = np.stack(list(counts)).astype(np.float32)
+    if qa_inputs:
+        x = np.concatenate([x, qa[list(qa_inputs)].to_numpy(dtype=np.float32)], axis=1)
+    return x
+
+
+def desom2_inputs(lake: Lake, desom1_version: str | None = None,
+                  qa_inputs: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
+    """Every histo-vector of the lake made by one DESOM-1 version (default: the most recent one),
+    with the exposures' ``qa_inputs`` columns."""
     table = lake.read("histovectors").to_pandas()
     if table.empty:
         raise ValueError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
@@ -83,7 +178,20 @@ def training_vectors(lake: Lake, desom1_version: str | None = None) -> tuple[np.
     table = table[table["desom1_version"] == version].sort_values(["night", "exposure_id"])
     if table.empty:
         raise ValueError(f"no histo-vectors of desom1 version {version} (have: {', '.join(versions)})")
-    return np.stack(table["counts"].to_numpy()), list(table["exposure_id"]), version
+    if qa_inputs:
+        qa = lake.read("exposures", columns=["night", "exposure_id", *qa_inputs]).to_pandas()
+        table = table.merge(qa, on=["night", "exposure_id"], how="left")
+    return table.reset_index(drop=True), version
+
+
+def build_mapper(counts: np.ndarray, qa: np.ndarray | None, c: Desom2Config, map_shape: tuple[int, int]) -> ExposureMapper:
+    """A fresh DESOM-2 inside its mapper, the normalisation fitted on ``counts`` (and ``qa``)."""
+    raw = torch.as_tensor(counts, dtype=torch.float32)
+    stats = fit_normalisation(raw, None if qa is None else torch.as_tensor(qa, dtype=torch.float32),
+                              c.transform, c.clip_sigma, c.qa_weight)
+    torch.manual_seed(c.seed)
+    n_inputs = counts.shape[1] + (0 if qa is None else qa.shape[1])
+    return ExposureMapper(desom2(c, n_inputs, map_shape), c.transform, clip_sigma=c.clip_sigma, **stats)
 
 
 def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_version: str | None = None,
@@ -92,21 +200,22 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
     import mlflow
 
     c = cfg.desom2
+    unknown = sorted(set(c.qa_inputs) - set(QA_FEATURES))
+    if unknown:
+        raise ValueError(f"desom2.qa_inputs: unknown quality number(s) {', '.join(unknown)} "
+                         f"(known: {', '.join(QA_FEATURES)})")
     registry.connect(lake, cfg.mlflow)  # an unreachable MLflow fails here, not after the training
-    counts, exposures, version = training_vectors(lake, desom1_version)
-    raw = torch.as_tensor(counts, dtype=torch.float32)
-    z = clean_and_standardise(raw, c.clip_sigma)
-    bin_min, bin_max = z.min(dim=0).values, z.max(dim=0).values
-    if c.map_shape:
-        map_shape = tuple(c.map_shape)
-    else:
-        side = map_side_for(len(counts), c.exposures_per_cell)
-        map_shape = (side, side)
-    log(f"train-desom2: {len(counts)} histo-vectors of desom1 v{version}, map {map_shape[0]}x{map_shape[1]}")
-    torch.manual_seed(c.seed)
-    model = desom2(c, counts.shape[1], map_shape)
-    mapper = ExposureMapper(model, bin_min, bin_max, c.clip_sigma)
-    x = mapper.normalise(raw).numpy()
+    table, version = desom2_inputs(lake, desom1_version, tuple(c.qa_inputs))
+    x_raw = input_matrix(table["counts"], table, c.qa_inputs)
+    n_bins = len(table["counts"].iloc[0])
+    counts, qa = x_raw[:, :n_bins], (x_raw[:, n_bins:] if c.qa_inputs else None)
+    map_shape = desom2_map_shape(c, len(table))
+    log(f"train-desom2: {len(table)} histo-vectors of desom1 v{version} ({c.transform}"
+        f"{', + ' + ', '.join(c.qa_inputs) if c.qa_inputs else ''}), map {map_shape[0]}x{map_shape[1]}")
+    mapper = build_mapper(counts, qa, c, map_shape)
+    model = mapper.inference.desom
+    with torch.no_grad():
+        x = mapper.normalise(torch.as_tensor(x_raw)).numpy()
     with tempfile.TemporaryDirectory() as tmp:
         sample = Path(tmp) / "sample"
         sample.mkdir()
@@ -117,24 +226,33 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
                        batch_size=min(c.batch_size, len(x)), learning_rate=c.learning_rate, gamma=c.gamma,
                        t_max=min(c.t_max, max(map_shape) / 2), t_min=c.t_min, seed=c.seed, checkpoint_every=0,
                        log_every=c.log_every, column="x",
-                       extra={"input_dim": counts.shape[1], "map_shape": list(map_shape)})
+                       extra={"input_dim": x.shape[1], "map_shape": list(map_shape)})
         shard = Shard(str(sample), row_groups(str(sample)), "x", torch.device("cpu"), 1e12,
                       torch.Generator().manual_seed(c.seed))
         result = fit(model, shard, job, log=log)
     model.eval()
+    with torch.no_grad():
+        cells = model.predict(torch.as_tensor(x))[0].numpy()
+    used = int(np.unique(cells).size)
+    log(f"train-desom2: {used} of {map_shape[0] * map_shape[1]} cells used by {len(x)} exposures "
+        f"({len(x) / used:.1f} per used cell)")
+    example = np.where(np.isnan(x_raw[:2]), 0.0, x_raw[:2]).astype(np.float32)
     with registry.run(lake, cfg.mlflow, "desom2") as active:
         mlflow.log_params(registry.flatten("desom2", asdict(c)) | {
             "iterations": job.iterations, "map_rows": map_shape[0], "map_cols": map_shape[1],
-            "t_max_used": job.t_max, "n_exposures": len(counts), "desom1_version": version})
+            "t_max_used": job.t_max, "n_exposures": len(x), "desom1_version": version})
         registry.log_history(result["history"])
-        mlflow.log_dict({"exposures": exposures}, "training_exposures.json")
+        mlflow.log_metric("cells_used", used)
+        mlflow.log_dict({"exposures": list(table["exposure_id"])}, "training_exposures.json")
         new_version = registry.register_model(
-            mapper, "desom2", input_example=counts[:2].astype(np.float32),
+            mapper, "desom2", input_example=example,
             metadata={"kind": "desom2", "map_shape": list(map_shape), "desom1_version": version,
-                      "clip_sigma": c.clip_sigma, "latent_dim": c.latent_dim},
+                      "clip_sigma": c.clip_sigma, "latent_dim": c.latent_dim, "transform": c.transform,
+                      "n_bins": n_bins, "qa_inputs": list(c.qa_inputs), "qa_weight": c.qa_weight},
             tags={"desom1_version": version, "run_id": active.info.run_id},
-            extra={"bin_min": bin_min.numpy(), "bin_max": bin_max.numpy(),
+            extra={"bin_center": mapper.bin_center.numpy(), "bin_scale": mapper.bin_scale.numpy(),
+                   "qa_center": mapper.qa_center.numpy(), "qa_scale": mapper.qa_scale.numpy(),
                    "prototypes": model.som.prototypes.detach().numpy()})
     log(f"train-desom2: registered desom2 version {new_version} (alias {registry.CHALLENGER}) on desom1 v{version}")
-    return {"version": new_version, "desom1_version": version, "map_shape": map_shape,
-            "history": result["history"], "run_id": active.info.run_id}
+    return {"version": new_version, "desom1_version": version, "map_shape": map_shape, "cells_used": used,
+            "history": result["history"], "run_id": active.info.run_id, "mapper": mapper}

@@ -20,6 +20,7 @@ import sep
 
 from .config import IngestConfig
 from .cutout import cut, encode_pixels, normalise
+from .qa import CCD_QA_COLUMNS, ccd_qa
 
 # A crowded or trailed CCD can hold millions of above-threshold pixels: give
 # sep room instead of failing on the very exposures we want to find.
@@ -70,6 +71,9 @@ class CcdResult:
     y: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     flux: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
     pixels: list[bytes] = field(default_factory=list)
+    #: the classical quality numbers of :func:`qa.ccd_qa` (NaN for a dead CCD)
+    qa: dict = field(default_factory=lambda: {c: float("nan") for c in CCD_QA_COLUMNS} | {"n_stars": 0,
+                                                                                           "n_saturated": 0})
 
     @property
     def weight(self) -> float:
@@ -131,7 +135,8 @@ def _views(result: CcdResult, image: np.ndarray, level: float, rms: float, windo
 
 
 def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
-                cfg: IngestConfig = IngestConfig(), keep_window: bool = False) -> CcdResult:
+                cfg: IngestConfig = IngestConfig(), keep_window: bool = False,
+                pixel_scale: float | None = None, saturation: float | None = None) -> CcdResult:
     """Detect, sample and cut out the sources of one CCD.
 
     Parameters
@@ -143,6 +148,9 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     cfg : IngestConfig
     keep_window : bool
         Also keep the central ``cfg.window_size`` pixels at full resolution.
+    pixel_scale, saturation : float, optional
+        arcsec per pixel and saturation level (ADU), from the header, for the
+        quality numbers (:func:`qa.ccd_qa`).
 
     Returns
     -------
@@ -168,6 +176,7 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     objects, bkg = detect_sources(image, cfg)
     result.background, result.background_rms = float(bkg.globalback), float(bkg.globalrms)
     _views(result, image, result.background, result.background_rms, cfg.window_size if keep_window else 0)
+    result.qa = ccd_qa(image, objects, bkg, cfg.back_size, pixel_scale, saturation)
 
     h, w = image.shape
     m = cfg.edge_margin

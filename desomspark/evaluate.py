@@ -7,7 +7,18 @@ as an expert would after looking at it (paper section 5.1).  Then
 * multi-class purity (= accuracy of that labelling) and NMI;
 * Good-vs-Bad accuracy, precision and recall, *Good* being the positive class
   (paper: 0.958, 0.929, 0.991 on real data), a cluster being Good when its
-  majority class is Good.
+  majority class is Good;
+* the leave-one-out *neighbour accuracy* (:func:`metrics.neighbour_predictions`):
+  each exposure's class predicted from the other members of its cell, or from
+  the nearest ring of occupied cells when it is alone -- over every class, over
+  the paper's six, and Good/Bad.  Cell purity alone rewards a map with one
+  exposure per cell; this does not.
+
+Beside the map: the classical numbers an operator already has
+(:data:`qa.QA_FEATURES`, robustly standardised) with 5-NN and with k-means,
+5-NN on the histo-vectors (Hellinger: square root of the proportions), and
+the seed's pixel baselines.  k-NN methods make no clusters: they have only
+the neighbour scores.
 
 The baselines (:mod:`desomspark.baselines`) cluster the same exposures into
 as many clusters as DESOM-2 uses cells.  A t-SNE picture of DESOM-1's latent
@@ -24,9 +35,14 @@ import pyarrow.dataset as ds
 
 from . import baselines, metrics
 from .lake import Lake
+from .qa import QA_FEATURES, standardise
 
 GOOD = "Good"
-COLUMNS = ["method", "clusters", "purity", "nmi", "accuracy", "precision", "recall"]
+#: the six classes of the paper (the simulator adds Streak, which the classical numbers cannot see)
+PAPER_CLASSES = ["Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP"]
+COLUMNS = ["method", "clusters", "purity", "nmi", "accuracy", "precision", "recall",
+           "neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad"]
+KNN = 5
 
 
 def majority_scores(truth, clusters, good: str = GOOD) -> dict[str, float]:
@@ -97,7 +113,7 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     exposure in memory, and affinity propagation needs n^2 similarities).
     """
     from .explore import champion_metadata
-    from .report import exposure_views, map_members
+    from .report import map_members
 
     if out is None and not lake.is_local:
         raise ValueError(f"the lake {lake.root} is not a local folder: give --out, a local folder for the tables")
@@ -115,21 +131,90 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     k = int(members["cell"].nunique())
     log(f"evaluate: {len(members)} exposures with a true class, {k} DESOM-2 cells used "
         f"(desom2 v{d2_version} on desom1 v{d1_version})")
-    rows = [{"method": "DESOM-1 + DESOM-2 (cells)", **majority_scores(truth, members["cell"].to_numpy())}]
-
-    views = exposure_views(lake, list(members["exposure_id"]))
-    images = np.stack([baselines.exposure_image(views.get(e, {}).get("window")) for e in members["exposure_id"]])
-    for name, clusters in baselines.run_baselines(images, k, baseline_cfg, log).items():
-        rows.append({"method": name, **majority_scores(truth, clusters)})
-    table = pd.DataFrame(rows, columns=COLUMNS)
-
+    methods = score_methods(lake, members, d1_version, k, baseline_cfg, log)
+    table = pd.DataFrame([m["row"] for m in methods.values()], columns=COLUMNS)
+    per_class = pd.DataFrame({name: per_class_recall(truth, m["predicted"]) for name, m in methods.items()
+                              if name in (MAP, QA_KNN, HISTO_KNN)}).T
     out = Path(out) if out is not None else Path(lake.path("evaluation"))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "evaluation.csv", index=False)
+    confusions = {name: metrics.confusion(truth, methods[name]["predicted"]) for name in (MAP, QA_KNN)}
+    for name, frame in confusions.items():
+        frame.to_csv(out / f"confusion_{CONFUSION_FILES[name]}.csv")
     (out / "evaluation.md").write_text(
         f"Evaluation of desom2 v{d2_version} (desom1 v{d1_version}) on {len(members)} exposures; "
-        f"clusters labelled by majority class; Good is the positive class.\n\n" + markdown(table))
+        f"clusters labelled by majority class; Good is the positive class; neighbour accuracy is "
+        f"leave-one-out (cell-mates, else the nearest ring of occupied cells; k-NN: the {KNN} nearest "
+        f"others).\n\n" + markdown(table)
+        + "\nNeighbour accuracy per true class (recall):\n\n" + markdown(per_class.reset_index(names="method"))
+        + "".join(f"\nConfusion, {name} (rows: true class, columns: predicted from neighbours):\n\n"
+                  + markdown(frame.reset_index()) for name, frame in confusions.items()))
     tsne_figure(lake, d1_uri, members, out / "tsne.png")
     log(markdown(table))
-    log(f"evaluate: wrote {out / 'evaluation.csv'}, {out / 'evaluation.md'} and {out / 'tsne.png'}")
+    log("neighbour accuracy per true class:\n" + markdown(per_class.reset_index(names="method")))
+    log(f"evaluate: wrote {out / 'evaluation.csv'}, {out / 'evaluation.md'} (with confusion matrices) "
+        f"and {out / 'tsne.png'}")
     return table
+
+
+MAP = "DESOM-1 + DESOM-2 (cells)"
+QA_KNN = f"{KNN}-NN on QA numbers (classical)"
+QA_KMEANS = "k-means on QA numbers"
+HISTO_KNN = f"{KNN}-NN on histo-vectors (Hellinger)"
+CONFUSION_FILES = {MAP: "desom2", QA_KNN: "qa_knn"}
+
+
+def per_class_recall(truth, predicted) -> dict[str, float]:
+    """Share of each true class whose neighbours name it."""
+    truth, predicted = np.asarray(truth).astype(str), np.asarray(predicted).astype(str)
+    return {c: float((predicted[truth == c] == c).mean()) for c in sorted(set(truth))}
+
+
+def _clustering(truth, clusters, positions, metric) -> dict:
+    predicted = metrics.neighbour_predictions(truth, clusters, positions, metric)
+    row = majority_scores(truth, clusters) | metrics.prediction_scores(truth, predicted, GOOD, PAPER_CLASSES)
+    return {"row": row, "predicted": predicted}
+
+
+def _centroids(features: np.ndarray, clusters: np.ndarray) -> dict:
+    return {c: features[clusters == c].mean(axis=0) for c in np.unique(clusters)}
+
+
+def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int,
+                  baseline_cfg: baselines.BaselineConfig, log=print) -> dict[str, dict]:
+    """Every method's scores (``row``) and leave-one-out predictions, on the exposures of ``members``."""
+    from .report import exposure_views
+
+    truth = members["truth_label"].to_numpy()
+    ids = list(members["exposure_id"])
+    cells = members["cell"].to_numpy()
+    positions = {c: (y, x) for c, y, x in members[["cell", "cell_y", "cell_x"]].drop_duplicates().itertuples(index=False)}
+    out = {MAP: _clustering(truth, cells, positions, "chebyshev")}
+
+    qa = lake.read("exposures", columns=["night", "exposure_id", *QA_FEATURES],
+                   where=ds.field("exposure_id").isin(ids)).to_pandas()
+    qa = members[["night", "exposure_id"]].merge(qa, on=["night", "exposure_id"], how="left")
+    z = standardise(qa[list(QA_FEATURES)].to_numpy(dtype=float))
+    predicted = metrics.knn_predictions(truth, z, KNN)
+    out[QA_KNN] = {"row": {"clusters": None} | metrics.prediction_scores(truth, predicted, GOOD, PAPER_CLASSES),
+                   "predicted": predicted}
+    clusters = baselines.kmeans(z, k, baseline_cfg.seed)
+    out[QA_KMEANS] = _clustering(truth, clusters, _centroids(z, clusters), "euclidean")
+
+    vectors = lake.read("histovectors", columns=["night", "exposure_id", "desom1_version", "counts"],
+                        where=ds.field("exposure_id").isin(ids)).to_pandas()
+    vectors = vectors[vectors["desom1_version"] == str(desom1_version)]
+    vectors = members[["night", "exposure_id"]].merge(vectors, on=["night", "exposure_id"], how="left")
+    counts = np.stack(vectors["counts"].to_numpy())
+    hell = np.sqrt(counts / np.clip(counts.sum(axis=1, keepdims=True), 1e-12, None))
+    predicted = metrics.knn_predictions(truth, hell, KNN)
+    out[HISTO_KNN] = {"row": {"clusters": None} | metrics.prediction_scores(truth, predicted, GOOD, PAPER_CLASSES),
+                      "predicted": predicted}
+
+    views = exposure_views(lake, ids)
+    images = np.stack([baselines.exposure_image(views.get(e, {}).get("window")) for e in ids])
+    for name, (clusters, features) in baselines.run_baselines(images, k, baseline_cfg, log).items():
+        out[name] = _clustering(truth, clusters, _centroids(features, clusters), "euclidean")
+    for name, m in out.items():
+        m["row"] = {"method": name} | m["row"]
+    return out

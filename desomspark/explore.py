@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from . import registry, schema
 from .lake import Lake
+from .qa import EXPOSURE_QA_COLUMNS
 
 
 def author() -> str:
@@ -48,12 +49,19 @@ def label_cell(lake: Lake, desom2_version: str, cell: tuple[int, int], label: st
 
 
 def export(lake: Lake, out: str, fmt: str) -> int:
-    """Write every assignment (exposure -> cell -> label) as CSV or Parquet; returns the row count."""
+    """Write every assignment (exposure -> cell -> label) as CSV or Parquet; returns the row count.
+
+    Beside the cell and its label: the exposure's header fields and its
+    classical quality numbers (:data:`qa.EXPOSURE_QA_COLUMNS`); ``distance`` is
+    the novelty distance (latent distance to the cell's prototype).
+    """
     table = lake.read("assignments").to_pandas()
-    exposures = lake.read("exposures", columns=["night", "exposure_id", "path", "truth_label"]).to_pandas()
+    header = ["path", "date_obs", "filter", "object", "exptime"]
+    exposures = lake.read("exposures", columns=["night", "exposure_id", *header,
+                                                *EXPOSURE_QA_COLUMNS]).to_pandas()
     merged = table.merge(exposures, on=["night", "exposure_id"], how="left").sort_values(["night", "exposure_id"])
-    columns = ["night", "exposure_id", "path", "cell_x", "cell_y", "label", "distance", "desom1_version",
-               "desom2_version"]
+    columns = ["night", "exposure_id", *header, "cell_x", "cell_y", "label", "distance", *EXPOSURE_QA_COLUMNS,
+               "desom1_version", "desom2_version"]
     merged = merged[columns]
     if fmt == "csv":
         merged.to_csv(out, index=False)
@@ -64,23 +72,23 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     return len(merged)
 
 
-def latent_vectors(lake: Lake, model_uri: str, desom1_version: str) -> pd.DataFrame:
-    """Every exposure's DESOM-2 latent vector (from its histo-vector made by ``desom1_version``)."""
+def latent_vectors(lake: Lake, model_uri: str, metadata: dict) -> pd.DataFrame:
+    """Every exposure's DESOM-2 latent vector (from its histo-vector made by the model's DESOM-1,
+    and its quality numbers where the model reads them)."""
     from .assign import map_counts
+    from .desom2 import desom2_inputs, input_matrix
     from .histovector import cached_model
 
-    vectors = lake.read("histovectors").to_pandas()
-    vectors = vectors[vectors["desom1_version"] == str(desom1_version)]
-    if vectors.empty:
-        raise ValueError(f"no histo-vectors of desom1 v{desom1_version} in {lake.root}")
-    _, _, z = map_counts(cached_model(model_uri, "cpu"), np.stack(vectors["counts"].to_numpy()))
+    qa_inputs = tuple(metadata.get("qa_inputs") or ())
+    vectors, _ = desom2_inputs(lake, str(metadata["desom1_version"]), qa_inputs)
+    _, _, z = map_counts(cached_model(model_uri, "cpu"), input_matrix(vectors["counts"], vectors, qa_inputs))
     return pd.DataFrame({"night": vectors["night"].to_numpy(), "exposure_id": vectors["exposure_id"].to_numpy(),
                          "z": list(z)})
 
 
 def similar(lake: Lake, model_uri: str, metadata: dict, exposure_id: str, k: int = 10) -> pd.DataFrame:
     """The ``k`` exposures nearest to ``exposure_id`` in DESOM-2's latent space (itself first)."""
-    table = latent_vectors(lake, model_uri, metadata["desom1_version"])
+    table = latent_vectors(lake, model_uri, metadata)
     match = table.index[table["exposure_id"] == str(exposure_id)]
     if len(match) == 0:
         raise ValueError(f"exposure {exposure_id} has no histo-vector in {lake.root}")

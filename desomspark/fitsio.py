@@ -161,6 +161,8 @@ class HduInfo:
     width: int
     ccd_row: int
     ccd_col: int
+    pixel_scale: float | None = None    # arcsec / pixel (PIXSCAL1, PIXSCALE or SECPIX; HDU, else primary)
+    saturation: float | None = None     # ADU (SATURATE; HDU, else primary)
 
 
 @dataclass
@@ -256,16 +258,32 @@ def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int) -> None:
                 exptime=_card(primary, "EXPTIME", float), filter=_card(primary, "FILTER", str),
                 mjd_obs=_card(primary, "MJD-OBS", float), date_obs=_card(primary, "DATE-OBS", str),
                 airmass=_card(primary, "AIRMASS", float), object=_card(primary, "OBJECT", str),
-                truth_label=_card(primary, "QUALITY", str), truth_kind=_card(primary, "QUALKIND", str))
+                truth_label=_card(primary, "QUALITY", str), truth_kind=_card(primary, "QUALKIND", str),
+                zero_point=_first_card([primary], ZERO_POINT_KEYS))
             scan.night = night_of(scan.meta["mjd_obs"], scan.meta["date_obs"])
-        _check_hdu(hdu, index, scan, size, min_side)
+        _check_hdu(hdu, index, scan, size, min_side, primary)
         index += 1
 
 
 VALID_BITPIX = (8, 16, 32, 64, -32, -64)
 
 
-def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int) -> None:
+PIXEL_SCALE_KEYS = ("PIXSCAL1", "PIXSCALE", "SECPIX", "SECPIX1")
+#: photometric zero point (mag of 1 ADU/s), where the camera writes one
+ZERO_POINT_KEYS = ("MAGZPT", "MAGZERO", "PHOTZP", "ZP")
+
+
+def _first_card(headers: list[fits.Header], keys: tuple[str, ...]) -> float | None:
+    """The first positive number found under ``keys``, header by header."""
+    for header in headers:
+        for key in keys:
+            value = _card(header, key, float)
+            if value is not None and np.isfinite(value) and value > 0:
+                return abs(value)
+    return None
+
+
+def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int, primary: fits.Header) -> None:
     header = hdu.header
     is_image = isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
     if not is_image:
@@ -295,7 +313,9 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int) -> Non
         return
     scan.hdus.append(HduInfo(
         hdu_index=index, extname=extname, height=shape[0], width=shape[1],
-        ccd_row=_card(header, "CCDROW", int, default=-1), ccd_col=_card(header, "CCDCOL", int, default=-1)))
+        ccd_row=_card(header, "CCDROW", int, default=-1), ccd_col=_card(header, "CCDCOL", int, default=-1),
+        pixel_scale=_first_card([header, primary], PIXEL_SCALE_KEYS),
+        saturation=_first_card([header, primary], ("SATURATE",))))
 
 
 def _physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:

@@ -26,9 +26,10 @@ import pyarrow as pa
 
 from . import schema
 from .config import IngestConfig
-from .detect import process_ccd
+from .detect import CcdResult, process_ccd
 from .fitsio import FileScan, Reject, file_reason, list_inputs, read_ccd, scan_file
 from .lake import Lake
+from .qa import exposure_qa
 
 TABLES = ("exposures", "ccds", "cutouts", "rejects")
 UNKNOWN_NIGHT = "unknown"
@@ -51,6 +52,7 @@ class IngestSummary:
 
 
 _NO_VIEWS = dict(thumbnail=None, thumbnail_height=0, thumbnail_width=0, window=None, window_height=0, window_width=0)
+_NO_QA = CcdResult().qa
 
 
 def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
@@ -60,14 +62,15 @@ def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
                height=task["height"], width=task["width"])
     try:
         image = read_ccd(task["path"], task["hdu_index"])
-        result = process_ccd(image, task["exposure_id"], task["hdu_index"], cfg, keep_window=task["window"])
+        result = process_ccd(image, task["exposure_id"], task["hdu_index"], cfg, keep_window=task["window"],
+                             pixel_scale=task["pixel_scale"], saturation=task["saturation"])
     except Reject as exc:
         return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
-                          reject_reason=exc.reason, reject_detail=exc.detail, cutouts=[], **_NO_VIEWS)
+                          reject_reason=exc.reason, reject_detail=exc.detail, cutouts=[], **_NO_VIEWS, **_NO_QA)
     except Exception as exc:  # sep or numpy on a pathological image: reject, don't fail the night
         return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
                           reject_reason="unreadable_data", reject_detail=f"{type(exc).__name__}: {exc}"[:500],
-                          cutouts=[], **_NO_VIEWS)
+                          cutouts=[], **_NO_VIEWS, **_NO_QA)
     weight = float(result.weight)
     cutouts = [(int(i), float(x), float(y), float(f), weight, bytearray(p))
                for i, x, y, f, p in zip(result.source_index, result.x, result.y, result.flux, result.pixels)]
@@ -78,7 +81,7 @@ def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
                       thumbnail_height=result.thumbnail_shape[0], thumbnail_width=result.thumbnail_shape[1],
                       window=bytearray(result.window) if result.window else None,
                       window_height=result.window_shape[0], window_width=result.window_shape[1],
-                      cutouts=cutouts)
+                      cutouts=cutouts, **result.qa)
 
 
 def _as_tuple(row: dict, columns: list[str]) -> tuple:
@@ -155,6 +158,7 @@ def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.Data
         n_rej=("reject_reason", lambda s: int(s.notna().sum())),
         n_dead=("dead", "sum"), n_detected=("n_detected", "sum"), n_cutouts=("n_sampled", "sum"),
     ) if len(ccds) else pd.DataFrame(columns=["n_used", "n_rej", "n_dead", "n_detected", "n_cutouts"])
+    by_exposure = dict(tuple(ccds.groupby(["night", "exposure_id"]))) if len(ccds) else {}
     rows, rejects = [], []
     for e in exposures:
         key = (e["night"], e["exposure_id"])
@@ -162,13 +166,14 @@ def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.Data
         n_used = int(s["n_used"]) if s is not None else 0
         n_rej = (int(s["n_rej"]) if s is not None else 0) + len(e["hdu_reject_reasons"])
         if n_used == 0:
-            reasons = e["hdu_reject_reasons"] + list(
-                ccds.loc[(ccds["night"] == key[0]) & (ccds["exposure_id"] == key[1]), "reject_reason"].dropna())
+            mine = by_exposure.get(key)
+            reasons = e["hdu_reject_reasons"] + (list(mine["reject_reason"].dropna()) if mine is not None else [])
             reason, detail = file_reason(reasons)
             rejects.append(dict(night=e["night"], path=e["path"], hdu_index=None, extname=None,
                                 reason=reason, detail=detail))
             continue
         rows.append(dict(
+            **exposure_qa(by_exposure[key], e.get("exptime"), e.get("zero_point")),
             night=e["night"], exposure_id=e["exposure_id"], path=e["path"],
             status="ok" if n_rej == 0 else "partial", n_hdus=e["n_hdus"], n_ccds_used=n_used,
             n_ccds_dead=int(s["n_dead"]), n_ccds_rejected=n_rej, n_detected=int(s["n_detected"]),

@@ -31,7 +31,10 @@ from .lake import Lake
 
 GALLERY_SIZE = 9
 MAX_LISTED = 500  # members listed per cell in the page; `desomspark export` has them all
-MEMBER_COLUMNS = ["exposure_id", "night", "object", "filter", "exptime", "airmass", "distance", "truth_label"]
+#: the quality numbers an operator knows, shown beside each member (desomspark.qa)
+QA_SHOWN = ["fwhm", "elongation_median", "sky", "sky_spread", "depth"]
+MEMBER_COLUMNS = ["exposure_id", "night", "object", "filter", "exptime", "airmass", *QA_SHOWN, "distance",
+                  "truth_label"]
 
 
 def _image(data, height: int, width: int) -> np.ndarray | None:
@@ -63,7 +66,7 @@ def map_members(lake: Lake, desom2_version: str) -> pd.DataFrame:
     assigned = lake.read("assignments").to_pandas()
     assigned = assigned[assigned["desom2_version"] == str(desom2_version)]
     exposures = lake.read("exposures", columns=["night", "exposure_id", "path", "object", "filter", "exptime",
-                                                "airmass", "date_obs", "truth_label"]).to_pandas()
+                                                "airmass", "date_obs", "truth_label", *QA_SHOWN]).to_pandas()
     return assigned.merge(exposures, on=["night", "exposure_id"], how="left")
 
 
@@ -105,6 +108,14 @@ def _e(value) -> str:
     if isinstance(value, float):
         return f"{value:.3f}"
     return html.escape(str(value), quote=True)
+
+
+def _seeing(member) -> str:
+    """FWHM and elongation for a gallery caption ('' where no PSF star was measured)."""
+    fwhm, elong = getattr(member, "fwhm", np.nan), getattr(member, "elongation_median", np.nan)
+    if fwhm is None or not np.isfinite(fwhm):
+        return ""
+    return f'{fwhm:.2f}" e{elong:.2f}'
 
 
 def _colour(label: str | None, count: int, top: int) -> str:
@@ -202,7 +213,7 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> 
     for (x, y), pick in galleries.items():
         cell = cells[(cells.cell_x == x) & (cells.cell_y == y)].iloc[0]
         name = f"img/cell_{x}_{y}.png"
-        plots.cell_gallery([{"caption": f"{r.exposure_id} {r.truth_label or ''}".strip(),
+        plots.cell_gallery([{"caption": f"{r.exposure_id} {r.truth_label or ''} {_seeing(r)}".strip(),
                              "mosaic": views.get(r.exposure_id, {}).get("mosaic", np.full((2, 2), np.nan)),
                              "window": views.get(r.exposure_id, {}).get("window")} for r in pick.itertuples()],
                            out / name, title=f"cell ({x}, {y}): {len(pick)} of {int(cell['count'])} exposures")

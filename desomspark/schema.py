@@ -41,6 +41,19 @@ EXPOSURES = pa.schema([
     ("object", pa.string()),
     ("truth_label", pa.string()),       # simulated data only (QUALITY header)
     ("truth_kind", pa.string()),        # simulated data only (QUALKIND header)
+    # classical quality numbers (desomspark.qa.exposure_qa), from the CCDs' sep catalogues
+    ("fwhm", pa.float64()),             # PSF FWHM of bright isolated stars (arcsec; NaN without a pixel scale)
+    ("fwhm_px", pa.float64()),          # the same in pixels
+    ("elongation_median", pa.float64()),  # a/b of those stars, median
+    ("elongation_p90", pa.float64()),     # a/b, 90th percentile (CCD values)
+    ("ellipticity_median", pa.float64()), # 1 - b/a, median
+    ("detections_per_ccd", pa.float64()),
+    ("sky", pa.float64()),              # median CCD background (ADU)
+    ("sky_rms", pa.float64()),          # median CCD background RMS (ADU)
+    ("sky_spread", pa.float64()),       # std of the CCD backgrounds across the focal plane / sky_rms
+    ("background_structure", pa.float64()),  # median over CCDs of the background map's std / rms
+    ("n_saturated", pa.int64()),        # detections reaching 80 % of saturation
+    ("depth", pa.float64()),            # mag of a point source at S/N 10 (header zero point, else 1 ADU/s = 0)
 ])
 
 #: one row per image HDU (CCD) of an exposure, used or not
@@ -58,6 +71,16 @@ CCDS = pa.schema([
     ("background", pa.float64()),       # global sep background (ADU)
     ("background_rms", pa.float64()),
     ("dead", pa.bool_()),               # constant, all zero/NaN, or no detection
+    # classical quality numbers (desomspark.qa.ccd_qa)
+    ("n_stars", pa.int32()),            # bright isolated unsaturated stars on the stellar locus
+    ("fwhm_px", pa.float64()),          # their FWHM (pixels)
+    ("fwhm", pa.float64()),             # the same in arcsec (NaN without a pixel scale)
+    ("elongation_median", pa.float64()),
+    ("elongation_p90", pa.float64()),
+    ("ellipticity_median", pa.float64()),
+    ("background_structure", pa.float64()),  # std of the sep background mesh / background RMS
+    ("n_saturated", pa.int32()),
+    ("flux_sn10", pa.float64()),        # ADU of a point source at S/N 10
     ("reject_reason", pa.string()),     # null when the CCD was used
     ("thumbnail", pa.binary()),         # uint8 block-averaged image (see thumbnail_shape)
     ("thumbnail_height", pa.int32()),

@@ -11,6 +11,10 @@ BadFocus   donuts: the image of the annular pupil, convolved with seeing
 BGP        background problems, of one kind: ``gradient`` (gradients and
            fringe-like patterns), ``scattered`` (scattered light),
            ``crowded`` (very crowded field), ``lowexp`` (short exposure)
+Streak     good seeing, but one to three satellite or aircraft trails cross
+           the focal plane (straight, continuous from CCD to CCD, as wide as
+           the PSF): a defect the classical numbers (seeing, star shapes,
+           sky) do not see
 ========== =============================================================
 
 and, in any class, CCDs may be dead and carry cosmic rays, saturated stars with
@@ -40,12 +44,12 @@ from astropy.time import Time
 
 from .config import SimulateConfig
 
-CLASSES = ("Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP")
+CLASSES = ("Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP", "Streak")
 BGP_KINDS = ("gradient", "scattered", "crowded", "lowexp")
 #: real class mix of ~70k MegaCam exposures (DESIGN.md); BadFocus and the
 #: unlabelled 1.3 % share one bin, since bad focus is rare and unlabelled
 SURVEY_MIX = {"Good": 0.78, "RBT": 0.039, "BT": 0.036, "B-Seeing": 0.069, "BGP": 0.067,
-              "BadFocus": 0.013}
+              "BadFocus": 0.013, "Streak": 0.02}
 FULL_CCD_PIXELS = 4612 * 2048
 FILTERS = ("u", "g", "r", "i", "z")
 
@@ -182,6 +186,36 @@ def _magnitudes(rng: np.random.Generator, n: int, bright: float, faint: float, s
     return np.log10(a + u * (b - a)) / slope
 
 
+def streak_lines(spec: ExposureSpec, cfg: SimulateConfig) -> list[tuple[float, float, float, float]]:
+    """The trails of an exposure in focal-plane pixels: (x0, y0, angle, peak in units of sky), one to three.
+
+    Drawn from the exposure's seed alone, so every CCD sees the same lines.
+    """
+    rng = np.random.default_rng([spec.seed, 0x5A7])
+    h, w = cfg.ccd_shape
+    rows = int(math.ceil(cfg.n_ccds / cfg.ccd_columns))
+    width, height = cfg.ccd_columns * w, rows * h
+    return [(float(rng.uniform(0.2, 0.8) * width), float(rng.uniform(0.2, 0.8) * height),
+             float(rng.uniform(0, np.pi)), float(rng.uniform(0.15, 0.6)))
+            for _ in range(int(rng.integers(1, 4)))]
+
+
+def _add_streaks(image: np.ndarray, spec: ExposureSpec, y_off: int, x_off: int, sigma_fwhm_px: float,
+                 sky: float, cfg: SimulateConfig) -> int:
+    """Add the exposure's trails to one CCD (PSF-wide Gaussian profile across the line); how many cross it."""
+    h, w = image.shape
+    sigma = sigma_fwhm_px / 2.3548
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    crossing = 0
+    for x0, y0, angle, peak in streak_lines(spec, cfg):
+        d = np.abs((xx + x_off - x0) * np.sin(angle) - (yy + y_off - y0) * np.cos(angle))
+        if float(d.min()) > 5 * sigma:
+            continue
+        image += np.float32(peak * sky) * np.exp(-(d * d) / np.float32(2 * sigma * sigma))
+        crossing += 1
+    return crossing
+
+
 def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.ndarray, fits.Header]:
     """Pixels (uint16) and header cards of one CCD of an exposure."""
     rng = np.random.default_rng([spec.seed, ccd])
@@ -195,6 +229,9 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
     hdr["CCDROW"] = (ccd_row, "focal-plane row of the CCD")
     hdr["CCDCOL"] = (ccd_col, "focal-plane column of the CCD")
     hdr["DETSEC"] = f"[{ccd_col * w + 1}:{(ccd_col + 1) * w},{ccd_row * h + 1}:{(ccd_row + 1) * h}]"
+    hdr["PIXSCAL1"] = (cfg.pixel_scale, "arcsec / pixel")
+    hdr["PIXSCAL2"] = (cfg.pixel_scale, "arcsec / pixel")
+    hdr["SATURATE"] = (cfg.saturation, "ADU")
     hdr["GAIN"] = (cfg.gain, "e-/ADU")
     hdr["RDNOISE"] = (cfg.read_noise, "e-")
 
@@ -259,6 +296,10 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
         sel = which == t
         _add_stamps(image, [gal_stamps[t]], gx_[sel], gy_[sel], gflux[sel], phases=1)
 
+    if spec.quality == "Streak":
+        n_streaks = _add_streaks(image, spec, ccd_row * h, ccd_col * w, fwhm / scale, sky, cfg)
+        hdr["SIMSTRK"] = (n_streaks, "simulated satellite trails crossing this CCD")
+
     # photon and read noise, in electrons
     electrons = rng.poisson(np.clip(image, 0, None) * cfg.gain).astype(np.float32)
     electrons += rng.normal(0.0, cfg.read_noise, size=image.shape).astype(np.float32)
@@ -289,7 +330,7 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
     return np.clip(np.rint(image), 0, sat).astype(np.uint16), hdr
 
 
-def _primary_header(spec: ExposureSpec, n_ccds: int) -> fits.Header:
+def _primary_header(spec: ExposureSpec, cfg: SimulateConfig) -> fits.Header:
     hdr = fits.Header()
     t = Time(spec.mjd, format="mjd", scale="utc")
     hdr["EXPNUM"] = (spec.expnum, "exposure number")
@@ -299,7 +340,8 @@ def _primary_header(spec: ExposureSpec, n_ccds: int) -> fits.Header:
     hdr["MJD-OBS"] = (round(spec.mjd, 8), "start of exposure (UTC)")
     hdr["DATE-OBS"] = t.isot
     hdr["AIRMASS"] = round(spec.airmass, 4)
-    hdr["NEXTEND"] = n_ccds
+    hdr["MAGZPT"] = (cfg.zero_point, "mag giving 1 ADU/s")
+    hdr["NEXTEND"] = cfg.n_ccds
     hdr["TELESCOP"] = "SIMULATED"
     hdr["INSTRUME"] = "desomspark-sim"
     hdr["QUALITY"] = (spec.quality, "simulated ground truth class")
@@ -316,7 +358,7 @@ def exposure_filename(spec: ExposureSpec, compress: bool) -> str:
 def write_exposure(spec: ExposureSpec, out_dir: str | os.PathLike, cfg: SimulateConfig,
                    compress: bool = False) -> Path:
     """Simulate one exposure and write it as a multi-extension FITS file."""
-    hdus: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = [fits.PrimaryHDU(header=_primary_header(spec, cfg.n_ccds))]
+    hdus: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = [fits.PrimaryHDU(header=_primary_header(spec, cfg))]
     for ccd in range(cfg.n_ccds):
         data, hdr = simulate_ccd(spec, ccd, cfg)
         if compress:

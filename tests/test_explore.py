@@ -51,6 +51,9 @@ def test_export_csv_and_parquet(lake, tmp_path):
     n = export(lake, str(tmp_path / "a.csv"), "csv")
     csv = pd.read_csv(tmp_path / "a.csv", dtype={"exposure_id": str})
     assert n == len(csv) == 12 and {"exposure_id", "cell_x", "cell_y", "label", "path"} <= set(csv.columns)
+    # the header fields and the classical quality numbers travel with the cells
+    assert {"date_obs", "filter", "object", "fwhm", "elongation_median", "sky", "depth"} <= set(csv.columns)
+    assert csv["sky"].gt(0).all() and csv["fwhm"].notna().any()
     export(lake, str(tmp_path / "a.parquet"), "parquet")
     assert len(pd.read_parquet(tmp_path / "a.parquet")) == 12
 

@@ -130,6 +130,26 @@ def test_cutouts_and_weights(ingested):
     assert exposures.set_index("exposure_id")["n_cutouts"].sum() == cutouts.num_rows
 
 
+def test_quality_numbers_are_in_the_tables(ingested):
+    """Each used CCD and each exposure carries the classical numbers, measured with the header's pixel scale."""
+    lake, _, d, _ = ingested
+    exposures = lake.read("exposures").to_pandas().set_index("exposure_id")
+    ccds = lake.read("ccds").to_pandas()
+    truth = {str(fits.getval(p, "EXPNUM")): (fits.getval(p, "QUALITY"), fits.getval(p, "SIMFWHM"))
+             for p in sorted(d.glob("sim*.fits"))}
+    live = ccds[ccds["reject_reason"].isna() & ~ccds["dead"]]
+    assert (live["n_stars"] > 0).mean() > 0.6 and live["background_structure"].notna().all()
+    assert (live["fwhm"] / live["fwhm_px"]).dropna().round(4).eq(0.187).all()  # PIXSCAL1 of the simulator
+    for exposure, (quality, seeing) in truth.items():
+        row = exposures.loc[exposure]
+        assert row["sky"] == pytest.approx(live.loc[live["exposure_id"] == exposure, "background"].median())
+        assert row["detections_per_ccd"] > 0 and np.isfinite(row["depth"]) and row["depth"] > 15  # MAGZPT applied (instrumental would be < 0)
+        if quality in ("Good", "B-Seeing"):
+            assert row["fwhm"] == pytest.approx(seeing, rel=0.15), exposure
+    # rejected HDUs carry no numbers
+    assert ccds.loc[ccds["reject_reason"].notna(), "fwhm"].isna().all()
+
+
 def test_rerun_gives_identical_tables(spark, ingested, config):
     lake, _, d, _ = ingested
     before = {t: lake.read(t).to_pandas() for t in ("exposures", "ccds", "cutouts", "rejects")}

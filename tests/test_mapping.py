@@ -11,7 +11,9 @@ import torch
 
 from desomspark import registry
 from desomspark.cutout import decode_pixels
-from desomspark.desom2 import ModelMismatch, check_desom1, clean_and_standardise, train_desom2
+from desomspark.assign import map_counts
+from desomspark.desom2 import ModelMismatch, check_desom1, hellinger, input_matrix, train_desom2, desom2_inputs
+from desomspark.model import split_inference
 from desomspark.histovector import cached_model, cutout_nodes, histovector
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
@@ -79,9 +81,43 @@ def test_desom2_normalisation_is_stored_in_the_model(mapped):
     uri = f"models:/desom2/{d2['version']}"
     extra = registry.model_extra(uri)
     vectors = lake.read("histovectors").to_pandas()
-    z = clean_and_standardise(torch.tensor(np.stack(vectors["counts"]), dtype=torch.float32), 3.0)
-    np.testing.assert_allclose(extra["bin_min"], z.min(0).values.numpy(), rtol=1e-5, atol=1e-6)
+    h = hellinger(torch.tensor(np.stack(vectors["counts"]), dtype=torch.float32))
+    np.testing.assert_allclose(extra["bin_scale"], np.full(25, h.max().item()), rtol=1e-5)
     assert registry.model_metadata(uri)["desom1_version"] == d2["desom1_version"]
+
+
+def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, mapped):
+    """A DESOM-2 trained on histo-vectors + QA numbers: the served graph equals the trained mapper,
+    it reads the quality numbers (they change its latent vector), and assign feeds them."""
+    lake, cfg, _, d2_plain, _ = mapped
+    features = ("fwhm", "elongation_median", "sky_spread")
+    c = replace(cfg.desom2, qa_inputs=features, qa_weight=1.0)
+    d2 = train_desom2(lake, replace(cfg, desom2=c), log=lambda m: None)
+    uri = registry.download_uri("desom2", d2["version"])
+    meta = registry.model_metadata(uri)
+    assert meta["qa_inputs"] == list(features) and meta["transform"] == "hellinger" and meta["n_bins"] == 25
+    table, _ = desom2_inputs(lake, d2["desom1_version"], features)
+    x = input_matrix(table["counts"], table, features)
+    assert x.shape == (12, 25 + 3)
+    x[0, 25] = np.nan                           # an exposure without a measured FWHM still maps
+    served = cached_model(uri, "cpu")
+    node, dist, z = map_counts(served, x)
+    mine = d2["mapper"].eval()
+    with torch.no_grad():
+        ref_node, ref_dist, ref_z = (t.numpy() for t in split_inference(mine(torch.as_tensor(x))))
+    np.testing.assert_array_equal(node, ref_node)
+    np.testing.assert_allclose(dist, ref_dist, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(z, ref_z, rtol=1e-5, atol=1e-5)
+    moved = x.copy()
+    moved[:, 25] += 5 * float(d2["mapper"].qa_scale[0])
+    assert not np.allclose(map_counts(served, moved)[2], z, atol=1e-4)
+    # assign joins the exposures' numbers and gives what the served model gives
+    out = run_assign(spark, lake, replace(cfg, desom2=c), desom2_uri=f"models:/desom2/{d2['version']}",
+                     log=lambda m: None).set_index("exposure_id")
+    expected = map_counts(served, input_matrix(table["counts"], table, features))[0]
+    assert list(out.loc[table["exposure_id"], "cell"]) == list(expected)
+    # the model without quality numbers still serves (the fixture's assignments came from it)
+    assert not registry.model_metadata(registry.download_uri("desom2", d2_plain["version"])).get("qa_inputs")
 
 
 def test_version_mismatch_is_refused(spark, mapped):

@@ -20,7 +20,7 @@ from desomspark.simulate import simulate_night
 HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
 
 
-N_EXPOSURES = 36  # 6 of each class: enough for purity to tell clusterings apart
+N_EXPOSURES = 36  # 5 of each of the 7 classes: enough for purity to tell clusterings apart
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +133,30 @@ def test_evaluate_scores_desom_and_the_baselines(lake, config, tmp_path):
     from desomspark.baselines import BaselineConfig
 
     table = evaluate(lake, config, tmp_path, BaselineConfig(epochs=3), log=lambda m: None)
-    assert list(table["method"]) == ["DESOM-1 + DESOM-2 (cells)", "pixel PCA + k-means", "PCA + agglomerative (Ward)",
+    assert list(table["method"]) == ["DESOM-1 + DESOM-2 (cells)", "5-NN on QA numbers (classical)",
+                                     "k-means on QA numbers", "5-NN on histo-vectors (Hellinger)",
+                                     "pixel PCA + k-means", "PCA + agglomerative (Ward)",
                                      "PCA + affinity propagation", "conv AE + k-means", "VAE latent + k-means"]
-    k = table.loc[0, "clusters"]
-    assert (table.loc[[1, 2, 4, 5], "clusters"] == k).all()  # same number of clusters as DESOM-2 cells
-    assert table[["purity", "nmi", "accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
-    assert pd.read_csv(tmp_path / "evaluation.csv").shape == (6, 7)
-    assert table.loc[0, "clusters"] == lake.read("assignments").to_pandas()["cell"].nunique()
-    assert (tmp_path / "evaluation.md").read_text().count("\n|") >= 7
+    by = table.set_index("method")
+    k = by.loc["DESOM-1 + DESOM-2 (cells)", "clusters"]
+    same_k = ["k-means on QA numbers", "pixel PCA + k-means", "PCA + agglomerative (Ward)", "conv AE + k-means",
+              "VAE latent + k-means"]
+    assert (by.loc[same_k, "clusters"] == k).all()  # same number of clusters as DESOM-2 cells
+    # every method has the leave-one-out neighbour scores; k-NN methods make no clusters
+    neighbour = ["neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad"]
+    assert table[neighbour].apply(lambda c: c.between(0, 1)).all().all()
+    assert by.loc[["5-NN on QA numbers (classical)", "5-NN on histo-vectors (Hellinger)"], "purity"].isna().all()
+    clustered = table[table["clusters"].notna()]
+    assert clustered[["purity", "nmi", "accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert pd.read_csv(tmp_path / "evaluation.csv").shape == (9, 10)
+    assert k == lake.read("assignments").to_pandas()["cell"].nunique()
+    md = (tmp_path / "evaluation.md").read_text()
+    assert md.count("\n|") >= 9 and "Confusion" in md and "per true class" in md
+    confusion = pd.read_csv(tmp_path / "confusion_desom2.csv", index_col=0)
+    assert confusion.to_numpy().sum() == len(lake.read("assignments"))
     assert Image.open(tmp_path / "tsne.png").size == (630, 540)
+    # the classical numbers sort this night well: operators' 5-NN beats chance by far
+    assert by.loc["5-NN on QA numbers (classical)", "neighbour_accuracy"] > 0.5
     # the point of the method: cells sort exposures by quality better than clustering their pixels
-    desom, pixel_pca = table.loc[0, "purity"], table.loc[1, "purity"]
+    desom, pixel_pca = by.loc["DESOM-1 + DESOM-2 (cells)", "purity"], by.loc["pixel PCA + k-means", "purity"]
     assert desom > pixel_pca, table.to_string()
