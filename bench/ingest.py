@@ -11,7 +11,13 @@ Prints seconds per CCD and the ratios (b)/(a) (target <= 1.15: Spark's cost
 on one core) and (b)/(c) (target >= 1.8: scaling over two cores).  Spark
 session start-up is timed apart: a nightly run pays it once.
 
-Run: python bench/ingest.py [--exposures N] [--data DIR]
+With ``--raw``, instead, in one run on the same scenes: the bare loop over the
+processed files against the same loop over their raw frames (two amplifiers
+with overscan: correction + trim; target <= 1.15), and reading every CCD of a
+gzip-compressed copy against the plain file (the gzip time includes the one
+decompression of each file into the local cache, see fitsio.inflated_copy).
+
+Run: python bench/ingest.py [--exposures N] [--data DIR] [--raw]
 """
 from __future__ import annotations
 
@@ -22,23 +28,66 @@ import time
 from pathlib import Path
 
 from desomspark.config import load_config
-from desomspark.detect import process_ccd
+from dataclasses import asdict
+
 from desomspark.fitsio import list_inputs, read_ccd, scan_file
-from desomspark.ingest import ingest
+from desomspark.ingest import ingest, read_and_process
 from desomspark.lake import Lake
 from desomspark.simulate import simulate_night
 from desomspark.spark import get_spark
 
 
 def bare_loop(files: list[str], cfg) -> tuple[int, int]:
+    """What the Spark tasks do, in a plain loop: scan each file, then read and process each CCD."""
     n_ccds = n_cutouts = 0
     for path in files:
         scan = scan_file(path, max(cfg.min_ccd_side, 2 * cfg.edge_margin + cfg.cutout_size))
         for hdu in scan.hdus:
-            result = process_ccd(read_ccd(path, hdu.hdu_index), scan.exposure_id, hdu.hdu_index, cfg)
+            result = read_and_process(dict(path=path, exposure_id=scan.exposure_id, **asdict(hdu)), cfg)
             n_ccds += 1
             n_cutouts += result.n_sampled
     return n_ccds, n_cutouts
+
+
+def read_all(files: list[str]) -> int:
+    """Read every CCD's pixels (no detection): the I/O part of a task."""
+    n = 0
+    for path in files:
+        for hdu in scan_file(path).hdus:
+            read_ccd(path, hdu.hdu_index, hdu.raw_layout)
+            n += 1
+    return n
+
+
+def raw_and_gzip(args, cfg) -> None:
+    import gzip
+    import tempfile as _tempfile
+
+    base = Path(args.data) / f"raw{args.exposures}"
+    processed, raw, gz = base / "processed", base / "raw", base / "gzip"
+    if len(list(raw.glob("*.fits"))) != args.exposures:
+        shutil.rmtree(base, ignore_errors=True)
+        print(f"simulating {args.exposures} full-size exposures, processed and raw, into {base} ...")
+        simulate_night(processed, args.exposures, cfg.simulate, seed=3, mix="balanced", progress=False)
+        simulate_night(raw, args.exposures, cfg.simulate, seed=3, mix="balanced", raw=True, progress=False)
+        gz.mkdir(parents=True)
+        for f in sorted(processed.glob("*.fits")):
+            with open(f, "rb") as src, gzip.open(gz / (f.name + ".gz"), "wb", compresslevel=6) as dst:
+                shutil.copyfileobj(src, dst)
+    times = {}
+    for label, folder in (("processed", processed), ("raw", raw)):
+        t = time.perf_counter()
+        n, cut = bare_loop(list_inputs(str(folder)), cfg.ingest)
+        times[label] = (time.perf_counter() - t) / n
+        print(f"bare loop {label:9s} {times[label]:6.3f} s/CCD  ({n} CCDs, {cut} cutouts)")
+    print(f"raw / processed = {times['raw'] / times['processed']:.3f}   (target <= 1.15)")
+    shutil.rmtree(Path(_tempfile.gettempdir()) / "desomspark-inflated", ignore_errors=True)
+    for label, folder in (("plain", processed), ("gzip", gz)):
+        t = time.perf_counter()
+        n = read_all(list_inputs(str(folder)))
+        times[label] = (time.perf_counter() - t) / n
+        print(f"read {label:5s} {times[label]:6.3f} s/CCD  ({n} CCDs)")
+    print(f"gzip / plain read = {times['gzip'] / times['plain']:.2f}")
 
 
 def spark_run(master: str, data: Path, cfg) -> tuple[float, float, int, int]:
@@ -60,8 +109,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exposures", type=int, default=2)
     parser.add_argument("--data", default=".bench/ingest", help="where the simulated exposures are kept")
+    parser.add_argument("--raw", action="store_true", help="raw vs processed frames, gzip vs plain reads")
     args = parser.parse_args()
     cfg = load_config()
+    if args.raw:
+        raw_and_gzip(args, cfg)
+        return
     data = Path(args.data) / f"n{args.exposures}"
     if len(list(data.glob("*.fits"))) != args.exposures:
         shutil.rmtree(data, ignore_errors=True)

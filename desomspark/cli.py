@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", choices=("balanced", "survey"), default="balanced")
     p.add_argument("--compress", action="store_true", help="Rice-compress the CCDs (.fits.fz)")
+    p.add_argument("--raw", action="store_true",
+                   help="write raw frames as the camera reads them: 2 amplifiers per CCD with overscan")
     p.add_argument("--processes", type=_positive, default=None)
 
     p = command("ingest", "FITS exposures -> exposures/ ccds/ cutouts/ rejects/")
@@ -151,7 +153,7 @@ def cmd_simulate(args, cfg: Config) -> int:
 
         sim = small_config(sim, args.ccds or sim.n_ccds, tuple(args.ccd_shape or sim.ccd_shape))
     paths = simulate_night(args.out, args.exposures, replace(sim), seed=args.seed, mix=args.mix,
-                           compress=args.compress, processes=args.processes)
+                           compress=args.compress, raw=args.raw, processes=args.processes)
     print(f"simulate: wrote {len(paths)} exposures and truth.csv to {Path(args.out).resolve()}")
     return 0
 

@@ -81,25 +81,37 @@ class CcdResult:
         return self.n_detected / self.n_sampled if self.n_sampled else 0.0
 
 
-def detect_sources(image: np.ndarray, cfg: IngestConfig,
-                   kernel: np.ndarray | None = None) -> tuple[np.ndarray, sep.Background]:
+def detect_sources(image: np.ndarray, cfg: IngestConfig, kernel: np.ndarray | None = None,
+                   mask: np.ndarray | None = None) -> tuple[np.ndarray, sep.Background]:
     """sep background and source catalogue of a native float32 image without NaN.
 
     ``kernel`` replaces the Gaussian filter built from ``cfg`` (e.g. a
-    SExtractor ``.conv`` file's numbers).
+    SExtractor ``.conv`` file's numbers); ``mask`` (True = flagged pixel)
+    keeps pixels out of the background and of detection.
     """
     if kernel is None:
         kernel = gaussian_kernel(cfg.filter_fwhm, cfg.filter_size)
-    bkg = sep.Background(image, bw=cfg.back_size, bh=cfg.back_size,
+    bkg = sep.Background(image, mask=mask, bw=cfg.back_size, bh=cfg.back_size,
                          fw=cfg.back_filter_size, fh=cfg.back_filter_size)
     residual = image - bkg.back()
     # SExtractor without a weight map thresholds at DETECT_THRESH x the global RMS
-    objects = sep.extract(residual, cfg.detect_thresh, err=bkg.globalrms, minarea=cfg.min_area,
+    objects = sep.extract(residual, cfg.detect_thresh, err=bkg.globalrms, mask=mask, minarea=cfg.min_area,
                           filter_kernel=np.asarray(kernel, dtype=np.float32),
                           filter_type="conv", deblend_nthresh=cfg.deblend_nthresh,
                           deblend_cont=cfg.deblend_cont, clean=cfg.clean,
                           clean_param=cfg.clean_param)
     return objects, bkg
+
+
+def flagged_in_windows(mask: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+    """Number of flagged pixels in the ``size`` x ``size`` cutout window of each source (summed-area table)."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    half = size // 2
+    x0 = np.clip(np.rint(x).astype(int) - half, 0, mask.shape[1])
+    y0 = np.clip(np.rint(y).astype(int) - half, 0, mask.shape[0])
+    x1, y1 = np.clip(x0 + size, 0, mask.shape[1]), np.clip(y0 + size, 0, mask.shape[0])
+    return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
 
 
 def _stretch(image: np.ndarray, level: float, rms: float) -> np.ndarray:
@@ -136,7 +148,8 @@ def _views(result: CcdResult, image: np.ndarray, level: float, rms: float, windo
 
 def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
                 cfg: IngestConfig = IngestConfig(), keep_window: bool = False,
-                pixel_scale: float | None = None, saturation: float | None = None) -> CcdResult:
+                pixel_scale: float | None = None, saturation: float | None = None,
+                mask: np.ndarray | None = None) -> CcdResult:
     """Detect, sample and cut out the sources of one CCD.
 
     Parameters
@@ -151,6 +164,9 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     pixel_scale, saturation : float, optional
         arcsec per pixel and saturation level (ADU), from the header, for the
         quality numbers (:func:`qa.ccd_qa`).
+    mask : ndarray of bool (H, W), optional
+        Pixels a mask plane flags (bad, saturated, cosmic ray, edge): kept
+        out of the background and of detection, and no cutout overlaps one.
 
     Returns
     -------
@@ -161,6 +177,9 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     result = CcdResult()
     image = np.ascontiguousarray(image, dtype=np.float32)
     finite = np.isfinite(image)
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=bool)
+        finite &= ~mask
     if not finite.any():
         result.dead, result.reject_reason, result.reject_detail = True, "all_nan", "every pixel is NaN"
         return result
@@ -173,7 +192,7 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
         _views(result, image, median, 1.0, cfg.window_size if keep_window else 0)
         return result
 
-    objects, bkg = detect_sources(image, cfg)
+    objects, bkg = detect_sources(image, cfg, mask=mask if mask is not None and mask.any() else None)
     result.background, result.background_rms = float(bkg.globalback), float(bkg.globalrms)
     _views(result, image, result.background, result.background_rms, cfg.window_size if keep_window else 0)
     result.qa = ccd_qa(image, objects, bkg, cfg.back_size, pixel_scale, saturation)
@@ -182,6 +201,9 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     m = cfg.edge_margin
     x, y = objects["x"], objects["y"]
     inside = np.flatnonzero((x >= m) & (x <= w - 1 - m) & (y >= m) & (y <= h - 1 - m))
+    if mask is not None and mask.any() and inside.size:
+        # a cutout must not show a flagged pixel: count them in each source's window
+        inside = inside[flagged_in_windows(mask, x[inside], y[inside], cfg.cutout_size) == 0]
     result.n_detected = int(inside.size)
     if inside.size == 0:
         result.dead = True

@@ -23,7 +23,17 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz")
+from .sections import SectionError, amplifier_layout, check_layout, correct_raw, parse_section, RawLayout
+
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz", ".fit.gz", ".fits.bz2", ".fz.gz")
+
+#: magic bytes of the whole-file compressions archives use (the content decides, not the name)
+STREAM_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2"}
+#: extension types that are not pictures of the sky (LSST/HSC calexp planes, weight maps, ...)
+AUXILIARY_PLANES = {"MASK", "VARIANCE", "WEIGHT", "INVVAR", "WHT", "BPM", "DQ", "ERR", "SIGMA", "UNCERT",
+                    "EXPMAP"}
+#: mask planes (MP_<NAME> header keys, LSST convention) that make a pixel unusable
+FLAGGED_MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "NO_DATA", "SUSPECT", "UNMASKEDNAN")
 
 
 class Reject(Exception):
@@ -79,19 +89,88 @@ def list_inputs(spec: str) -> list[str]:
     return files
 
 
+def stream_compression(head: bytes) -> str | None:
+    """``gzip`` or ``bzip2`` when the bytes start like such a stream (whatever the file's name), else None."""
+    for magic, kind in STREAM_MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    return None
+
+
+def _raw_open(path: str):
+    local = local_path(path)
+    if local is not None:
+        return open(local, "rb")
+    import fsspec
+
+    return fsspec.open(path, "rb").open()
+
+
+def _decompressing(fh, kind: str | None):
+    import bz2
+    import gzip
+
+    return gzip.GzipFile(fileobj=fh) if kind == "gzip" else bz2.BZ2File(fh) if kind == "bzip2" else fh
+
+
+INFLATED_CACHE_FILES = 8  # decompressed files kept per machine (oldest removed first)
+
+
+def inflated_copy(path: str, kind: str) -> str:
+    """A local, decompressed copy of a gzip/bzip2 FITS stream, made once per machine and reused.
+
+    A compressed stream cannot be memory-mapped nor read from the middle:
+    reading its 36th CCD means decompressing the 35 before it.  One Spark task
+    per HDU would so decompress an exposure ~18 times over; instead the first
+    task on a machine writes the whole file once (atomically) to a cache
+    folder and every task memory-maps that copy.
+    """
+    import hashlib
+    import shutil
+    import tempfile
+
+    cache = os.path.join(tempfile.gettempdir(), "desomspark-inflated")
+    os.makedirs(cache, exist_ok=True)
+    stamp = f"{path}|{_size(path)}|{os.path.getmtime(local_path(path)) if local_path(path) else ''}"
+    target = os.path.join(cache, hashlib.sha1(stamp.encode()).hexdigest() + ".fits")
+    if os.path.exists(target):
+        os.utime(target)
+        return target
+    tmp = f"{target}.{os.getpid()}.part"
+    try:
+        with _raw_open(path) as fh, _decompressing(fh, kind) as stream, open(tmp, "wb") as out:
+            shutil.copyfileobj(stream, out, 1 << 22)
+    except (EOFError, OSError) as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise Reject("truncated", f"the {kind} stream ends early or is damaged: {exc}") from None
+    os.replace(tmp, target)
+    # keep the cache bounded: a night streams through it
+    copies = sorted((os.path.join(cache, f) for f in os.listdir(cache) if f.endswith(".fits")),
+                    key=lambda f: os.path.getatime(f))
+    for old in copies[:-INFLATED_CACHE_FILES]:
+        try:
+            os.remove(old)
+        except OSError:
+            pass
+    return target
+
+
 def _open(path: str):
     """``fits.open`` on a local path (memory-mapped) or on an fsspec file object.
 
-    Image data come back unscaled (raw integers): :func:`read_ccd` applies
-    BZERO/BSCALE itself, because astropy cannot memory-map scaled data.
+    A gzip or bzip2 stream (told by its first bytes) is read from its
+    decompressed copy (:func:`inflated_copy`).  Image data come back
+    unscaled (raw integers): :func:`read_ccd` applies BZERO/BSCALE itself,
+    because astropy cannot memory-map scaled data.
     """
-    local = local_path(path)
+    with _raw_open(path) as fh:
+        kind = stream_compression(fh.read(4))
+    local = inflated_copy(path, kind) if kind else local_path(path)
     if local is not None:
         return fits.open(local, memmap=True, lazy_load_hdus=True, mode="readonly",
                          do_not_scale_image_data=True)
-    import fsspec
-
-    fh = fsspec.open(path, "rb").open()
+    fh = _raw_open(path)
     return fits.open(fh, lazy_load_hdus=True, mode="readonly", do_not_scale_image_data=True)
 
 
@@ -105,15 +184,15 @@ def _size(path: str) -> int:
     return int(fs.size(p))
 
 
-def _head(path: str, n: int = 80) -> bytes:
-    local = local_path(path)
-    if local is not None:
-        with open(local, "rb") as fh:
-            return fh.read(n)
-    import fsspec
-
-    with fsspec.open(path, "rb") as fh:
-        return fh.read(n)
+def _head(path: str, n: int = 80) -> tuple[bytes, str | None]:
+    """The first ``n`` bytes of the FITS content (decompressed where the file is a stream) and the compression."""
+    with _raw_open(path) as fh:
+        kind = stream_compression(fh.read(4))
+        fh.seek(0)
+        try:
+            return _decompressing(fh, kind).read(n), kind
+        except (OSError, EOFError) as exc:  # a damaged stream
+            raise Reject("unreadable_data", f"{kind} stream cannot be read: {exc}") from None
 
 
 def night_of(mjd: float | None = None, date_obs: str | None = None) -> str | None:
@@ -163,6 +242,9 @@ class HduInfo:
     ccd_col: int
     pixel_scale: float | None = None    # arcsec / pixel (PIXSCAL1, PIXSCALE or SECPIX; HDU, else primary)
     saturation: float | None = None     # ADU (SATURATE; HDU, else primary)
+    raw_layout: dict | None = None      # sections.RawLayout.to_dict() of a raw frame (overscan, amplifiers)
+    mask_index: int | None = None       # the HDU of its mask plane, if the file has one
+    mask_bits: int | None = None        # mask bits that flag a pixel (None: any non-zero value)
 
 
 @dataclass
@@ -209,16 +291,21 @@ def scan_file(path: str, min_side: int = 128) -> FileScan:
         scan.file_reject = ("empty_file", "0 bytes")
         return scan
     try:
-        head = _head(path)
+        head, kind = _head(path)
+    except Reject as exc:
+        scan.file_reject = (exc.reason, exc.detail)
+        return scan
     except OSError as exc:
         scan.file_reject = ("not_found", str(exc))
         return scan
     if not head.startswith(b"SIMPLE  ="):
-        scan.file_reject = ("not_fits", f"starts with {head[:20]!r}")
+        scan.file_reject = ("not_fits", f"starts with {head[:20]!r}" + (f" (inside a {kind} stream)" if kind else ""))
         return scan
-    if size < 2880:
+    if kind is None and size < 2880:
         scan.file_reject = ("truncated", f"{size} bytes, less than one FITS block")
         return scan
+    if kind is not None:
+        size = None  # a compressed size says nothing of where the FITS data end
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -283,7 +370,31 @@ def _first_card(headers: list[fits.Header], keys: tuple[str, ...]) -> float | No
     return None
 
 
-def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int, primary: fits.Header) -> None:
+def plane_type(header: fits.Header) -> str:
+    """What an image HDU holds: ``EXTTYPE`` (LSST, HSC), else ``EXTNAME``, upper case ('' if neither)."""
+    return str(header.get("EXTTYPE") or header.get("EXTNAME") or "").strip().upper()
+
+
+def flagged_bits(header: fits.Header) -> int | None:
+    """The bits of a mask plane that make a pixel unusable, from its ``MP_*`` keys; None: any non-zero bit."""
+    bits = [_card(header, f"MP_{name}", int) for name in FLAGGED_MASK_PLANES]
+    bits = [b for b in bits if b is not None and 0 <= b < 63]
+    return sum(1 << b for b in set(bits)) if bits else None
+
+
+def wcs_pixel_scale(header: fits.Header) -> float | None:
+    """arcsec / pixel from a celestial WCS (``CDi_j`` or ``CDELTi``, degrees), or None."""
+    cd = [_card(header, k, float) for k in ("CD1_1", "CD1_2", "CD2_1", "CD2_2")]
+    if cd[0] is not None and cd[3] is not None:
+        det = abs(cd[0] * cd[3] - (cd[1] or 0.0) * (cd[2] or 0.0))
+        return math.sqrt(det) * 3600.0 if det > 0 else None
+    cdelt = [_card(header, k, float) for k in ("CDELT1", "CDELT2")]
+    if cdelt[0] and cdelt[1] and str(header.get("CUNIT1", "deg")).strip().lower() in ("deg", ""):
+        return math.sqrt(abs(cdelt[0] * cdelt[1])) * 3600.0
+    return None
+
+
+def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int, primary: fits.Header) -> None:
     header = hdu.header
     is_image = isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU))
     if not is_image:
@@ -292,7 +403,14 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int, primar
     naxis = int(header.get("NAXIS", 0))
     if naxis == 0:
         return  # e.g. the primary header of a multi-extension file
-    extname = str(header.get("EXTNAME", f"hdu{index}"))
+    plane = plane_type(header)
+    if plane in AUXILIARY_PLANES:
+        # not a picture of the sky; a mask belongs to the image plane just before it
+        if plane == "MASK" and scan.hdus and scan.hdus[-1].mask_index is None and naxis == 2 and \
+                (scan.hdus[-1].height, scan.hdus[-1].width) == (int(header.get("NAXIS2", 0)), int(header.get("NAXIS1", 0))):
+            scan.hdus[-1].mask_index, scan.hdus[-1].mask_bits = index, flagged_bits(header)
+        return
+    extname = str(header.get("EXTNAME") or f"hdu{index}")
     reject = dict(hdu_index=index, extname=extname)
     bitpix = header.get("BITPIX")
     if bitpix not in VALID_BITPIX:
@@ -302,20 +420,30 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int, min_side: int, primar
     if naxis != 2:
         scan.rejects.append(reject | dict(reason="wrong_dimensions", detail=f"NAXIS={naxis}, shape {shape}"))
         return
+    layout = amplifier_layout(header)
+    if layout is not None:
+        try:
+            check_layout(layout, shape)
+        except SectionError as exc:
+            scan.rejects.append(reject | dict(reason="bad_section", detail=str(exc)))
+            return
+        shape = parse_section(layout.trim, shape).shape  # the CCD once trimmed
     if min(shape) < min_side:
         scan.rejects.append(reject | dict(reason="wrong_dimensions", detail=f"shape {shape} below {min_side} px"))
         return
     info = hdu.fileinfo() or {}
     end = info.get("datLoc", 0) + info.get("datSpan", 0)
-    if end > size:
+    if size is not None and end > size:
         scan.rejects.append(reject | dict(reason="truncated",
                                           detail=f"data end at byte {end}, file has {size}"))
         return
     scan.hdus.append(HduInfo(
         hdu_index=index, extname=extname, height=shape[0], width=shape[1],
         ccd_row=_card(header, "CCDROW", int, default=-1), ccd_col=_card(header, "CCDCOL", int, default=-1),
-        pixel_scale=_first_card([header, primary], PIXEL_SCALE_KEYS),
-        saturation=_first_card([header, primary], ("SATURATE",))))
+        pixel_scale=_first_card([header, primary], PIXEL_SCALE_KEYS) or wcs_pixel_scale(header),
+        # a raw frame's SATURATE is in raw ADU, before bias and gain: the corrected image's maximum serves
+        saturation=_first_card([header, primary], ("SATURATE",)) if layout is None else None,
+        raw_layout=layout.to_dict() if layout is not None else None))
 
 
 def _physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:
@@ -334,11 +462,13 @@ def _physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:
     return data
 
 
-def read_ccd(path: str, hdu_index: int) -> np.ndarray:
+def read_ccd(path: str, hdu_index: int, raw_layout: dict | None = None) -> np.ndarray:
     """The pixels of HDU ``hdu_index`` of ``path`` as native-endian float32.
 
     BZERO/BSCALE and tile compression are applied by astropy; big-endian FITS
     data are converted once here because sep accepts native byte order only.
+    A raw frame (``raw_layout`` from the scan) is overscan-corrected, scaled by
+    its gains and trimmed (:func:`sections.correct_raw`).
 
     Raises
     ------
@@ -356,8 +486,29 @@ def read_ccd(path: str, hdu_index: int) -> np.ndarray:
                     raise Reject("wrong_dimensions", "HDU has no data")
                 if raw.ndim != 2:
                     raise Reject("wrong_dimensions", f"data shape {raw.shape}")
-                return _physical(raw, hdu.header)
+                image = _physical(raw, hdu.header)
+                layout = RawLayout.from_dict(raw_layout)
+                return correct_raw(image, layout) if layout is not None else image
+    except SectionError as exc:
+        raise Reject("bad_section", str(exc)) from None
     except Reject:
         raise
     except Exception as exc:
         raise Reject("unreadable_data", f"{type(exc).__name__}: {exc}"[:500]) from None
+
+
+def read_mask(path: str, mask_index: int, bits: int | None, raw_layout: dict | None = None) -> np.ndarray:
+    """Boolean array of the pixels a mask plane flags (``bits``; None: any non-zero value)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _open(path) as hdul:
+                values = np.asarray(hdul[mask_index].data).astype(np.int64)
+    except Exception as exc:
+        raise Reject("unreadable_data", f"mask plane: {type(exc).__name__}: {exc}"[:500]) from None
+    flagged = (values & bits) != 0 if bits is not None else values != 0
+    layout = RawLayout.from_dict(raw_layout)
+    if layout is not None:
+        trim = parse_section(layout.trim, flagged.shape)
+        flagged = flagged[trim.rows, trim.cols]
+    return flagged

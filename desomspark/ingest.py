@@ -27,7 +27,7 @@ import pyarrow as pa
 from . import schema
 from .config import IngestConfig
 from .detect import CcdResult, process_ccd
-from .fitsio import FileScan, Reject, file_reason, list_inputs, read_ccd, scan_file
+from .fitsio import FileScan, Reject, file_reason, list_inputs, read_ccd, read_mask, scan_file
 from .lake import Lake
 from .qa import exposure_qa
 
@@ -55,15 +55,26 @@ _NO_VIEWS = dict(thumbnail=None, thumbnail_height=0, thumbnail_width=0, window=N
 _NO_QA = CcdResult().qa
 
 
+def read_and_process(task: dict, cfg: IngestConfig) -> CcdResult:
+    """The whole work of one CCD: read (raw frames corrected), its mask plane if any, detect, cut out.
+
+    ``task`` holds ``path``, ``exposure_id``, ``window`` and the fields of a
+    :class:`fitsio.HduInfo`.  Raises :class:`fitsio.Reject`.
+    """
+    image = read_ccd(task["path"], task["hdu_index"], task.get("raw_layout"))
+    mask = (read_mask(task["path"], task["mask_index"], task.get("mask_bits"), task.get("raw_layout"))
+            if task.get("mask_index") is not None else None)
+    return process_ccd(image, task["exposure_id"], task["hdu_index"], cfg, keep_window=task.get("window", False),
+                       pixel_scale=task.get("pixel_scale"), saturation=task.get("saturation"), mask=mask)
+
+
 def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
     """Read and process one HDU: the ``ccds`` row plus its cutouts (a Spark task)."""
     row = dict(night=task["night"], exposure_id=task["exposure_id"], hdu_index=task["hdu_index"],
                extname=task["extname"], ccd_row=task["ccd_row"], ccd_col=task["ccd_col"],
                height=task["height"], width=task["width"])
     try:
-        image = read_ccd(task["path"], task["hdu_index"])
-        result = process_ccd(image, task["exposure_id"], task["hdu_index"], cfg, keep_window=task["window"],
-                             pixel_scale=task["pixel_scale"], saturation=task["saturation"])
+        result = read_and_process(task, cfg)
     except Reject as exc:
         return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
                           reject_reason=exc.reason, reject_detail=exc.detail, cutouts=[], **_NO_VIEWS, **_NO_QA)

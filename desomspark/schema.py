@@ -166,6 +166,7 @@ REJECT_REASONS = {
     "bad_header": "a header cannot be parsed",
     "no_image_hdu": "the file holds no image HDU",
     "wrong_dimensions": "the HDU is not a 2-D image of usable size",
+    "bad_section": "a header section (DATASEC, BIASSEC, ...) cannot be parsed or falls outside the array",
     "unreadable_data": "the data of the HDU cannot be read or decompressed",
     "all_nan": "every pixel of the HDU is NaN",
     "no_usable_ccd": "no HDU of the file could be used",

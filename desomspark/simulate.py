@@ -351,21 +351,61 @@ def _primary_header(spec: ExposureSpec, cfg: SimulateConfig) -> fits.Header:
     return hdr
 
 
-def exposure_filename(spec: ExposureSpec, compress: bool) -> str:
-    return f"sim{spec.expnum}.fits" + (".fz" if compress else "")
+#: columns of serial overscan on each side of a raw CCD (MegaCam: 32)
+OVERSCAN = 32
+
+
+def raw_frame(pixels: np.ndarray, hdr: fits.Header, spec: ExposureSpec, ccd: int,
+              cfg: SimulateConfig) -> tuple[np.ndarray, fits.Header]:
+    """The raw read-out of a simulated CCD, as a MegaCam raw frame: two amplifiers, each with overscan.
+
+    The CCD's left half is read by amplifier A, the right half by B; each
+    amplifier has its own gain (e-/ADU, ``GAINA``/``GAINB``) and bias level,
+    which drifts by a few ADU along the rows, and writes ``OVERSCAN``
+    columns of bias (with read noise) on its own side: ``BIASSECA`` left,
+    ``BIASSECB`` right.  ``DATASEC`` is the whole light-sensitive area.  The
+    electrons are those of the processed frame (its ADU x ``cfg.gain``), so
+    the same scene can be read both ways.
+    """
+    rng = np.random.default_rng([spec.seed, ccd, 0xB1A5])
+    h, w = pixels.shape
+    half = w // 2
+    electrons = pixels.astype(np.float64) * cfg.gain
+    raw = np.empty((h, w + 2 * OVERSCAN), dtype=np.float64)
+    rows = np.arange(h)[:, None]
+    for amp, cols, over in (("A", slice(0, half), slice(0, OVERSCAN)),
+                            ("B", slice(half, w), slice(OVERSCAN + w, w + 2 * OVERSCAN))):
+        gain = float(rng.uniform(1.3, 1.9))
+        bias = float(rng.uniform(900.0, 1600.0)) + float(rng.uniform(-4, 4)) * rows / h  # drifts along the rows
+        shifted = slice(cols.start + OVERSCAN, cols.stop + OVERSCAN)
+        raw[:, shifted] = electrons[:, cols] / gain + bias
+        raw[:, over] = bias + rng.normal(0.0, cfg.read_noise / gain, size=(h, OVERSCAN))
+        first, last = shifted.start + 1, shifted.stop
+        hdr[f"DATASEC{amp}"] = f"[{first}:{last},1:{h}]"
+        hdr[f"BIASSEC{amp}"] = f"[{over.start + 1}:{over.stop},1:{h}]"
+        hdr[f"GAIN{amp}"] = (round(gain, 4), f"e-/ADU of amplifier {amp}")
+    hdr["DATASEC"] = f"[{OVERSCAN + 1}:{OVERSCAN + w},1:{h}]"
+    hdr["SATURATE"] = (cfg.saturation, "ADU (raw)")
+    return np.clip(np.rint(raw), 0, 65535).astype(np.uint16), hdr
+
+
+def exposure_filename(spec: ExposureSpec, compress: bool, raw: bool = False) -> str:
+    return f"sim{spec.expnum}" + ("_raw" if raw else "") + ".fits" + (".fz" if compress else "")
 
 
 def write_exposure(spec: ExposureSpec, out_dir: str | os.PathLike, cfg: SimulateConfig,
-                   compress: bool = False) -> Path:
-    """Simulate one exposure and write it as a multi-extension FITS file."""
+                   compress: bool = False, raw: bool = False) -> Path:
+    """Simulate one exposure and write it as a multi-extension FITS file (``raw``: as the camera reads it out)."""
     hdus: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = [fits.PrimaryHDU(header=_primary_header(spec, cfg))]
     for ccd in range(cfg.n_ccds):
         data, hdr = simulate_ccd(spec, ccd, cfg)
+        if raw:
+            data, hdr = raw_frame(data, hdr, spec, ccd, cfg)
         if compress:
             hdus.append(fits.CompImageHDU(data=data, header=hdr, compression_type="RICE_1"))
         else:
             hdus.append(fits.ImageHDU(data=data, header=hdr))
-    path = Path(out_dir) / exposure_filename(spec, compress)
+    path = Path(out_dir) / exposure_filename(spec, compress, raw)
     tmp = path.with_name(path.name + ".part")
     fits.HDUList(hdus).writeto(tmp, overwrite=True)
     os.replace(tmp, path)  # a reader never sees half a file
@@ -373,8 +413,8 @@ def write_exposure(spec: ExposureSpec, out_dir: str | os.PathLike, cfg: Simulate
 
 
 def _write_one(args):
-    spec, out_dir, cfg, compress = args
-    return write_exposure(spec, out_dir, cfg, compress)
+    spec, out_dir, cfg, compress, raw = args
+    return write_exposure(spec, out_dir, cfg, compress, raw)
 
 
 def _progress(done: int, total: int) -> None:
@@ -391,7 +431,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def simulate_night(out_dir: str | os.PathLike, n_exposures: int, cfg: SimulateConfig = SimulateConfig(),
-                   seed: int = 0, mix: str = "balanced", compress: bool = False,
+                   seed: int = 0, mix: str = "balanced", compress: bool = False, raw: bool = False,
                    processes: int | None = None, progress: bool = True) -> list[Path]:
     """Write ``n_exposures`` simulated exposures and ``truth.csv`` into ``out_dir``.
 
@@ -406,6 +446,8 @@ def simulate_night(out_dir: str | os.PathLike, n_exposures: int, cfg: SimulateCo
     mix : {"balanced", "survey"}
     compress : bool
         Rice-compress every CCD (``.fits.fz``).
+    raw : bool
+        Write raw frames (two amplifiers with overscan per CCD, :func:`raw_frame`).
     processes : int, optional
         Worker processes (default: the machine's cores).
 
@@ -420,7 +462,7 @@ def simulate_night(out_dir: str | os.PathLike, n_exposures: int, cfg: SimulateCo
     out.mkdir(parents=True, exist_ok=True)
     specs = plan_night(n_exposures, seed=seed, mix=mix, cfg=cfg)
     processes = processes or os.cpu_count() or 1
-    jobs = [(s, out, cfg, compress) for s in specs]
+    jobs = [(s, out, cfg, compress, raw) for s in specs]
     paths: list[Path] = []
     if processes == 1 or n_exposures == 1:
         for i, job in enumerate(jobs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -170,7 +171,5 @@ def test_fuzzed_fits_never_escapes_the_reject_path(tmp_path_factory, flips, cut,
             assert image.ndim == 2 and image.dtype == np.float32
         except Reject as exc:
             assert exc.reason in REJECT_REASONS
-        row = _ccd_task(dict(path=str(path), night="20251120", exposure_id="5", window=True,
-                             hdu_index=hdu.hdu_index, extname=hdu.extname, ccd_row=0, ccd_col=0,
-                             height=hdu.height, width=hdu.width), cfg)
+        row = _ccd_task(dict(path=str(path), night="20251120", exposure_id="5", window=True, **asdict(hdu)), cfg)
         assert row["reject_reason"] is None or row["reject_reason"] in REJECT_REASONS
