@@ -13,7 +13,8 @@ setup(
     packages=find_packages(include=["desomspark", "desomspark.*"]),
     # conf/ and the default models ship with the package so that an installed
     # copy (a container, an executor) finds them; see config.conf_dir, pipeline.models_dir
-    data_files=[("share/desomspark/conf", [str(p) for p in Path("conf").glob("*.*")])] + [
+    data_files=[("share/desomspark/conf", [str(p) for p in Path("conf").glob("*.*")]),
+                ("share/desomspark/conf/cameras", [str(p) for p in Path("conf/cameras").glob("*.yaml")])] + [
         (f"share/desomspark/{folder.as_posix()}", [str(f) for f in folder.iterdir() if f.is_file()])
         for folder in sorted({f.parent for f in Path("models").rglob("*") if f.is_file()})
         if folder != Path("models")],  # the model folders, not the card and the script

@@ -23,6 +23,14 @@ class UserError(Exception):
     """An error the user can fix: printed as one line, no traceback."""
 
 
+def _camera(text: str) -> str:
+    from .camera import load_profiles
+
+    if text not in load_profiles():
+        raise argparse.ArgumentTypeError(f"unknown camera {text!r}: known are {', '.join(sorted(load_profiles()))}")
+    return text
+
+
 def _night(value: str) -> str:
     if not re.fullmatch(r"\d{8}", value):
         raise argparse.ArgumentTypeError(f"night must be YYYYMMDD, not {value!r}")
@@ -71,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ingest", "FITS exposures -> exposures/ ccds/ cutouts/ rejects/")
     p.add_argument("--input", required=True, help="file, directory or glob (local or URL)")
     p.add_argument("--night", type=_night, default=None)
+    p.add_argument("--camera", type=_camera, default=None,
+                   help="camera profile of conf/cameras (default: from each file's INSTRUME)")
 
     p = command("train-desom1", "train DESOM-1 on the lake's cutouts (DDP via TorchDistributor)")
     p.add_argument("--iterations", type=_positive, default=None)
@@ -162,7 +172,7 @@ def cmd_ingest(args, cfg: Config) -> int:
     from .ingest import ingest, main_summary_exit
 
     spark = _spark(args, cfg)
-    summary = ingest(spark, args.input, _lake(args), night=args.night, cfg=cfg.ingest)
+    summary = ingest(spark, args.input, _lake(args), night=args.night, cfg=cfg.ingest, camera=args.camera)
     return main_summary_exit(summary)
 
 

@@ -258,6 +258,8 @@ class FileScan:
     hdus: list[HduInfo] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)  # HDU-level and file-level
     file_reject: tuple[str, str] | None = None          # (reason, detail) if nothing usable
+    camera: str | None = None                           # the camera profile it was read with
+    detsecs: dict = field(default_factory=dict)         # HDU index -> DETSEC, to place CCDs
 
 
 def _exposure_id(header: fits.Header, path: str) -> str:
@@ -271,8 +273,12 @@ def _exposure_id(header: fits.Header, path: str) -> str:
     return name
 
 
-def scan_file(path: str, min_side: int = 128) -> FileScan:
+def scan_file(path: str, min_side: int = 128, camera: str | None = None) -> FileScan:
     """Open the headers of ``path`` and list its usable image HDUs.
+
+    ``camera`` names a profile of ``conf/cameras`` (default: chosen from the
+    primary header, :func:`camera.profile_for`); it fills in what the headers
+    lack (pixel scale, saturation, CCD positions from ``DETSEC``).
 
     Never raises for bad input: problems become ``rejects`` (HDU-level) or
     ``file_reject`` (the whole file).
@@ -310,7 +316,7 @@ def scan_file(path: str, min_side: int = 128) -> FileScan:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with _open(path) as hdul:
-                _scan_hdus(hdul, scan, size, min_side)
+                _scan_hdus(hdul, scan, size, min_side, camera)
     except Reject as exc:
         scan.file_reject = (exc.reason, exc.detail)
     except Exception as exc:  # astropy raises many kinds on broken headers
@@ -323,7 +329,25 @@ def scan_file(path: str, min_side: int = 128) -> FileScan:
     return scan
 
 
-def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int) -> None:
+def _apply_profile(scan: FileScan, primary: fits.Header, camera: str | None) -> None:
+    """Fill what the headers lack from the camera profile."""
+    from .camera import detsec_positions, profile_for
+
+    profile = profile_for(primary, camera)
+    scan.camera = profile.name
+    scan.meta["camera"] = profile.name
+    for hdu in scan.hdus:
+        hdu.pixel_scale = hdu.pixel_scale or profile.pixel_scale
+        if hdu.saturation is None and hdu.raw_layout is None:
+            hdu.saturation = profile.saturation
+    if profile.ccd_position == "detsec" and scan.hdus and all(h.ccd_row < 0 for h in scan.hdus):
+        places = detsec_positions({h.hdu_index: scan.detsecs.get(h.hdu_index) for h in scan.hdus})
+        if len(places) == len(scan.hdus):
+            for hdu in scan.hdus:
+                hdu.ccd_row, hdu.ccd_col = places[hdu.hdu_index]
+
+
+def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int, camera: str | None = None) -> None:
     primary = None
     index = 0
     while True:
@@ -350,6 +374,8 @@ def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int) -> None:
             scan.night = night_of(scan.meta["mjd_obs"], scan.meta["date_obs"])
         _check_hdu(hdu, index, scan, size, min_side, primary)
         index += 1
+    if primary is not None:
+        _apply_profile(scan, primary, camera)
 
 
 VALID_BITPIX = (8, 16, 32, 64, -32, -64)
@@ -437,6 +463,7 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int,
         scan.rejects.append(reject | dict(reason="truncated",
                                           detail=f"data end at byte {end}, file has {size}"))
         return
+    scan.detsecs[index] = header.get("DETSEC")
     scan.hdus.append(HduInfo(
         hdu_index=index, extname=extname, height=shape[0], width=shape[1],
         ccd_row=_card(header, "CCDROW", int, default=-1), ccd_col=_card(header, "CCDCOL", int, default=-1),

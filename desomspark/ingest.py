@@ -190,12 +190,12 @@ def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.Data
             n_ccds_dead=int(s["n_dead"]), n_ccds_rejected=n_rej, n_detected=int(s["n_detected"]),
             n_cutouts=int(s["n_cutouts"]), **{k: e.get(k) for k in
                                               ("exptime", "filter", "mjd_obs", "date_obs", "airmass", "object",
-                                               "truth_label", "truth_kind")}))
+                                               "truth_label", "truth_kind", "camera")}))
     return pd.DataFrame(rows, columns=schema.EXPOSURES.names), rejects
 
 
 def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
-           cfg: IngestConfig = IngestConfig(), log=print) -> IngestSummary:
+           cfg: IngestConfig = IngestConfig(), log=print, camera: str | None = None) -> IngestSummary:
     """Ingest the FITS files matching ``input_spec`` into ``lake``.
 
     Parameters
@@ -207,6 +207,8 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
     night : str, optional
         ``YYYYMMDD`` for every file; default: from each file's DATE-OBS/MJD-OBS.
     cfg : IngestConfig
+    camera : str, optional
+        A profile of ``conf/cameras`` for every file (default: chosen from each file's header).
 
     Returns
     -------
@@ -220,13 +222,21 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
+    from .camera import GENERIC, profile_for
+
+    if camera is not None:
+        profile_for({}, camera)  # an unknown name fails here, before any work
     sc = spark.sparkContext
     files = list_inputs(input_spec)
     log(f"ingest: {len(files)} input files")
 
     # stage 1: headers, one task per file
     min_side = max(cfg.min_ccd_side, 2 * cfg.edge_margin + cfg.cutout_size)
-    scans = sc.parallelize(files, len(files)).map(lambda p: scan_file(p, min_side)).collect()
+    scans = sc.parallelize(files, len(files)).map(lambda p: scan_file(p, min_side, camera)).collect()
+    generic = sum(1 for s in scans if s.camera == GENERIC)
+    if generic:
+        log(f"ingest: {generic} file(s) from a camera without a profile in conf/cameras: read with the "
+            f"generic profile (pixel scale and saturation from their headers only)")
     exposures, tasks, rejects = plan_night(scans, night)
     log(f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far")
 

@@ -41,6 +41,7 @@ EXPOSURES = pa.schema([
     ("object", pa.string()),
     ("truth_label", pa.string()),       # simulated data only (QUALITY header)
     ("truth_kind", pa.string()),        # simulated data only (QUALKIND header)
+    ("camera", pa.string()),            # the camera profile it was read with (conf/cameras)
     # classical quality numbers (desomspark.qa.exposure_qa), from the CCDs' sep catalogues
     ("fwhm", pa.float64()),             # PSF FWHM of bright isolated stars (arcsec; NaN without a pixel scale)
     ("fwhm_px", pa.float64()),          # the same in pixels

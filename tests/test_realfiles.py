@@ -231,3 +231,27 @@ def test_fuzzed_sections_give_a_row_or_a_reject(tmp_path_factory, keys, gains):
         assert row["reject_reason"] is None or row["reject_reason"] in REJECT_REASONS
         if hdu.raw_layout is not None and row["reject_reason"] is None:
             assert (row["height"], row["width"]) == (hdu.height, hdu.width)
+
+
+def test_camera_profiles_fill_what_headers_lack(tmp_path, small_sim):
+    from desomspark.camera import load_profiles, profile_for
+
+    assert {"megacam", "decam", "hsc", "lsstcam", "generic"} <= set(load_profiles())
+    assert scan_file(str(DATA / DECAM_RAW)).camera == "decam"
+    assert scan_file(str(DATA / SDSS)).camera == "generic"            # no profile: the headers alone
+    with pytest.raises(ValueError, match="unknown camera"):
+        profile_for({}, "hubble")
+    # a DECam-named file without pixel scale or CCD position cards: the profile and DETSEC place it
+    spec = plan_night(1, seed=2, cfg=small_sim)[0]
+    path = write_exposure(spec, tmp_path, small_sim)
+    truth = [(h.ccd_row, h.ccd_col) for h in scan_file(str(path)).hdus]
+    with fits.open(path, mode="update") as hdul:
+        hdul[0].header["INSTRUME"] = "DECam"
+        for hdu in hdul[1:]:
+            for key in ("PIXSCAL1", "PIXSCAL2", "CCDROW", "CCDCOL"):
+                del hdu.header[key]
+    scan = scan_file(str(path))
+    assert scan.camera == "decam" and {h.pixel_scale for h in scan.hdus} == {0.263}
+    assert [(h.ccd_row, h.ccd_col) for h in scan.hdus] == truth
+    # --camera overrides the header
+    assert scan_file(str(path), camera="megacam").hdus[0].pixel_scale == 0.187
