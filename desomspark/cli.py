@@ -146,10 +146,18 @@ def _spark(args, cfg: Config):
     return get_spark(cfg.spark, master=args.master)
 
 
-def _lake(args):
+def _lake(args, create: bool = False):
+    """The lake of ``--lake``.  Only the commands that write a new night may create one: for the
+    others a missing or empty folder is a typo, answered before Spark or MLflow touch anything."""
     from .lake import Lake
 
-    return Lake(args.lake)
+    lake = Lake(args.lake)
+    if not create:
+        if not lake.fs.exists(lake._fs_path(lake.root)):
+            raise UserError(f"lake {args.lake} does not exist (ingest or nightly create a lake)")
+        if not lake.exists("exposures"):
+            raise UserError(f"{args.lake} is not a desomspark lake: it has no exposures/ table (run ingest first)")
+    return lake
 
 
 def cmd_simulate(args, cfg: Config) -> int:
@@ -172,14 +180,15 @@ def cmd_ingest(args, cfg: Config) -> int:
     from .ingest import ingest, main_summary_exit
 
     spark = _spark(args, cfg)
-    summary = ingest(spark, args.input, _lake(args), night=args.night, cfg=cfg.ingest, camera=args.camera)
+    summary = ingest(spark, args.input, _lake(args, create=True), night=args.night, cfg=cfg.ingest, camera=args.camera)
     return main_summary_exit(summary)
 
 
 def cmd_train_desom1(args, cfg: Config) -> int:
     from .desom1 import train_desom1
 
-    train_desom1(_spark(args, cfg), _lake(args), cfg, iterations=args.iterations, processes=args.processes,
+    lake = _lake(args)
+    train_desom1(_spark(args, cfg), lake, cfg, iterations=args.iterations, processes=args.processes,
                  gpu=args.gpu, sample_size=args.sample, resume=args.resume, batch_size=args.batch_size,
                  cluster=args.cluster)
     return 0
@@ -196,7 +205,8 @@ def cmd_promote(args, cfg: Config) -> int:
 def cmd_histovectors(args, cfg: Config) -> int:
     from .pipeline import run_histovectors
 
-    run_histovectors(_spark(args, cfg), _lake(args), cfg, args.desom1, [args.night] if args.night else None)
+    lake = _lake(args)
+    run_histovectors(_spark(args, cfg), lake, cfg, args.desom1, [args.night] if args.night else None)
     return 0
 
 
@@ -210,14 +220,16 @@ def cmd_train_desom2(args, cfg: Config) -> int:
 def cmd_assign(args, cfg: Config) -> int:
     from .pipeline import run_assign
 
-    run_assign(_spark(args, cfg), _lake(args), cfg, args.desom2, [args.night] if args.night else None)
+    lake = _lake(args)
+    run_assign(_spark(args, cfg), lake, cfg, args.desom2, [args.night] if args.night else None)
     return 0
 
 
 def cmd_nightly(args, cfg: Config) -> int:
     from .pipeline import nightly
 
-    nightly(_spark(args, cfg), args.input, _lake(args), args.night, cfg)
+    lake = _lake(args, create=True)
+    nightly(_spark(args, cfg), args.input, lake, args.night, cfg)
     return 0
 
 
@@ -226,7 +238,8 @@ def cmd_demo(args, cfg: Config) -> int:
 
     if args.conf is None:  # the demo's own small settings
         cfg = load_config(conf_dir() / "local.yaml")
-    demo(_spark(args, cfg), _lake(args), cfg, n_exposures=args.exposures)
+    lake = _lake(args, create=True)
+    demo(_spark(args, cfg), lake, cfg, n_exposures=args.exposures)
     return 0
 
 

@@ -63,6 +63,11 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     columns = ["night", "exposure_id", *header, "cell_x", "cell_y", "label", "distance", *EXPOSURE_QA_COLUMNS,
                "desom1_version", "desom2_version"]
     merged = merged[columns]
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"format must be csv or parquet, not {fmt!r}")
+    folder = os.path.dirname(os.path.abspath(out)) if "://" not in out else None
+    if folder:
+        os.makedirs(folder, exist_ok=True)  # export --out reports/tonight.csv into a folder still to make
     if fmt == "csv":
         merged.to_csv(out, index=False)
     elif fmt == "parquet":

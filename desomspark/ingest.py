@@ -110,17 +110,20 @@ def _result_schema():
                                            StructField("cutouts", ArrayType(cut))])
 
 
-def window_hdu(scan: FileScan) -> int | None:
-    """The HDU whose full-resolution window the galleries show: the CCD nearest the focal-plane centre."""
-    if not scan.hdus:
-        return None
+WINDOWS_PER_EXPOSURE = 2  # the central CCD may be dead: its neighbour's window stands in
+
+
+def window_hdus(scan: FileScan, n: int = WINDOWS_PER_EXPOSURE) -> list[int]:
+    """The HDUs that keep a full-resolution window for the galleries: the ``n`` CCDs nearest the
+    focal-plane centre, nearest first (the report shows the first one that is not dead)."""
     placed = [h for h in scan.hdus if h.ccd_row >= 0 and h.ccd_col >= 0]
     if not placed:
-        return scan.hdus[0].hdu_index
+        return [h.hdu_index for h in scan.hdus[:n]]
     rows = [h.ccd_row for h in placed]
     cols = [h.ccd_col for h in placed]
     cy, cx = (min(rows) + max(rows)) / 2, (min(cols) + max(cols)) / 2
-    return min(placed, key=lambda h: ((h.ccd_row - cy) ** 2 + (h.ccd_col - cx) ** 2, h.hdu_index)).hdu_index
+    ranked = sorted(placed, key=lambda h: ((h.ccd_row - cy) ** 2 + (h.ccd_col - cx) ** 2, h.hdu_index))
+    return [h.hdu_index for h in ranked[:n]]
 
 
 def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], list[dict], list[dict]]:
@@ -152,10 +155,10 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
                               hdu_reject_reasons=[r["reason"] for r in scan.rejects],
                               **scan.meta))
         rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
-        central = window_hdu(scan)
+        central = window_hdus(scan)
         for hdu in scan.hdus:
             tasks.append(dict(path=scan.path, night=n, exposure_id=scan.exposure_id,
-                              window=hdu.hdu_index == central, **asdict(hdu)))
+                              window=hdu.hdu_index in central, **asdict(hdu)))
     run_night = night or (Counter(e["night"] for e in exposures).most_common(1) or [(UNKNOWN_NIGHT, 0)])[0][0]
     for r in rejects:
         r["night"] = r["night"] or run_night

@@ -47,7 +47,7 @@ def exposure_views(lake: Lake, exposure_ids: list[str]) -> dict[str, dict]:
     """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails and its full-resolution ``window``."""
     if not exposure_ids:
         return {}
-    ccds = lake.read("ccds", columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "thumbnail",
+    ccds = lake.read("ccds", columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "dead", "thumbnail",
                                       "thumbnail_height", "thumbnail_width", "window", "window_height",
                                       "window_width"],
                      where=ds.field("exposure_id").isin(list(exposure_ids))).to_pandas()
@@ -55,10 +55,24 @@ def exposure_views(lake: Lake, exposure_ids: list[str]) -> dict[str, dict]:
     for exposure_id, group in ccds.sort_values("hdu_index").groupby("exposure_id"):
         thumbs = [(int(r.ccd_row), int(r.ccd_col), img) for r in group.itertuples()
                   if (img := _image(r.thumbnail, r.thumbnail_height, r.thumbnail_width)) is not None]
-        windows = [w for r in group.itertuples()
+        # the central CCD's window, unless it is dead (a black square): then the next one kept
+        windows = [w for r in _central_first(group).itertuples()
                    if (w := _image(r.window, r.window_height, r.window_width)) is not None]
         views[exposure_id] = {"mosaic": plots.focal_plane(thumbs), "window": windows[0] if windows else None}
     return views
+
+
+def _central_first(group: pd.DataFrame) -> pd.DataFrame:
+    """An exposure's CCDs, live before dead, each nearest the focal-plane centre first."""
+    placed = group[(group["ccd_row"] >= 0) & (group["ccd_col"] >= 0)]
+    if placed.empty:
+        distance = group["hdu_index"].astype(float)
+    else:
+        cy = (placed["ccd_row"].min() + placed["ccd_row"].max()) / 2
+        cx = (placed["ccd_col"].min() + placed["ccd_col"].max()) / 2
+        distance = (group["ccd_row"] - cy) ** 2 + (group["ccd_col"] - cx) ** 2
+    order = pd.DataFrame({"dead": group["dead"].fillna(False).astype(bool), "d": distance, "i": group["hdu_index"]})
+    return group.loc[order.sort_values(["dead", "d", "i"]).index]
 
 
 def map_members(lake: Lake, desom2_version: str) -> pd.DataFrame:

@@ -83,6 +83,28 @@ def test_filter_finds_exposures_rich_in_a_node(lake):
     assert table["fraction"].is_monotonic_decreasing
 
 
+def test_a_mistyped_lake_is_not_created(tmp_path):
+    """Only ingest, nightly and demo make a lake; a typo elsewhere says so and leaves nothing behind."""
+    missing = tmp_path / "nolake"
+    for args in (["similar", "--exposure", "1000000"], ["export", "--format", "csv", "--out", str(tmp_path / "x.csv")],
+                 ["report", "--out", str(tmp_path / "r")], ["assign"], ["train-desom2"]):
+        done = _cli(args[0], "--lake", str(missing), *args[1:])
+        assert done.returncode == 1, (args, done.stderr)
+        assert done.stderr.strip().splitlines()[-1] == \
+            f"desomspark {args[0]}: lake {missing} does not exist (ingest or nightly create a lake)"
+    assert not missing.exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = _cli("similar", "--lake", str(empty), "--exposure", "1")
+    assert done.returncode == 1 and "not a desomspark lake" in done.stderr and list(empty.iterdir()) == []
+
+
+def test_export_into_a_new_folder(lake, tmp_path):
+    out = tmp_path / "reports" / "tonight" / "cells.csv"
+    done = _cli("export", "--lake", lake.root, "--format", "csv", "--out", str(out))
+    assert done.returncode == 0 and out.exists() and "Traceback" not in done.stderr
+
+
 def test_command_line(lake, tmp_path):
     done = _cli("label", "--lake", lake.root, "--cell", "0,0", "--label", "Good")
     assert done.returncode == 0 and "'Good'" in done.stdout, done.stderr

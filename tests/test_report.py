@@ -39,8 +39,9 @@ def lake(spark, small_sim, tmp_path_factory, config):
 def test_ingest_keeps_a_mosaic_and_one_full_resolution_window_per_exposure(lake, config):
     ccds = lake.read("ccds").to_pandas()
     windows = ccds[ccds["window"].notna()]
-    # one CCD per exposure, full resolution: the central window_size pixels of a 512x512 CCD
-    assert sorted(windows["exposure_id"]) == sorted(ccds["exposure_id"].unique())
+    # two CCDs per exposure (the central one, and its neighbour should it be dead), full resolution:
+    # the central window_size pixels of a 512x512 CCD
+    assert sorted(windows["exposure_id"]) == sorted(list(ccds["exposure_id"].unique()) * 2)
     side = config.ingest.window_size
     assert (windows["window_height"] == side).all() and (windows["window_width"] == side).all()
     assert all(len(w) == side * side for w in windows["window"])
@@ -63,6 +64,16 @@ def test_plots_have_the_right_sizes(tmp_path):
     assert Image.open(plots.desom2_map(cells, (5, 5), tmp_path / "m.png", by="truth")).size == (990, 450)
     members = [{"caption": str(i), "mosaic": rng.random((40, 40)) * 255, "window": None} for i in range(9)]
     assert Image.open(plots.cell_gallery(members, tmp_path / "g.png", "cell")).size == (918, round((1.9 * 3 + .5) * 90))
+
+
+def test_gallery_window_skips_a_dead_central_ccd():
+    from desomspark.report import _central_first
+
+    group = pd.DataFrame({"hdu_index": [1, 2, 3, 4], "ccd_row": [0, 0, 1, 1], "ccd_col": [0, 1, 0, 1],
+                          "dead": [True, False, False, False]})
+    assert list(_central_first(group)["hdu_index"]) == [2, 3, 4, 1]
+    group["dead"] = False
+    assert list(_central_first(group)["hdu_index"]) == [1, 2, 3, 4]
 
 
 def test_evaluate_of_a_remote_lake_asks_for_a_local_out(config):
