@@ -1,4 +1,4 @@
-"""``desomspark <command>``: the command line of DESIGN.md.
+"""``desomspark <command>``: sort survey exposures by image quality (see README.md, "Command line").
 
 Each command parses its arguments, loads the configuration, builds what it
 needs (Spark session, lake, MLflow) and calls one library function.  Errors a
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("ingest", "FITS exposures -> exposures/ ccds/ cutouts/ rejects/")
     p.add_argument("--input", required=True, help="file, directory or glob (local or URL)")
-    p.add_argument("--night", type=_night, default=None)
+    p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD",
+                   help="night of every file (default: each file's DATE-OBS/MJD-OBS, dayobs convention)")
     p.add_argument("--camera", type=_camera, default=None,
                    help="camera profile of conf/cameras (default: from each file's INSTRUME)")
 
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("histovectors", "cutouts -> DESOM-1 nodes -> 625-bin histo-vector per exposure")
     p.add_argument("--desom1", default=None, help="MLflow model URI (default models:/desom1@champion)")
-    p.add_argument("--night", type=_night, default=None, help="only this night (default: all)")
+    p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD", help="only this night (default: all)")
 
     p = command("train-desom2", "train DESOM-2 on the lake's histo-vectors")
     p.add_argument("--iterations", type=_positive, default=None)
@@ -101,35 +102,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("assign", "histo-vector -> DESOM-2 cell for each exposure")
     p.add_argument("--desom2", default=None, help="MLflow model URI (default models:/desom2@champion)")
-    p.add_argument("--night", type=_night, default=None)
+    p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD", help="only this night (default: all)")
 
     p = command("nightly", "ingest -> histo-vectors -> assign for one night, with the champion models")
-    p.add_argument("--input", required=True)
-    p.add_argument("--night", type=_night, required=True)
+    p.add_argument("--input", required=True, help="file, directory or glob (local or URL)")
+    p.add_argument("--night", type=_night, required=True, metavar="YYYYMMDD", help="the night these files belong to")
 
     p = command("report", "write the HTML report of the lake")
     p.add_argument("--out", required=True)
 
     p = command("promote", "move alias 'champion' to a model version")
     p.add_argument("--model", choices=("desom1", "desom2"), required=True)
-    p.add_argument("--version", required=True)
+    p.add_argument("--version", required=True, help="the registered version to promote, e.g. 3")
 
     p = command("label", "label a DESOM-2 cell")
-    p.add_argument("--cell", type=_cell, required=True)
-    p.add_argument("--label", default=None)
-    p.add_argument("--unlabel", action="store_true")
+    p.add_argument("--cell", type=_cell, required=True, metavar="X,Y",
+                   help="the cell: X = column, Y = row on the DESOM-2 map, from 0 (as the report shows)")
+    p.add_argument("--label", default=None, help="the label, e.g. Good or BT")
+    p.add_argument("--unlabel", action="store_true", help="remove the cell's label")
 
     p = command("export", "write exposure -> cell -> label")
     p.add_argument("--format", choices=("csv", "parquet"), required=True)
     p.add_argument("--out", required=True)
 
     p = command("similar", "exposures nearest to one in the DESOM-2 latent space")
-    p.add_argument("--exposure", required=True)
-    p.add_argument("-k", type=_positive, default=10)
+    p.add_argument("--exposure", required=True, help="exposure id (EXPNUM, or the file name without suffix)")
+    p.add_argument("-k", type=_positive, default=10, help="how many exposures, itself first (default 10)")
 
     p = command("filter", "exposures rich in one DESOM-1 node")
-    p.add_argument("--node", type=_cell, required=True)
-    p.add_argument("--min-fraction", type=float, required=True)
+    p.add_argument("--node", type=_cell, required=True, metavar="X,Y",
+                   help="the DESOM-1 node: X = column, Y = row on the 25x25 map, from 0")
+    p.add_argument("--min-fraction", type=float, required=True, metavar="F",
+                   help="least share of an exposure's detections on that node, 0 to 1 (e.g. 0.02)")
 
     p = command("evaluate", "score the map against ground-truth labels (simulated data)")
     p.add_argument("--out", default=None, help="folder of the tables and t-SNE picture (default <lake>/evaluation)")
@@ -283,8 +287,9 @@ def cmd_filter(args, cfg: Config) -> int:
     _, version, meta = champion_metadata(lake, cfg, "desom1")
     table = filter_node(lake, args.node, args.min_fraction, tuple(meta["map_shape"]))
     print(f"{len(table)} exposures with >= {args.min_fraction:.0%} of detections on DESOM-1 node "
-          f"{args.node[0]},{args.node[1]}")
-    print(table.to_string(index=False))
+          f"{args.node[0]},{args.node[1]} (column, row)")
+    if len(table):
+        print(table.to_string(index=False))
     return 0
 
 

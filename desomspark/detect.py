@@ -4,7 +4,7 @@
 function over a numpy image, so that tests run it without Spark and the
 benchmark times exactly what a Spark task does.
 
-Detection follows the original SExtractor run (DESIGN.md): background in
+Detection follows the original SExtractor run (README, "Decisions"): background in
 64-px boxes with a 3x3 median filter, a 7x7 Gaussian filter of FWHM 3 px
 *convolved* with the image (SExtractor's filtering, not sep's default matched
 filter), threshold 2 sigma of the global background RMS, 5 connected pixels,

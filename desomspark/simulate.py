@@ -46,7 +46,7 @@ from .config import SimulateConfig
 
 CLASSES = ("Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP", "Streak")
 BGP_KINDS = ("gradient", "scattered", "crowded", "lowexp")
-#: real class mix of ~70k MegaCam exposures (DESIGN.md); BadFocus and the
+#: real class mix of ~70k MegaCam exposures (labels of the paper's DESOM-2 cells); BadFocus and the
 #: unlabelled 1.3 % share one bin, since bad focus is rare and unlabelled
 SURVEY_MIX = {"Good": 0.78, "RBT": 0.039, "BT": 0.036, "B-Seeing": 0.069, "BGP": 0.067,
               "BadFocus": 0.013, "Streak": 0.02}
@@ -84,7 +84,7 @@ def plan_night(n_exposures: int, seed: int = 0, mix: str = "balanced",
         The whole night (classes, conditions, pixels) follows from it.
     mix : {"balanced", "survey"}
         ``balanced``: classes in turn (and BGP kinds in turn); ``survey``: the
-        real class mix of DESIGN.md.
+        real class mix of MegaCam (SURVEY_MIX).
     """
     if mix not in ("balanced", "survey"):
         raise ValueError(f"mix must be 'balanced' or 'survey', not {mix!r}")
