@@ -6,6 +6,7 @@ from setuptools import find_packages, setup
 setup(
     name="desomspark",
     version="0.1.0",
+    license="BSD-3-Clause",
     description="Sort survey exposures by image quality with DESOM, at survey scale on Spark",
     long_description=Path(__file__).with_name("README.md").read_text(),
     long_description_content_type="text/markdown",

@@ -61,7 +61,8 @@ def map_scores(lake: Lake, nights: list[str]) -> dict[str, float]:
 
 def scores_line(scores: dict) -> str:
     return (f"map neighbour accuracy {scores['neighbour_accuracy']:.3f} (the paper's six classes "
-            f"{scores['neighbour_accuracy_6']:.3f}, Good/Bad {scores['neighbour_good_bad']:.3f}); "
+            f"{scores['neighbour_accuracy_6']:.3f}), Good/Bad {scores['neighbour_good_bad']:.3f} "
+            f"(six classes {scores['neighbour_good_bad_6']:.3f}); "
             f"{scores['cells_used']} cells used by {scores['exposures']} exposures")
 
 

@@ -41,7 +41,7 @@ GOOD = "Good"
 #: the six classes of the paper (the simulator adds Streak, which the classical numbers cannot see)
 PAPER_CLASSES = ["Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP"]
 COLUMNS = ["method", "clusters", "purity", "nmi", "accuracy", "precision", "recall",
-           "neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad"]
+           "neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad", "neighbour_good_bad_6"]
 KNN = 5
 
 

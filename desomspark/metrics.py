@@ -126,13 +126,16 @@ def knn_predictions(truth, features: np.ndarray, k: int = 5) -> np.ndarray:
 
 
 def prediction_scores(truth, predicted, good: str = "Good", classes: list[str] | None = None) -> dict[str, float]:
-    """Accuracy over all classes, over ``classes`` only (samples whose truth is one of them), and Good/Bad."""
+    """Accuracy over all classes and Good/Bad; the same over the samples whose truth is one of ``classes``
+    (``_6``: the paper's six, without a class added since)."""
     truth, predicted = np.asarray(truth).astype(str), np.asarray(predicted).astype(str)
     out = {"neighbour_accuracy": float((truth == predicted).mean()),
            "neighbour_good_bad": float(((truth == good) == (predicted == good)).mean())}
     if classes is not None:
         sel = np.isin(truth, classes)
         out["neighbour_accuracy_6"] = float((truth[sel] == predicted[sel]).mean()) if sel.any() else float("nan")
+        out["neighbour_good_bad_6"] = (float(((truth[sel] == good) == (predicted[sel] == good)).mean())
+                                       if sel.any() else float("nan"))
     return out
 
 

@@ -89,7 +89,7 @@ def test_desom2_normalisation_is_stored_in_the_model(mapped):
 def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, mapped):
     """A DESOM-2 trained on histo-vectors + QA numbers: the served graph equals the trained mapper,
     it reads the quality numbers (they change its latent vector), and assign feeds them."""
-    lake, cfg, _, d2_plain, _ = mapped
+    lake, cfg, _, _, _ = mapped
     features = ("fwhm", "elongation_median", "sky_spread")
     c = replace(cfg.desom2, qa_inputs=features, qa_weight=1.0)
     d2 = train_desom2(lake, replace(cfg, desom2=c), log=lambda m: None)
@@ -116,8 +116,13 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
                      log=lambda m: None).set_index("exposure_id")
     expected = map_counts(served, input_matrix(table["counts"], table, features))[0]
     assert list(out.loc[table["exposure_id"], "cell"]) == list(expected)
-    # the model without quality numbers still serves (the fixture's assignments came from it)
-    assert not registry.model_metadata(registry.download_uri("desom2", d2_plain["version"])).get("qa_inputs")
+    # a model trained on the histo-vectors alone still serves, through the same assign
+    plain = replace(cfg.desom2, qa_inputs=())
+    d2_alone = train_desom2(lake, replace(cfg, desom2=plain), log=lambda m: None)
+    assert not registry.model_metadata(registry.download_uri("desom2", d2_alone["version"])).get("qa_inputs")
+    alone = run_assign(spark, lake, replace(cfg, desom2=plain), desom2_uri=f"models:/desom2/{d2_alone['version']}",
+                       log=lambda m: None)
+    assert len(alone) == 12 and set(alone["desom2_version"]) == {d2_alone["version"]}
 
 
 def test_version_mismatch_is_refused(spark, mapped):

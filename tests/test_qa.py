@@ -99,6 +99,7 @@ def test_neighbour_predictions_on_a_map():
     scores = metrics.prediction_scores(truth, predicted, "Good", ["Good", "BT"])
     assert scores["neighbour_accuracy"] == pytest.approx(5 / 6)
     assert scores["neighbour_accuracy_6"] == 1.0 and scores["neighbour_good_bad"] == 1.0
+    assert scores["neighbour_good_bad_6"] == 1.0
     # a map of singletons is not rewarded: each exposure is judged by its neighbours
     lonely = metrics.neighbour_predictions(["Good", "BT", "Good", "BT"], [0, 1, 2, 3],
                                            {0: (0, 0), 1: (0, 1), 2: (0, 2), 3: (0, 3)})

@@ -154,12 +154,12 @@ def test_evaluate_scores_desom_and_the_baselines(lake, config, tmp_path):
               "VAE latent + k-means"]
     assert (by.loc[same_k, "clusters"] == k).all()  # same number of clusters as DESOM-2 cells
     # every method has the leave-one-out neighbour scores; k-NN methods make no clusters
-    neighbour = ["neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad"]
+    neighbour = ["neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad", "neighbour_good_bad_6"]
     assert table[neighbour].apply(lambda c: c.between(0, 1)).all().all()
     assert by.loc[["5-NN on QA numbers (classical)", "5-NN on histo-vectors (Hellinger)"], "purity"].isna().all()
     clustered = table[table["clusters"].notna()]
     assert clustered[["purity", "nmi", "accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
-    assert pd.read_csv(tmp_path / "evaluation.csv").shape == (9, 10)
+    assert pd.read_csv(tmp_path / "evaluation.csv").shape == (9, 11)
     assert k == lake.read("assignments").to_pandas()["cell"].nunique()
     md = (tmp_path / "evaluation.md").read_text()
     assert md.count("\n|") >= 9 and "Confusion" in md and "per true class" in md
