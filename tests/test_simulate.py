@@ -58,7 +58,7 @@ def test_same_seed_same_bytes(tmp_path, small_sim):
 def class_images(small_sim):
     """One 1024x1024 CCD of the first exposure of each class (and BGP kind) of a balanced night."""
     cfg = replace(small_sim, ccd_shape=(1024, 1024), p_hot_column=0.0)
-    specs = plan_night(24, seed=5, mix="balanced", cfg=cfg)
+    specs = plan_night(28, seed=5, mix="balanced", cfg=cfg)  # 4 BGP: every kind
     images = {}
     for spec in specs:
         key = spec.quality if spec.quality != "BGP" else f"BGP/{spec.kind}"
@@ -137,6 +137,31 @@ def test_background_problems_show_in_the_background(class_images, config):
     crowded, _ = detect_sources(class_images["BGP/crowded"], config.ingest)
     normal, _ = detect_sources(class_images["Good"], config.ingest)
     assert len(crowded) > 2 * len(normal)
+
+
+def test_satellite_trails_cross_ccds_as_straight_lines(small_sim):
+    """A Streak exposure's trails come from the exposure alone: continuous from CCD to CCD."""
+    from desomspark.simulate import streak_lines
+
+    cfg = replace(small_sim, p_hot_column=0.0, p_dead_ccd=0.0)
+    spec = next(s for s in plan_night(14, seed=3, mix="balanced", cfg=cfg) if s.quality == "Streak")
+    lines = streak_lines(spec, cfg)
+    assert 1 <= len(lines) <= 3 and lines == streak_lines(spec, cfg)
+    crossed = 0
+    h, w = cfg.ccd_shape
+    for ccd in range(cfg.n_ccds):
+        data, header = simulate_ccd(spec, ccd, cfg)
+        crossed += header["SIMSTRK"] > 0
+        row, col = divmod(ccd, cfg.ccd_columns)
+        for x0, y0, angle, peak in lines:
+            # sample the line inside this CCD: it is brighter than the sky by about its peak
+            t = np.linspace(-4 * max(h, w), 4 * max(h, w), 20000)
+            xs, ys = x0 + t * np.cos(angle) - col * w, y0 + t * np.sin(angle) - row * h
+            inside = (xs >= 2) & (xs < w - 2) & (ys >= 2) & (ys < h - 2)
+            if inside.sum() > 200:
+                on = np.median(data[ys[inside].astype(int), xs[inside].astype(int)])
+                assert on > cfg.sky_rate * spec.exptime * (1 + 0.5 * peak)
+    assert crossed >= 1
 
 
 def test_dead_ccd_is_constant(small_sim):
