@@ -78,6 +78,10 @@ def train_and_map(spark, lake: Lake, cfg: Config, log=print) -> tuple[dict, dict
     return d1, d2
 
 
+#: a demo night holds ~5 exposures of each of 7 classes: 3 per cell gives a 4x4 map, room for every class
+DEMO_EXPOSURES_PER_CELL = 3
+
+
 def demo(spark, lake: Lake, cfg: Config, n_exposures: int = 36, log=print) -> dict:
     sim = replace(small_config(cfg.simulate, 4, (512, 512)), p_dead_ccd=0.02)
     raw = lake.path("raw", TRAIN_NIGHT)
@@ -85,6 +89,7 @@ def demo(spark, lake: Lake, cfg: Config, n_exposures: int = 36, log=print) -> di
     simulate_night(raw, n_exposures, sim, seed=0, mix="balanced")
     ingest(spark, raw, lake, night=TRAIN_NIGHT, cfg=cfg.ingest, log=log)
 
+    cfg = replace(cfg, desom2=replace(cfg.desom2, exposures_per_cell=DEMO_EXPOSURES_PER_CELL))
     d1, d2 = train_and_map(spark, lake, cfg, log)
     log("demo: exposures per DESOM-2 cell and true class (training night), cells grouped by majority class:")
     log(class_table(lake, [TRAIN_NIGHT]).to_string())

@@ -64,6 +64,10 @@ def majority_scores(truth, clusters, good: str = GOOD) -> dict[str, float]:
 def markdown(table: pd.DataFrame) -> str:
     """A Markdown table (numbers to 3 decimals)."""
     def cell(v):
+        if isinstance(v, float) and np.isnan(v):
+            return "-"
+        if isinstance(v, float) and v.is_integer() and abs(v) > 1:  # a count stored as float
+            return str(int(v))
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
