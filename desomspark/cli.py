@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("nightly", "ingest -> histo-vectors -> assign for one night, with the champion models")
     p.add_argument("--input", required=True, help="file, directory or glob (local or URL)")
     p.add_argument("--night", type=_night, required=True, metavar="YYYYMMDD", help="the night these files belong to")
+    p.add_argument("--camera", type=_camera, default=None,
+                   help="camera profile of conf/cameras (default: from each file's INSTRUME)")
 
     p = command("report", "write the HTML report of the lake")
     p.add_argument("--out", required=True)
@@ -233,7 +235,7 @@ def cmd_nightly(args, cfg: Config) -> int:
     from .pipeline import nightly
 
     lake = _lake(args, create=True)
-    nightly(_spark(args, cfg), args.input, lake, args.night, cfg)
+    nightly(_spark(args, cfg), args.input, lake, args.night, cfg, camera=args.camera)
     return 0
 
 

@@ -109,7 +109,8 @@ class NightlySummary:
         return out
 
 
-def nightly(spark, input_spec: str, lake: Lake, night: str, cfg: Config, log=print) -> NightlySummary:
+def nightly(spark, input_spec: str, lake: Lake, night: str, cfg: Config, log=print,
+            camera: str | None = None) -> NightlySummary:
     """One night: ingest -> histo-vectors -> assign with the champion models; touches only that night."""
     from .ingest import ingest
 
@@ -119,7 +120,7 @@ def nightly(spark, input_spec: str, lake: Lake, night: str, cfg: Config, log=pri
     if str(d2_meta["desom1_version"]) != d1_version:
         raise ModelMismatch(f"champion desom2 v{d2_version} was trained on desom1 v{d2_meta['desom1_version']}, "
                             f"but the champion desom1 is v{d1_version}: promote a matching pair")
-    summary = ingest(spark, input_spec, lake, night=night, cfg=cfg.ingest, log=log)
+    summary = ingest(spark, input_spec, lake, night=night, cfg=cfg.ingest, log=log, camera=camera)
     if summary.ok + summary.partial == 0:
         raise ValueError(f"nightly {night}: no usable exposure (see rejects/)")
     write_histovectors(spark, lake, d1_uri, d1_version, n_nodes(registry.model_metadata(d1_uri)), [night], log)
