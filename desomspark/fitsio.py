@@ -501,41 +501,65 @@ def read_ccd(path: str, hdu_index: int, raw_layout: dict | None = None) -> np.nd
     ------
     Reject
         ``unreadable_data`` if the pixels cannot be read or decompressed,
-        ``wrong_dimensions`` if they are not 2-D.
+        ``wrong_dimensions`` if they are not 2-D, ``bad_section`` for a raw
+        layout that does not fit the data.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with _open(path) as hdul:
-                hdu = hdul[hdu_index]
-                raw = hdu.data
-                if raw is None:
-                    raise Reject("wrong_dimensions", "HDU has no data")
-                if raw.ndim != 2:
-                    raise Reject("wrong_dimensions", f"data shape {raw.shape}")
-                image = _physical(raw, hdu.header)
-                layout = RawLayout.from_dict(raw_layout)
-                return correct_raw(image, layout) if layout is not None else image
-    except SectionError as exc:
-        raise Reject("bad_section", str(exc)) from None
-    except Reject:
-        raise
-    except Exception as exc:
-        raise Reject("unreadable_data", f"{type(exc).__name__}: {exc}"[:500]) from None
+    return read_ccd_and_mask(path, hdu_index, raw_layout)[0]
 
 
 def read_mask(path: str, mask_index: int, bits: int | None, raw_layout: dict | None = None) -> np.ndarray:
     """Boolean array of the pixels a mask plane flags (``bits``; None: any non-zero value)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with _open(path) as hdul:
-                values = np.asarray(hdul[mask_index].data).astype(np.int64)
-    except Exception as exc:
-        raise Reject("unreadable_data", f"mask plane: {type(exc).__name__}: {exc}"[:500]) from None
+    with _reading("mask plane: "):
+        with _open(path) as hdul:
+            return _flagged(hdul[mask_index], bits, raw_layout)
+
+
+def read_ccd_and_mask(path: str, hdu_index: int, raw_layout: dict | None = None, mask_index: int | None = None,
+                      mask_bits: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_ccd` and, where the CCD has a mask plane, :func:`read_mask`, from one opening of the file."""
+    with _reading():
+        with _open(path) as hdul:
+            hdu = hdul[hdu_index]
+            raw = hdu.data
+            if raw is None:
+                raise Reject("wrong_dimensions", "HDU has no data")
+            if raw.ndim != 2:
+                raise Reject("wrong_dimensions", f"data shape {raw.shape}")
+            image = _physical(raw, hdu.header)
+            layout = RawLayout.from_dict(raw_layout)
+            image = correct_raw(image, layout) if layout is not None else image
+            mask = _flagged(hdul[mask_index], mask_bits, raw_layout) if mask_index is not None else None
+            return image, mask
+
+
+def _flagged(hdu, bits: int | None, raw_layout: dict | None) -> np.ndarray:
+    values = np.asarray(hdu.data).astype(np.int64)
     flagged = (values & bits) != 0 if bits is not None else values != 0
     layout = RawLayout.from_dict(raw_layout)
     if layout is not None:
         trim = parse_section(layout.trim, flagged.shape)
         flagged = flagged[trim.rows, trim.cols]
     return flagged
+
+
+class _reading:
+    """Context of a pixel read: astropy's warnings hushed, every failure turned into a :class:`Reject`."""
+
+    def __init__(self, prefix: str = ""):
+        self.prefix = prefix
+        self._warnings = warnings.catch_warnings()
+
+    def __enter__(self):
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        self._warnings.__exit__(kind, exc, tb)
+        if exc is None or isinstance(exc, Reject):
+            return False
+        if isinstance(exc, SectionError):
+            raise Reject("bad_section", str(exc)) from None
+        if isinstance(exc, Exception):
+            raise Reject("unreadable_data", f"{self.prefix}{type(exc).__name__}: {exc}"[:500]) from None
+        return False

@@ -27,7 +27,7 @@ import pyarrow as pa
 from . import schema
 from .config import IngestConfig
 from .detect import CcdResult, process_ccd
-from .fitsio import FileScan, Reject, file_reason, list_inputs, read_ccd, read_mask, scan_file
+from .fitsio import FileScan, Reject, file_reason, list_inputs, read_ccd_and_mask, scan_file
 from .lake import Lake
 from .qa import exposure_qa
 
@@ -61,9 +61,8 @@ def read_and_process(task: dict, cfg: IngestConfig) -> CcdResult:
     ``task`` holds ``path``, ``exposure_id``, ``window`` and the fields of a
     :class:`fitsio.HduInfo`.  Raises :class:`fitsio.Reject`.
     """
-    image = read_ccd(task["path"], task["hdu_index"], task.get("raw_layout"))
-    mask = (read_mask(task["path"], task["mask_index"], task.get("mask_bits"), task.get("raw_layout"))
-            if task.get("mask_index") is not None else None)
+    image, mask = read_ccd_and_mask(task["path"], task["hdu_index"], task.get("raw_layout"),
+                                    task.get("mask_index"), task.get("mask_bits"))
     return process_ccd(image, task["exposure_id"], task["hdu_index"], cfg, keep_window=task.get("window", False),
                        pixel_scale=task.get("pixel_scale"), saturation=task.get("saturation"), mask=mask)
 
