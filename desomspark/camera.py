@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from .config import conf_dir
+from .sections import SECTION_PATTERN
 
 _LOG = logging.getLogger(__name__)
 GENERIC = "generic"
@@ -75,7 +76,7 @@ def detsec_positions(detsecs: dict[int, str | None]) -> dict[int, tuple[int, int
     """(row, column) of each CCD on the focal plane, ranked from the start of its DETSEC (x, y)."""
     starts = {}
     for index, text in detsecs.items():
-        m = re.match(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$", str(text or ""))
+        m = SECTION_PATTERN.match(str(text or ""))
         if m:
             x1, x2, y1, y2 = (int(v) for v in m.groups())
             starts[index] = (min(y1, y2), min(x1, x2))

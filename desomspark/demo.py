@@ -49,12 +49,11 @@ def class_table(lake: Lake, nights: list[str]) -> pd.DataFrame:
 def map_scores(lake: Lake, nights: list[str]) -> dict[str, float]:
     """Leave-one-out neighbour accuracy of the map on ``nights`` (all classes, the paper's six, Good/Bad)
     and how many cells the exposures use."""
-    from .evaluate import GOOD, PAPER_CLASSES
+    from .evaluate import GOOD, PAPER_CLASSES, cell_positions
 
     members = _assigned_truth(lake, nights)
     members = members[members["truth_label"].notna()]
-    positions = {c: (y, x) for c, y, x in members[["cell", "cell_y", "cell_x"]].drop_duplicates().itertuples(index=False)}
-    predicted = metrics.neighbour_predictions(members["truth_label"], members["cell"], positions)
+    predicted = metrics.neighbour_predictions(members["truth_label"], members["cell"], cell_positions(members))
     return metrics.prediction_scores(members["truth_label"], predicted, GOOD, PAPER_CLASSES) | {
         "exposures": len(members), "cells_used": int(members["cell"].nunique())}
 

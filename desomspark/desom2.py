@@ -115,21 +115,19 @@ class ExposureMapper(nn.Module):
 def fit_normalisation(counts: torch.Tensor, qa: torch.Tensor | None, transform: str, clip_sigma: float,
                       qa_weight: float) -> dict[str, torch.Tensor]:
     """The mapper's buffers fitted on a training set (see the module docstring)."""
+    v = hellinger(counts) if transform == "hellinger" else clean_and_standardise(counts, clip_sigma)
     if transform == "hellinger":
         # one scale for every bin keeps the Hellinger geometry; dividing by the largest
         # value puts the input in [0, 1] as the paper's min-max did, so the dense
         # autoencoder and gamma keep the balance they were chosen for
-        h = hellinger(counts)
-        center = torch.zeros_like(h[0])
-        scale = torch.full_like(center, float(h.max().clamp_min(1e-12)))
+        center = torch.zeros_like(v[0])
+        scale = torch.full_like(center, float(v.max().clamp_min(1e-12)))
     else:
-        z = clean_and_standardise(counts, clip_sigma)
-        center = z.min(dim=0).values
-        scale = z.max(dim=0).values - center
+        center = v.min(dim=0).values
+        scale = v.max(dim=0).values - center
     out = {"bin_center": center, "bin_scale": torch.where(scale > 0, scale, torch.ones_like(scale))}
     if qa is not None and qa.shape[1]:
-        x_hist = ((hellinger(counts) if transform == "hellinger" else clean_and_standardise(counts, clip_sigma))
-                  - out["bin_center"]) / out["bin_scale"]
+        x_hist = (v - out["bin_center"]) / out["bin_scale"]
         block_variance = float(x_hist.var(dim=0, unbiased=False).sum())
         median, spread = robust_scale(qa.double().numpy())
         # unit-variance features, then the block weighted to qa_weight x the histogram block

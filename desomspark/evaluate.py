@@ -168,6 +168,12 @@ HISTO_KNN = f"{KNN}-NN on histo-vectors (Hellinger)"
 CONFUSION_FILES = {MAP: "desom2", QA_KNN: "qa_knn"}
 
 
+def cell_positions(members: pd.DataFrame) -> dict:
+    """Map cell -> its (row, column), from assignment rows."""
+    cells = members[["cell", "cell_y", "cell_x"]].drop_duplicates()
+    return {c: (y, x) for c, y, x in cells.itertuples(index=False)}
+
+
 def per_class_recall(truth, predicted) -> dict[str, float]:
     """Share of each true class whose neighbours name it."""
     truth, predicted = np.asarray(truth).astype(str), np.asarray(predicted).astype(str)
@@ -192,8 +198,7 @@ def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int
     truth = members["truth_label"].to_numpy()
     ids = list(members["exposure_id"])
     cells = members["cell"].to_numpy()
-    positions = {c: (y, x) for c, y, x in members[["cell", "cell_y", "cell_x"]].drop_duplicates().itertuples(index=False)}
-    out = {MAP: _clustering(truth, cells, positions, "chebyshev")}
+    out = {MAP: _clustering(truth, cells, cell_positions(members), "chebyshev")}
 
     qa = lake.read("exposures", columns=["night", "exposure_id", *QA_FEATURES],
                    where=ds.field("exposure_id").isin(ids)).to_pandas()
@@ -209,8 +214,11 @@ def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int
                         where=ds.field("exposure_id").isin(ids)).to_pandas()
     vectors = vectors[vectors["desom1_version"] == str(desom1_version)]
     vectors = members[["night", "exposure_id"]].merge(vectors, on=["night", "exposure_id"], how="left")
-    counts = np.stack(vectors["counts"].to_numpy())
-    hell = np.sqrt(counts / np.clip(counts.sum(axis=1, keepdims=True), 1e-12, None))
+    import torch
+
+    from .desom2 import hellinger
+
+    hell = hellinger(torch.as_tensor(np.stack(vectors["counts"].to_numpy()))).numpy()
     predicted = metrics.knn_predictions(truth, hell, KNN)
     out[HISTO_KNN] = {"row": {"clusters": None} | metrics.prediction_scores(truth, predicted, GOOD, PAPER_CLASSES),
                       "predicted": predicted}

@@ -37,6 +37,8 @@ import numpy as np
 import sep
 from scipy.spatial import cKDTree
 
+from .cutout import cut
+
 #: per-exposure numbers a classical baseline (and DESOM-2's extra inputs) use
 QA_FEATURES = ("fwhm", "elongation_median", "elongation_p90", "detections_per_ccd", "sky", "sky_rms",
                "sky_spread", "background_structure", "depth")
@@ -66,13 +68,6 @@ def half_sample_mode(values: np.ndarray) -> float:
     if len(v) == 3:
         return float(v[:2].mean() if v[1] - v[0] < v[2] - v[1] else v[1:].mean() if v[1] - v[0] > v[2] - v[1] else v[1])
     return float(v.mean()) if len(v) else float("nan")
-
-
-def _stamps(residual: np.ndarray, x: np.ndarray, y: np.ndarray, half: int) -> np.ndarray:
-    """(n, 2 half + 1, 2 half + 1) stamps centred on the nearest pixel of each (x, y) (all inside)."""
-    ix, iy = np.rint(x).astype(int), np.rint(y).astype(int)
-    offsets = np.arange(-half, half + 1)
-    return residual[(iy[:, None] + offsets)[:, :, None], (ix[:, None] + offsets)[:, None, :]]
 
 
 def half_max_fwhm(stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -201,7 +196,7 @@ def ccd_qa(image: np.ndarray, objects: np.ndarray, bkg: sep.Background, mesh_siz
     idx, r50 = idx[small], r50[small]
     brightest = np.argsort(-objects["flux"][idx], kind="stable")[:MAX_MEASURED]
     idx, r50 = idx[brightest], r50[brightest]
-    stamps = _stamps(residual, x[idx], y[idx], half)
+    stamps = cut(residual, x[idx], y[idx], 2 * half + 1)  # centred on the nearest pixel
     dx, dy = x[idx] - np.rint(x[idx]), y[idx] - np.rint(y[idx])
     fwhm = half_max_fwhm(stamps, dx, dy)
     # a PSF is sampled (FWHM >= 1.5 px) and as concentrated as a PSF: cosmic rays, hot

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_SECTION = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
+SECTION_PATTERN = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
 
 class SectionError(ValueError):
@@ -42,7 +42,7 @@ class Section:
 
 def parse_section(text, shape: tuple[int, int], key: str = "section") -> Section:
     """``[x1:x2,y1:y2]`` -> :class:`Section`, checked against an array of ``shape`` (rows, cols)."""
-    match = _SECTION.match(str(text)) if text is not None else None
+    match = SECTION_PATTERN.match(str(text)) if text is not None else None
     if match is None:
         raise SectionError(f"{key} = {text!r} is not a FITS section [x1:x2,y1:y2]")
     x1, x2, y1, y2 = (int(v) for v in match.groups())
@@ -112,7 +112,7 @@ def amplifier_layout(header) -> RawLayout | None:
 
 
 def _union(amps: list[Amplifier]) -> str:
-    boxes = [[int(v) for v in _SECTION.match(a.data).groups()] if _SECTION.match(a.data) else None for a in amps]
+    boxes = [[int(v) for v in SECTION_PATTERN.match(a.data).groups()] if SECTION_PATTERN.match(a.data) else None for a in amps]
     if any(b is None for b in boxes):
         return amps[0].data  # parse_section reports the bad one
     xs = [v for b in boxes for v in b[:2]]
