@@ -63,6 +63,23 @@ def current_labels(lake: Lake, desom2_version: str) -> pd.DataFrame:
     return latest[["cell_x", "cell_y", "label"]]
 
 
+def with_current_labels(lake: Lake, assignments: pd.DataFrame) -> pd.DataFrame:
+    """``assignments`` with each row's ``label`` taken from ``labels/`` now, for its own DESOM-2 version.
+
+    A label takes effect when results are read (export, report, similar), not
+    only when ``assign`` next writes the table: an astronomer sees it at once.
+    """
+    out = assignments.drop(columns=["label"], errors="ignore")
+    if out.empty:
+        return out.assign(label=pd.Series(dtype=object))
+    parts = []
+    for version, rows in out.groupby("desom2_version", sort=False):
+        labels = current_labels(lake, str(version)).astype({"cell_x": "int64", "cell_y": "int64"})
+        rows = rows.astype({"cell_x": "int64", "cell_y": "int64"})
+        parts.append(rows.merge(labels, on=["cell_x", "cell_y"], how="left").set_index(rows.index))
+    return pd.concat(parts).loc[out.index]
+
+
 def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_version: str,
                       nights: list[str] | None = None, log=print) -> pd.DataFrame:
     """Assign every exposure of ``nights`` (default: all nights with histo-vectors) and commit."""

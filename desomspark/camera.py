@@ -5,7 +5,9 @@ regular expressions, e.g. ``INSTRUME: "^DECam"``) and gives the numbers an
 ingest falls back on when a header lacks them: the pixel scale (arcsec /
 pixel, for FWHM in arcsec), the saturation level, and how to place a CCD on
 the focal plane for the report's mosaics (``ccd_position: detsec``: from the
-CCD's ``DETSEC`` when there are no ``CCDROW``/``CCDCOL`` cards).  Headers
+CCD's ``DETSEC`` when there are no ``CCDROW``/``CCDCOL`` cards), and whether
+its raw files hold one HDU per amplifier (``amplifier_hdus``: the segments of
+a CCD are assembled by their ``DETSEC``).  Headers
 always win over the profile.  A file matching no profile is read with
 ``generic`` (everything from its headers), and the ingest says so once.
 """
@@ -33,6 +35,7 @@ class CameraProfile:
     pixel_scale: float | None = None
     saturation: float | None = None
     ccd_position: str = "detsec"
+    amplifier_hdus: bool = False  # raw files hold one HDU per amplifier segment, assembled by DETSEC
 
     def __post_init__(self):
         if self.ccd_position not in ("detsec", "header"):

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--master", default=None, help="Spark master (default: conf, local[*])")
         p.add_argument("--conf", default=None, help="YAML file merged over conf/default.yaml")
+        p.add_argument("-v", "--verbose", action="store_true", help="show Spark's and MLflow's own log lines")
         if lake:
             p.add_argument("--lake", required=lake_required, default=None if lake_required else "./lake",
                            help="lake root: a local path or a URL Spark and fsspec can write")
@@ -72,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", choices=("balanced", "survey"), default="balanced")
     p.add_argument("--compress", action="store_true", help="Rice-compress the CCDs (.fits.fz)")
-    p.add_argument("--raw", action="store_true",
-                   help="write raw frames as the camera reads them: 2 amplifiers per CCD with overscan")
+    p.add_argument("--raw", nargs="?", const="amplifiers", default=None, choices=("amplifiers", "segments"),
+                   help="write raw frames as the camera reads them: 'amplifiers' (the default) two amplifiers "
+                        "with overscan per CCD HDU, as MegaCam; 'segments' one HDU per amplifier, as LSST")
     p.add_argument("--processes", type=_positive, default=None)
 
     p = command("ingest", "FITS exposures -> exposures/ ccds/ cutouts/ rejects/")
@@ -115,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("promote", "move alias 'champion' to a model version")
     p.add_argument("--model", choices=("desom1", "desom2"), required=True)
-    p.add_argument("--version", required=True, help="the registered version to promote, e.g. 3")
+    p.add_argument("--version", required=True,
+                   help="the registered version to promote, e.g. 3, or 'challenger': the one the last training made")
 
     p = command("label", "label a DESOM-2 cell")
     p.add_argument("--cell", type=_cell, required=True, metavar="X,Y",
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _spark(args, cfg: Config):
     from .spark import get_spark
 
-    return get_spark(cfg.spark, master=args.master)
+    return get_spark(cfg.spark, master=args.master, quiet=not args.verbose)
 
 
 def _lake(args, create: bool = False):
@@ -183,8 +186,10 @@ def cmd_simulate(args, cfg: Config) -> int:
 
 
 def cmd_ingest(args, cfg: Config) -> int:
+    from .fitsio import list_inputs
     from .ingest import ingest, main_summary_exit
 
+    list_inputs(args.input)  # nothing to read: say so before Spark starts
     spark = _spark(args, cfg)
     summary = ingest(spark, args.input, _lake(args, create=True), night=args.night, cfg=cfg.ingest, camera=args.camera)
     return main_summary_exit(summary)
@@ -203,8 +208,8 @@ def cmd_train_desom1(args, cfg: Config) -> int:
 def cmd_promote(args, cfg: Config) -> int:
     from .registry import CHAMPION, promote
 
-    promote(_lake(args), cfg.mlflow, args.model, args.version)
-    print(f"promote: {args.model} version {args.version} is now '{CHAMPION}'")
+    version = promote(_lake(args), cfg.mlflow, args.model, args.version)
+    print(f"promote: {args.model} version {version} is now '{CHAMPION}'")
     return 0
 
 
@@ -232,8 +237,10 @@ def cmd_assign(args, cfg: Config) -> int:
 
 
 def cmd_nightly(args, cfg: Config) -> int:
+    from .fitsio import list_inputs
     from .pipeline import nightly
 
+    list_inputs(args.input)  # nothing to read: say so before Spark starts
     lake = _lake(args, create=True)
     nightly(_spark(args, cfg), args.input, lake, args.night, cfg, camera=args.camera)
     return 0
@@ -259,7 +266,8 @@ def cmd_label(args, cfg: Config) -> int:
     row = label_cell(lake, version, args.cell, None if args.unlabel else args.label, tuple(meta["map_shape"]))
     what = f"'{row['label']}'" if row["label"] else "unlabelled"
     print(f"label: cell {args.cell[0]},{args.cell[1]} of desom2 v{version} is {what} (by {row['author']}); "
-          f"'desomspark assign' carries it to past nights, nightly to new ones")
+          f"export, similar and report show it now; 'desomspark assign' writes it into past nights' "
+          f"assignments, nightly into new ones")
     return 0
 
 
@@ -329,9 +337,29 @@ COMMANDS = {
 }
 
 
+#: libraries whose INFO lines ("Started local training ...", Py4J's chatter) are noise to an operator
+NOISY_LOGGERS = ("py4j", "TorchDistributor", "pyspark", "urllib3")
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Our own lines always; the libraries' INFO lines only with ``-v``."""
+    import logging
+    import os
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("desomspark").setLevel(logging.INFO)
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    # MLflow configures its own logger when imported ("Creating initial MLflow database tables..."):
+    # it reads its level from the environment, which the training processes inherit too
+    if not verbose:
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_libraries(args.verbose)
     try:
         cfg = load_config(args.conf)
     except (OSError, ValueError) as exc:

@@ -71,6 +71,7 @@ class IngestConfig:
     edge_margin: int = 37
     max_per_ccd: int = 100
     cutout_size: int = 32
+    trail_elongation: float = 4.0
     clip_percentiles: tuple[float, float] = (1.0, 95.0)
     min_ccd_side: int = 128
     window_size: int = 500

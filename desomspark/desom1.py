@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import zlib
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,11 @@ def training_sample(spark, lake: Lake, n: int, seed: int, min_groups: int = 8) -
     return sample
 
 
+def _count(n: int) -> str:
+    """100000 -> '100k' (run names)."""
+    return f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n)
+
+
 def _job(cfg: Config, sample: TrainingSample, lake: Lake, iterations: int, batch_size: int,
          resume: bool, gpu: bool) -> TrainJob:
     c = cfg.desom1
@@ -108,17 +113,22 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
     log(f"train-desom1: sample of {sample.rows} cutouts (of {sample.total_cutouts}) at {sample.path}")
     job = _job(cfg, sample, lake, iterations, batch_size, resume, gpu)
 
-    with registry.run(lake, cfg.mlflow, "desom1", run_id=previous and previous["run_id"]) as active:
+    nights = lake.nights("cutouts")
+    rows, cols = c.map_shape
+    name = f"desom1 {rows}x{cols} {_count(iterations)} its nights {registry.night_span(nights)}"
+    with registry.run(lake, cfg.mlflow, name, run_id=previous and previous["run_id"]) as active:
         import mlflow
 
         if previous is None:
             lake.write_json({"run_id": active.info.run_id, "sample": asdict(sample), "iterations": iterations,
                              "batch_size": batch_size}, run_file)
-            mlflow.log_params(registry.flatten("desom1", asdict(c)) | {
-                "iterations": iterations, "batch_size": batch_size, "processes": processes, "gpu": gpu,
-                "sample.path": sample.path, "sample.rows": sample.rows, "sample.seed": sample.seed,
-                "sample.requested": sample.requested, "sample.total_cutouts": sample.total_cutouts,
-                "desom1.iterations": iterations, "desom1.batch_size": batch_size})
+            # each parameter once: the settings as this run used them, then what only the run knows
+            settings = replace(c, iterations=iterations, batch_size=batch_size)
+            mlflow.log_params(registry.flatten("desom1", asdict(settings)) | {
+                "processes": processes, "gpu": gpu, "sample.requested": sample.requested,
+                "sample.total_cutouts": sample.total_cutouts})
+            registry.log_training_data("desom1 training cutouts", sample.path, nights, sample.rows,
+                                       Path(sample.path).name)
         result = run_distributed(job, processes, local_mode=not cluster)
         model = build_model(job)
         model.load_state_dict(load_checkpoint(job.checkpoint_path)["model"])
@@ -136,6 +146,8 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
             DesomInference(model), "desom1", input_example=np.zeros((2, 1, 32, 32), np.float32),
             metadata={"kind": "desom1", "map_shape": list(model.map_shape), "latent_dim": c.latent_dim},
             tags={"sample": sample.path, "run_id": active.info.run_id},
+            description=f"DESOM-1 {rows}x{cols}, {iterations} iterations on {sample.rows} cutouts of nights "
+                        f"{registry.night_span(nights)} (sample {Path(sample.path).name})",
             extra={"decoded_prototypes": model.decoded_prototypes().squeeze(1).numpy(),
                    "prototypes": model.som.prototypes.detach().numpy()})
         run_id = active.info.run_id

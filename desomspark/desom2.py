@@ -27,7 +27,8 @@ one process (tens of thousands of vectors) with :func:`train.fit`.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict
+import hashlib
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,8 @@ class ExposureMapper(nn.Module):
     statistics fitted on the training set (:func:`fit_normalisation`), so the
     registered model carries everything it was trained with.
     """
+
+    output_names = DesomInference.output_names
 
     def __init__(self, desom: DESOM, transform: str, bin_center: torch.Tensor, bin_scale: torch.Tensor,
                  clip_sigma: float, qa_center: torch.Tensor | None = None, qa_scale: torch.Tensor | None = None):
@@ -235,10 +238,18 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
     log(f"train-desom2: {used} of {map_shape[0] * map_shape[1]} cells used by {len(x)} exposures "
         f"({len(x) / used:.1f} per used cell)")
     example = np.where(np.isnan(x_raw[:2]), 0.0, x_raw[:2]).astype(np.float32)
-    with registry.run(lake, cfg.mlflow, "desom2") as active:
-        mlflow.log_params(registry.flatten("desom2", asdict(c)) | {
-            "iterations": job.iterations, "map_rows": map_shape[0], "map_cols": map_shape[1],
-            "t_max_used": job.t_max, "n_exposures": len(x), "desom1_version": version})
+    nights = sorted(table["night"].unique())
+    name = (f"desom2 {map_shape[0]}x{map_shape[1]} on desom1 v{version} {len(x)} exposures "
+            f"nights {registry.night_span(nights)}")
+    with registry.run(lake, cfg.mlflow, name) as active:
+        # each parameter once: the settings as this run used them, then what only the run knows
+        settings = replace(c, iterations=job.iterations)
+        mlflow.log_params(registry.flatten("desom2", asdict(settings)) | {
+            "map_rows": map_shape[0], "map_cols": map_shape[1], "t_max_used": job.t_max,
+            "n_exposures": len(x), "desom1_version": version})
+        keys = "\n".join(table["night"] + "/" + table["exposure_id"])
+        registry.log_training_data(f"desom2 training histo-vectors of desom1 v{version}", lake.path("histovectors"),
+                                   nights, len(x), hashlib.sha256(keys.encode()).hexdigest())
         registry.log_history(result["history"])
         mlflow.log_metric("cells_used", used)
         mlflow.log_dict({"exposures": list(table["exposure_id"])}, "training_exposures.json")
@@ -248,6 +259,9 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
                       "clip_sigma": c.clip_sigma, "latent_dim": c.latent_dim, "transform": c.transform,
                       "n_bins": n_bins, "qa_inputs": list(c.qa_inputs), "qa_weight": c.qa_weight},
             tags={"desom1_version": version, "run_id": active.info.run_id},
+            description=f"DESOM-2 {map_shape[0]}x{map_shape[1]} on desom1 v{version}: {len(x)} exposures of nights "
+                        f"{registry.night_span(nights)}, input {c.transform}"
+                        f"{' + ' + ', '.join(c.qa_inputs) if c.qa_inputs else ''}",
             extra={"bin_center": mapper.bin_center.numpy(), "bin_scale": mapper.bin_scale.numpy(),
                    "qa_center": mapper.qa_center.numpy(), "qa_scale": mapper.qa_scale.numpy(),
                    "prototypes": model.som.prototypes.detach().numpy()})

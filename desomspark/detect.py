@@ -114,6 +114,38 @@ def flagged_in_windows(mask: np.ndarray, x: np.ndarray, y: np.ndarray, size: int
     return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
 
 
+def trail_tiles(objects: np.ndarray, size: int, min_elongation: float) -> tuple[np.ndarray, np.ndarray]:
+    """Extra cutout centres every ``size`` pixels along detections that are trails.
+
+    A satellite trail crossing a CCD is one detection of thousands of pixels
+    (or a few, after deblending): sampled as one source among a hundred it
+    barely moves the exposure's histo-vector, while it spoils a strip of the
+    CCD.  Detections at least ``min_elongation`` times longer than wide and
+    longer than two cutouts are tiled along their major axis instead.  For a
+    uniform line of length L the second-moment semi-axis ``a`` is L/sqrt(12),
+    so the line runs sqrt(3) a on each side of its centroid.
+
+    Returns
+    -------
+    x, y : ndarray
+        Tile centres (the centroid itself, already a detection, excluded).
+    """
+    if min_elongation <= 0 or len(objects) == 0:
+        return np.zeros(0), np.zeros(0)
+    a, b = objects["a"].astype(float), objects["b"].astype(float)
+    half_length = np.sqrt(3.0) * a
+    trails = np.flatnonzero((a >= min_elongation * np.maximum(b, 1e-3)) & (half_length >= size))
+    xs, ys = [], []
+    for i in trails:
+        n = int(half_length[i] // size)
+        steps = size * np.concatenate([np.arange(-n, 0), np.arange(1, n + 1)])
+        xs.append(objects["x"][i] + steps * np.cos(objects["theta"][i]))
+        ys.append(objects["y"][i] + steps * np.sin(objects["theta"][i]))
+    if not xs:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def _stretch(image: np.ndarray, level: float, rms: float) -> np.ndarray:
     """uint8 display stretch: sky at ~25, asinh above it (faint and bright sources both visible)."""
     rms = rms if np.isfinite(rms) and rms > 0 else 1.0
@@ -199,7 +231,11 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
 
     h, w = image.shape
     m = cfg.edge_margin
-    x, y = objects["x"], objects["y"]
+    # sources first, then the trail tiles: a tile's source_index is past the catalogue's end
+    tile_x, tile_y = trail_tiles(objects, cfg.cutout_size, cfg.trail_elongation)
+    x = np.concatenate([objects["x"], tile_x])
+    y = np.concatenate([objects["y"], tile_y])
+    flux = np.concatenate([objects["flux"], np.full(tile_x.size, np.nan)])
     inside = np.flatnonzero((x >= m) & (x <= w - 1 - m) & (y >= m) & (y <= h - 1 - m))
     if mask is not None and mask.any() and inside.size:
         # a cutout must not show a flagged pixel: count them in each source's window
@@ -217,6 +253,6 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     result.source_index = chosen.astype(np.int32)
     result.x = x[chosen].astype(np.float32)
     result.y = y[chosen].astype(np.float32)
-    result.flux = objects["flux"][chosen].astype(np.float32)
+    result.flux = flux[chosen].astype(np.float32)
     result.pixels = encode_pixels(stamps)
     return result

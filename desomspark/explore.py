@@ -1,8 +1,9 @@
 """What astronomers do with the map: label cells, export, find similar exposures, filter by content.
 
 * :func:`label_cell` appends to ``labels/`` (who, when, which DESOM-2 version);
-  the last word on a cell wins, and ``assign`` carries it to every exposure
-  of the cell, past nights (re-run ``assign``) and future ones (``nightly``).
+  the last word on a cell wins.  Whatever reads results (``export``,
+  ``similar``, the report) shows the current label at once; ``assign`` writes
+  it into the table for past nights, ``nightly`` for new ones.
 * :func:`export` writes exposure -> cell -> label.
 * :func:`similar` ranks exposures by distance in DESOM-2's latent space
   (paper section 5.3: a content-based recommendation).
@@ -55,7 +56,9 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     classical quality numbers (:data:`qa.EXPOSURE_QA_COLUMNS`); ``distance`` is
     the novelty distance (latent distance to the cell's prototype).
     """
-    table = lake.read("assignments").to_pandas()
+    from .assign import with_current_labels
+
+    table = with_current_labels(lake, lake.read("assignments").to_pandas())
     header = ["path", "date_obs", "filter", "object", "exptime"]
     exposures = lake.read("exposures", columns=["night", "exposure_id", *header,
                                                 *EXPOSURE_QA_COLUMNS]).to_pandas()
@@ -102,8 +105,19 @@ def similar(lake: Lake, model_uri: str, metadata: dict, exposure_id: str, k: int
     order = np.argsort(d, kind="stable")
     # the exposure itself first, whatever ties there are
     order = np.concatenate([[match[0]], order[order != match[0]]])[:k]
-    return pd.DataFrame({"exposure_id": table["exposure_id"].to_numpy()[order],
-                         "night": table["night"].to_numpy()[order], "distance": d[order]})
+    found = pd.DataFrame({"exposure_id": table["exposure_id"].to_numpy()[order],
+                          "night": table["night"].to_numpy()[order], "distance": d[order]})
+    return found.merge(_labelled_cells(lake), on=["night", "exposure_id"], how="left")
+
+
+def _labelled_cells(lake: Lake) -> pd.DataFrame:
+    """Every assigned exposure's cell and current label (empty before the first ``assign``)."""
+    from .assign import with_current_labels
+
+    if not lake.exists("assignments"):
+        return pd.DataFrame(columns=["night", "exposure_id", "cell_x", "cell_y", "label"])
+    table = lake.read("assignments", columns=["night", "exposure_id", "cell_x", "cell_y", "desom2_version"])
+    return with_current_labels(lake, table.to_pandas()).drop(columns="desom2_version")
 
 
 def filter_node(lake: Lake, node: tuple[int, int], min_fraction: float, map_shape: tuple[int, int]) -> pd.DataFrame:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from urllib.parse import urlparse
@@ -23,7 +24,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from .sections import SectionError, amplifier_layout, check_layout, correct_raw, parse_section, RawLayout
+from .sections import (RawLayout, Segment, SectionError, SegmentLayout, amplifier_layout, assemble, check_layout,
+                       correct_raw, parse_section, segment_of)
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz", ".fit.gz", ".fits.bz2", ".fz.gz")
 
@@ -32,6 +34,10 @@ STREAM_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2"}
 #: extension types that are not pictures of the sky (LSST/HSC calexp planes, weight maps, ...)
 AUXILIARY_PLANES = {"MASK", "VARIANCE", "WEIGHT", "INVVAR", "WHT", "BPM", "DQ", "ERR", "SIGMA", "UNCERT",
                     "EXPMAP"}
+#: extension names of amplifier segments (LSST raw files: one HDU per amplifier)
+SEGMENT_EXTNAME = re.compile(r"^SEGMENT\d+$", re.IGNORECASE)
+#: header keys naming the CCD an amplifier segment belongs to (several CCDs may share a file)
+SEGMENT_CCD_KEYS = ("CCDNAME", "DETNAME", "CCDSLOT", "DETECTOR")
 #: mask planes (MP_<NAME> header keys, LSST convention) that make a pixel unusable
 FLAGGED_MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "NO_DATA", "SUSPECT", "UNMASKEDNAN")
 
@@ -245,6 +251,7 @@ class HduInfo:
     raw_layout: dict | None = None      # sections.RawLayout.to_dict() of a raw frame (overscan, amplifiers)
     mask_index: int | None = None       # the HDU of its mask plane, if the file has one
     mask_bits: int | None = None        # mask bits that flag a pixel (None: any non-zero value)
+    segments: dict | None = None        # sections.SegmentLayout.to_dict(): a CCD read out as one HDU per amplifier
 
 
 @dataclass
@@ -260,6 +267,8 @@ class FileScan:
     file_reject: tuple[str, str] | None = None          # (reason, detail) if nothing usable
     camera: str | None = None                           # the camera profile it was read with
     detsecs: dict = field(default_factory=dict)         # HDU index -> DETSEC, to place CCDs
+    amplifier_hdus: bool = False                        # the camera writes one HDU per amplifier
+    segments: list = field(default_factory=list)        # (CCD name, Segment, shape, HduInfo) of such HDUs
 
 
 def _exposure_id(header: fits.Header, path: str) -> str:
@@ -338,7 +347,7 @@ def _apply_profile(scan: FileScan, primary: fits.Header, camera: str | None) -> 
     scan.meta["camera"] = profile.name
     for hdu in scan.hdus:
         hdu.pixel_scale = hdu.pixel_scale or profile.pixel_scale
-        if hdu.saturation is None and hdu.raw_layout is None:
+        if hdu.saturation is None and hdu.raw_layout is None and hdu.segments is None:
             hdu.saturation = profile.saturation
     if profile.ccd_position == "detsec" and scan.hdus and all(h.ccd_row < 0 for h in scan.hdus):
         places = detsec_positions({h.hdu_index: scan.detsecs.get(h.hdu_index) for h in scan.hdus})
@@ -372,10 +381,45 @@ def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int, camera: str | Non
                 truth_label=_card(primary, "QUALITY", str), truth_kind=_card(primary, "QUALKIND", str),
                 zero_point=_first_card([primary], ZERO_POINT_KEYS))
             scan.night = night_of(scan.meta["mjd_obs"], scan.meta["date_obs"])
+            scan.amplifier_hdus = _profile(primary, camera).amplifier_hdus
         _check_hdu(hdu, index, scan, size, min_side, primary)
         index += 1
+    if scan.segments:
+        _assemble_segments(scan, min_side)
     if primary is not None:
         _apply_profile(scan, primary, camera)
+
+
+def _profile(primary: fits.Header, camera: str | None):
+    from .camera import profile_for
+
+    return profile_for(primary, camera)
+
+
+def _assemble_segments(scan: FileScan, min_side: int) -> None:
+    """One CCD (:class:`HduInfo` with ``segments``) from the amplifier HDUs of each CCD of the file."""
+    by_ccd: dict[str, list] = {}
+    for ccd, segment, shape, info in scan.segments:
+        by_ccd.setdefault(ccd, []).append((segment, shape, info))
+    for ccd, members in by_ccd.items():
+        layout = SegmentLayout(tuple(m[0] for m in members))
+        first = members[0][2]
+        try:
+            layout.check({m[0].hdu_index: m[1] for m in members})
+        except SectionError as exc:
+            scan.rejects.extend(dict(hdu_index=m[0].hdu_index, extname=m[2].extname, reason="bad_section",
+                                     detail=str(exc)) for m in members)
+            continue
+        height, width = layout.shape
+        if min(height, width) < min_side:
+            scan.rejects.extend(dict(hdu_index=m[0].hdu_index, extname=m[2].extname, reason="wrong_dimensions",
+                                     detail=f"assembled CCD {height}x{width} below {min_side} px") for m in members)
+            continue
+        first.extname = ccd or first.extname
+        first.height, first.width = height, width
+        first.segments = layout.to_dict()
+        scan.hdus.append(first)
+    scan.hdus.sort(key=lambda h: h.hdu_index)
 
 
 VALID_BITPIX = (8, 16, 32, 64, -32, -64)
@@ -446,6 +490,17 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int,
     if naxis != 2:
         scan.rejects.append(reject | dict(reason="wrong_dimensions", detail=f"NAXIS={naxis}, shape {shape}"))
         return
+    segment = segment_of(header, index) if scan.amplifier_hdus or SEGMENT_EXTNAME.match(extname) else None
+    if segment is not None and not _truncated(hdu, size, scan, reject):
+        # an amplifier of a CCD: assembled with the others once every header is read
+        ccd = next((str(header[k]).strip() for k in SEGMENT_CCD_KEYS if header.get(k) is not None), "")
+        scan.segments.append((ccd, segment, shape, HduInfo(
+            hdu_index=index, extname=extname, height=shape[0], width=shape[1],
+            ccd_row=_card(header, "CCDROW", int, default=-1), ccd_col=_card(header, "CCDCOL", int, default=-1),
+            pixel_scale=_first_card([header, primary], PIXEL_SCALE_KEYS) or wcs_pixel_scale(header))))
+        return
+    if segment is not None:
+        return
     layout = amplifier_layout(header)
     if layout is not None:
         try:
@@ -457,11 +512,7 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int,
     if min(shape) < min_side:
         scan.rejects.append(reject | dict(reason="wrong_dimensions", detail=f"shape {shape} below {min_side} px"))
         return
-    info = hdu.fileinfo() or {}
-    end = info.get("datLoc", 0) + info.get("datSpan", 0)
-    if size is not None and end > size:
-        scan.rejects.append(reject | dict(reason="truncated",
-                                          detail=f"data end at byte {end}, file has {size}"))
+    if _truncated(hdu, size, scan, reject):
         return
     scan.detsecs[index] = header.get("DETSEC")
     scan.hdus.append(HduInfo(
@@ -471,6 +522,16 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int,
         # a raw frame's SATURATE is in raw ADU, before bias and gain: the corrected image's maximum serves
         saturation=_first_card([header, primary], ("SATURATE",)) if layout is None else None,
         raw_layout=layout.to_dict() if layout is not None else None))
+
+
+def _truncated(hdu, size: int | None, scan: FileScan, reject: dict) -> bool:
+    """Whether the HDU's data run past the end of the file (then it is rejected)."""
+    info = hdu.fileinfo() or {}
+    end = info.get("datLoc", 0) + info.get("datSpan", 0)
+    if size is not None and end > size:
+        scan.rejects.append(reject | dict(reason="truncated", detail=f"data end at byte {end}, file has {size}"))
+        return True
+    return False
 
 
 def _physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:
@@ -514,18 +575,30 @@ def read_mask(path: str, mask_index: int, bits: int | None, raw_layout: dict | N
             return _flagged(hdul[mask_index], bits, raw_layout)
 
 
+def _pixels(hdu) -> np.ndarray:
+    raw = hdu.data
+    if raw is None:
+        raise Reject("wrong_dimensions", "HDU has no data")
+    if raw.ndim != 2:
+        raise Reject("wrong_dimensions", f"data shape {raw.shape}")
+    return _physical(raw, hdu.header)
+
+
 def read_ccd_and_mask(path: str, hdu_index: int, raw_layout: dict | None = None, mask_index: int | None = None,
-                      mask_bits: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`read_ccd` and, where the CCD has a mask plane, :func:`read_mask`, from one opening of the file."""
+                      mask_bits: int | None = None, segments: dict | None = None,
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`read_ccd` and, where the CCD has a mask plane, :func:`read_mask`, from one opening of the file.
+
+    A CCD written as amplifier segments (``segments`` from the scan) is read
+    from all of them, each overscan-corrected, and assembled
+    (:func:`sections.assemble`).
+    """
     with _reading():
         with _open(path) as hdul:
-            hdu = hdul[hdu_index]
-            raw = hdu.data
-            if raw is None:
-                raise Reject("wrong_dimensions", "HDU has no data")
-            if raw.ndim != 2:
-                raise Reject("wrong_dimensions", f"data shape {raw.shape}")
-            image = _physical(raw, hdu.header)
+            if segments is not None:
+                layout = SegmentLayout.from_dict(segments)
+                return assemble({s.hdu_index: _pixels(hdul[s.hdu_index]) for s in layout.segments}, layout), None
+            image = _pixels(hdul[hdu_index])
             layout = RawLayout.from_dict(raw_layout)
             image = correct_raw(image, layout) if layout is not None else image
             mask = _flagged(hdul[mask_index], mask_bits, raw_layout) if mask_index is not None else None

@@ -16,23 +16,24 @@ file-level row of ``rejects/``.
 """
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from . import schema
 from .config import IngestConfig
 from .detect import CcdResult, process_ccd
-from .fitsio import FileScan, Reject, file_reason, list_inputs, read_ccd_and_mask, scan_file
+from .fitsio import FileScan, Reject, file_reason, list_inputs, night_of, read_ccd_and_mask, scan_file
 from .lake import Lake
 from .qa import exposure_qa
 
 TABLES = ("exposures", "ccds", "cutouts", "rejects")
-UNKNOWN_NIGHT = "unknown"
 
 
 @dataclass
@@ -62,51 +63,72 @@ def read_and_process(task: dict, cfg: IngestConfig) -> CcdResult:
     :class:`fitsio.HduInfo`.  Raises :class:`fitsio.Reject`.
     """
     image, mask = read_ccd_and_mask(task["path"], task["hdu_index"], task.get("raw_layout"),
-                                    task.get("mask_index"), task.get("mask_bits"))
+                                    task.get("mask_index"), task.get("mask_bits"), task.get("segments"))
     return process_ccd(image, task["exposure_id"], task["hdu_index"], cfg, keep_window=task.get("window", False),
                        pixel_scale=task.get("pixel_scale"), saturation=task.get("saturation"), mask=mask)
 
 
-def _ccd_task(task: dict, cfg: IngestConfig) -> dict:
-    """Read and process one HDU: the ``ccds`` row plus its cutouts (a Spark task)."""
+def _ccd_task(task: dict, cfg: IngestConfig) -> tuple[dict, CcdResult | None]:
+    """Read and process one HDU: the ``ccds`` row (scalars) and the result holding its cutouts.
+
+    A reject gives the row with ``reject_reason`` and no result.
+    """
     row = dict(night=task["night"], exposure_id=task["exposure_id"], hdu_index=task["hdu_index"],
                extname=task["extname"], ccd_row=task["ccd_row"], ccd_col=task["ccd_col"],
                height=task["height"], width=task["width"])
     try:
         result = read_and_process(task, cfg)
     except Reject as exc:
-        return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
-                          reject_reason=exc.reason, reject_detail=exc.detail, cutouts=[], **_NO_VIEWS, **_NO_QA)
+        return row | _rejected(exc.reason, exc.detail), None
     except Exception as exc:  # sep or numpy on a pathological image: reject, don't fail the night
-        return row | dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
-                          reject_reason="unreadable_data", reject_detail=f"{type(exc).__name__}: {exc}"[:500],
-                          cutouts=[], **_NO_VIEWS, **_NO_QA)
-    weight = float(result.weight)
-    cutouts = [(int(i), float(x), float(y), float(f), weight, bytearray(p))
-               for i, x, y, f, p in zip(result.source_index, result.x, result.y, result.flux, result.pixels)]
+        return row | _rejected("unreadable_data", f"{type(exc).__name__}: {exc}"[:500]), None
     return row | dict(n_detected=result.n_detected, n_sampled=result.n_sampled,
                       background=result.background, background_rms=result.background_rms, dead=result.dead,
                       reject_reason=result.reject_reason, reject_detail=result.reject_detail,
-                      thumbnail=bytearray(result.thumbnail) if result.thumbnail else None,
+                      thumbnail=result.thumbnail or None,
                       thumbnail_height=result.thumbnail_shape[0], thumbnail_width=result.thumbnail_shape[1],
-                      window=bytearray(result.window) if result.window else None,
+                      window=result.window or None,
                       window_height=result.window_shape[0], window_width=result.window_shape[1],
-                      cutouts=cutouts, **result.qa)
+                      **result.qa), result
 
 
-def _as_tuple(row: dict, columns: list[str]) -> tuple:
-    return tuple(row[c] for c in columns)
+def _rejected(reason: str, detail: str) -> dict:
+    return dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
+                reject_reason=reason, reject_detail=detail, **_NO_VIEWS, **_NO_QA)
 
 
-def _result_schema():
-    """Spark schema of a per-CCD task result: the ccds columns + reject detail + nested cutouts."""
-    from pyspark.sql.types import ArrayType, StringType, StructField, StructType
+#: the cutout columns a CCD task returns (night, exposure and HDU come from its row)
+_CUTOUT_FIELDS = [f for f in schema.CUTOUTS if f.name not in ("night", "exposure_id", "hdu_index")]
+#: what one CCD task returns: its ``ccds`` row, the reject detail and its cutouts, nested
+RESULT = pa.schema(list(schema.CCDS) + [pa.field("reject_detail", pa.string()),
+                                        pa.field("cutouts", pa.list_(pa.struct(_CUTOUT_FIELDS)))])
 
-    ccds = schema.spark_schema("ccds")
-    cut = schema.spark_schema(pa.schema([f for f in schema.CUTOUTS
-                                         if f.name not in ("night", "exposure_id", "hdu_index")]))
-    return StructType(list(ccds.fields) + [StructField("reject_detail", StringType()),
-                                           StructField("cutouts", ArrayType(cut))])
+
+def result_batch(row: dict, result: CcdResult | None) -> pa.RecordBatch:
+    """One CCD task's output as a one-row Arrow batch of :data:`RESULT`.
+
+    The cutouts go in as columns built from the result's numpy arrays, so a
+    CCD's hundred cutouts cross from Python to Spark as Arrow buffers, not as
+    a hundred pickled tuples.
+    """
+    n = result.n_sampled if result is not None else 0
+    if n:
+        columns = dict(source_index=result.source_index, x=result.x, y=result.y, flux=result.flux,
+                       weight=np.full(n, result.weight, np.float32), pixels=result.pixels)
+    else:
+        columns = {f.name: [] for f in _CUTOUT_FIELDS}
+    cutouts = pa.StructArray.from_arrays([pa.array(columns[f.name], f.type) for f in _CUTOUT_FIELDS],
+                                         fields=_CUTOUT_FIELDS)
+    arrays = [pa.array([row[f.name]], f.type) for f in RESULT if f.name != "cutouts"]
+    arrays.append(pa.ListArray.from_arrays(pa.array([0, n], pa.int32()), cutouts))
+    return pa.RecordBatch.from_arrays(arrays, schema=RESULT)
+
+
+def process_tasks(batches, cfg: IngestConfig):
+    """``mapInArrow`` body: each task (a JSON string) read, processed and yielded as a result batch."""
+    for batch in batches:
+        for text in batch.column("task").to_pylist():
+            yield result_batch(*_ccd_task(json.loads(text), cfg))
 
 
 WINDOWS_PER_EXPOSURE = 2  # the central CCD may be dead: its neighbour's window stands in
@@ -130,7 +152,9 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
 
     Exposures take ``night`` when given, else the night of their header.
     Rejects of files whose night is unknown go to the run's night: ``night``,
-    else the most common night of the run's exposures.
+    else the most common night of the run's exposures, else the night the run
+    started in (a night of nothing but unreadable files is still a
+    ``YYYYMMDD`` partition).
     """
     exposures, tasks, rejects = [], [], []
     seen: dict[tuple[str, str], str] = {}
@@ -158,10 +182,16 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
         for hdu in scan.hdus:
             tasks.append(dict(path=scan.path, night=n, exposure_id=scan.exposure_id,
                               window=hdu.hdu_index in central, **asdict(hdu)))
-    run_night = night or (Counter(e["night"] for e in exposures).most_common(1) or [(UNKNOWN_NIGHT, 0)])[0][0]
+    run_night = night or (Counter(e["night"] for e in exposures).most_common(1) or [(_night_now(), 0)])[0][0]
     for r in rejects:
         r["night"] = r["night"] or run_night
     return exposures, tasks, rejects
+
+
+def _night_now() -> str:
+    from astropy.time import Time
+
+    return night_of(mjd=Time.now().mjd)
 
 
 def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.DataFrame, list[dict]]:
@@ -242,18 +272,17 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
     exposures, tasks, rejects = plan_night(scans, night)
     log(f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far")
 
-    # stage 2: one task per CCD HDU (parallelize with one slice per element)
-    result_schema = _result_schema()
-    columns = [f.name for f in result_schema.fields]
+    # stage 2: one task per CCD HDU (parallelize with one slice per element); results come back
+    # as Arrow batches (mapInArrow), columnar from the task's numpy arrays to the Parquet files
+    result_schema = schema.spark_schema(RESULT)
     if tasks:
-        rdd = sc.parallelize(tasks, len(tasks)).map(lambda t: _as_tuple(_ccd_task(t, cfg), columns))
+        task_df = sc.parallelize([(json.dumps(t),) for t in tasks], len(tasks)).toDF("task string")
         # on disk: an in-memory columnar cache of the nested cutouts costs more than it saves
-        # rows are built by _ccd_task against this very schema: Python-side verification
-        # would cost ~0.06 s per CCD for nothing
-        results = spark.createDataFrame(rdd, result_schema, verifySchema=False).persist(StorageLevel.DISK_ONLY)
+        results = task_df.mapInArrow(lambda batches: process_tasks(batches, cfg), result_schema) \
+            .persist(StorageLevel.DISK_ONLY)
     else:
         results = spark.createDataFrame([], result_schema)
-    summary_cols = [c for c in columns if c not in ("cutouts", "thumbnail", "window")]
+    summary_cols = [f.name for f in RESULT if f.name not in ("cutouts", "thumbnail", "window")]
     t0 = time.perf_counter()
     ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
     log(f"ingest: processed {len(ccd_rows)} CCDs in {time.perf_counter() - t0:.1f} s")

@@ -192,6 +192,9 @@ class DesomInference(nn.Module):
     Read it with :func:`split_inference`.
     """
 
+    #: the name of the output in the registered model's signature
+    output_names = ("node_distance_latent",)
+
     def __init__(self, desom: DESOM):
         super().__init__()
         self.desom = desom

@@ -49,17 +49,75 @@ def connect(lake: Lake, cfg: MlflowConfig = MlflowConfig()) -> str:
     import mlflow
 
     uri = tracking_uri(lake, cfg)
+    embedded = uri == f"sqlite:///{lake.path('mlflow.db')}" if lake.is_local else False
+    if embedded:
+        reroot_embedded_store(lake)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         experiment = mlflow.get_experiment_by_name(cfg.experiment)
+        if embedded:
+            _home_default_experiment(lake)
         if experiment is not None:
             return experiment.experiment_id
-        artifacts = lake.path("mlartifacts") if uri.startswith("sqlite:") else None
-        location = ("file://" + artifacts) if artifacts and lake.is_local else artifacts
+        # a SQLite store keeps its artifacts in the lake, not in ./mlruns of whatever folder we run from
+        location = _artifact_root(lake) if uri.startswith("sqlite:") and lake.is_local else None
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
     except Exception as exc:
         raise RegistryError(f"MLflow at {uri} is not usable: {type(exc).__name__}: {str(exc)[:300]}") from exc
+
+
+def _artifact_root(lake: Lake) -> str:
+    return "file://" + lake.path("mlartifacts")
+
+
+def _home_default_experiment(lake: Lake) -> None:
+    """MLflow creates a ``Default`` experiment with the working directory's ``./mlruns`` as its
+    location when it makes a store: in the lake's own store it lives in the lake like the rest."""
+    import sqlite3
+
+    with sqlite3.connect(lake.path("mlflow.db")) as db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0 AND "
+                   "substr(artifact_location, 1, ?) != ?",
+                   (_artifact_root(lake) + "/0", len(_artifact_root(lake)), _artifact_root(lake)))
+
+
+def reroot_embedded_store(lake: Lake) -> int:
+    """Make a copied or moved lake's own MLflow store point at the lake where it now is.
+
+    MLflow records absolute artifact locations (experiment, runs, logged
+    models, model versions).  A lake carries its ``mlartifacts/`` beside its
+    ``mlflow.db``, so when the recorded root is not the lake's present one,
+    every recorded location under the old root is rewritten under the new
+    root -- in this store only: the lake it was copied from is untouched.
+    MLflow has no API to move artifact locations; the store is the lake's own
+    SQLite file, so the rewrite is a few SQL ``UPDATE`` statements, done
+    before MLflow opens the file.  Returns the number of values rewritten.
+    """
+    import sqlite3
+
+    path = lake.path("mlflow.db")
+    if not os.path.exists(path):
+        return 0
+    new_root = _artifact_root(lake)
+    with sqlite3.connect(path) as db:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiments" not in tables:
+            return 0
+        roots = {loc for (loc,) in db.execute("SELECT artifact_location FROM experiments")
+                 if loc and loc.startswith("file://") and loc.rstrip("/").endswith("/mlartifacts")}
+        changed = 0
+        for old_root in roots - {new_root}:
+            for table in sorted(tables):
+                for _, column, kind, *_ in db.execute(f'PRAGMA table_info("{table}")').fetchall():
+                    if not str(kind).upper().startswith(("VARCHAR", "TEXT")):
+                        continue
+                    cursor = db.execute(
+                        f'UPDATE "{table}" SET "{column}" = ? || substr("{column}", ?) '
+                        f'WHERE substr("{column}", 1, ?) = ?',
+                        (new_root, len(old_root) + 1, len(old_root), old_root))
+                    changed += cursor.rowcount
+    return changed
 
 
 @contextmanager
@@ -70,6 +128,55 @@ def run(lake: Lake, cfg: MlflowConfig, name: str, run_id: str | None = None):
     experiment_id = connect(lake, cfg)
     with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=name) as r:
         yield r
+
+
+def code_version() -> str:
+    """The git commit of the checkout the package runs from (``+dirty`` with local changes), else its version."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"desomspark {version('desomspark')}"
+        except PackageNotFoundError:
+            return "unknown"
+
+
+def night_span(nights: list[str]) -> str:
+    """``20251120`` or ``20251120-21`` or ``20251120-20251203`` (for run names)."""
+    nights = sorted(nights)
+    if not nights:
+        return "no nights"
+    first, last = nights[0], nights[-1]
+    if first == last:
+        return first
+    return f"{first}-{last[6:]}" if first[:6] == last[:6] else f"{first}-{last}"
+
+
+def log_training_data(name: str, path: str, nights: list[str], rows: int, digest: str) -> None:
+    """Record what a model was trained on as an MLflow dataset input, with the code's commit as a tag."""
+    import warnings
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local folder it is
+        source = resolve_dataset_source(path)
+    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context="training",
+                     tags={"nights": ",".join(sorted(nights)), "rows": str(rows)})
+    mlflow.set_tags({"git_commit": code_version(), "training_nights": night_span(nights),
+                     "training_rows": str(rows)})
 
 
 def log_history(history: list[dict]) -> None:
@@ -94,13 +201,15 @@ def flatten(prefix: str, values: dict) -> dict[str, str]:
 
 
 def register_model(module, name: str, input_example, metadata: dict, tags: dict[str, str] | None = None,
-                   extra: dict | None = None) -> str:
+                   extra: dict | None = None, description: str | None = None) -> str:
     """Log ``module`` in the active run, register it as ``name`` and point ``challenger`` at it.
 
     The module is saved in MLflow's ``pt2`` format (``torch.export``: a graph
     and tensors, no pickled code); ``metadata`` (map shape, DESOM-1 version...)
     goes into the MLmodel file and ``extra`` arrays (e.g. decoded prototypes)
-    into ``extra.npz`` beside it.  Returns the new version.
+    into ``extra.npz`` beside it; ``description`` is shown on the registered
+    version.  The signature gives the inputs and every output (named as the
+    module's ``output_names``, else ``output_0``...).  Returns the new version.
     """
     import tempfile
 
@@ -110,9 +219,18 @@ def register_model(module, name: str, input_example, metadata: dict, tags: dict[
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
+    import torch
+
     example = np.asarray(input_example)
+    with torch.no_grad():
+        outputs = module.cpu().eval()(torch.as_tensor(example))
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    names = list(getattr(module, "output_names", ())) or [f"output_{i}" for i in range(len(outputs))]
     # batch dimension -1: any batch size at inference
-    signature = ModelSignature(inputs=Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]))]))
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(example.dtype, (-1, *example.shape[1:]))]),
+        outputs=Schema([TensorSpec(np.dtype(str(o.numpy().dtype)), (-1, *o.shape[1:]), name=n)
+                        for n, o in zip(names, outputs)]))
     with tempfile.TemporaryDirectory() as tmp:
         extra_files = []
         if extra:
@@ -124,7 +242,10 @@ def register_model(module, name: str, input_example, metadata: dict, tags: dict[
                                         pip_requirements=PIP_REQUIREMENTS,
                                         metadata=metadata, extra_files=extra_files or None)
     version = mlflow.register_model(info.model_uri, name, tags=tags or {})
-    MlflowClient().set_registered_model_alias(name, CHALLENGER, version.version)
+    client = MlflowClient()
+    if description:
+        client.update_model_version(name, version.version, description=description)
+    client.set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 
 
@@ -161,17 +282,21 @@ def model_extra(uri: str) -> dict:
         return {k: data[k] for k in data.files}
 
 
-def promote(lake: Lake, cfg: MlflowConfig, name: str, version: str) -> None:
-    """Move alias ``champion`` of model ``name`` to ``version``."""
+def promote(lake: Lake, cfg: MlflowConfig, name: str, version: str) -> str:
+    """Move alias ``champion`` of model ``name`` to ``version`` (``challenger``: the version that alias
+    names); returns the version promoted."""
     from mlflow import MlflowClient
 
     connect(lake, cfg)
     client = MlflowClient()
     try:
+        if version == CHALLENGER:  # the version the last training registered
+            version = client.get_model_version_by_alias(name, CHALLENGER).version
         client.get_model_version(name, str(version))
     except Exception as exc:
         raise RegistryError(f"model {name} has no version {version}") from exc
     client.set_registered_model_alias(name, CHAMPION, str(version))
+    return str(version)
 
 
 def resolve(uri: str) -> tuple[str, str]:

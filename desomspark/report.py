@@ -17,6 +17,8 @@ Every string that comes from a FITS header, a path or a label is escaped
 """
 from __future__ import annotations
 
+import os
+
 import html
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +28,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from . import plots, registry
-from .assign import current_labels
+from .assign import current_labels, with_current_labels
 from .lake import Lake
 
 GALLERY_SIZE = 9
@@ -96,10 +98,13 @@ def cell_summary(members: pd.DataFrame) -> pd.DataFrame:
 
 
 def night_summaries(lake: Lake) -> pd.DataFrame:
-    """Per night: exposures ok / partial, rejected files, CCDs, cutouts, assigned exposures."""
+    """Per night: exposures ok / partial, rejected files (counted and named with their reason),
+    CCDs, cutouts, assigned exposures."""
     exposures = lake.read("exposures", columns=["night", "status", "n_ccds_used", "n_cutouts"]).to_pandas()
-    rejects = lake.read("rejects", columns=["night", "hdu_index"]).to_pandas()
-    assigned = lake.read("assignments", columns=["night", "exposure_id", "label"]).to_pandas()
+    rejects = lake.read("rejects", columns=["night", "path", "hdu_index", "reason"]).to_pandas()
+    files = rejects[rejects["hdu_index"].isna()]
+    assigned = with_current_labels(lake, lake.read("assignments", columns=[
+        "night", "exposure_id", "cell_x", "cell_y", "desom2_version"]).to_pandas())
     nights = sorted(set(exposures["night"]) | set(rejects["night"]))
     rows = []
     for night in nights:
@@ -108,7 +113,9 @@ def night_summaries(lake: Lake) -> pd.DataFrame:
         labels = a["label"].fillna("(unlabelled)").value_counts()
         rows.append({"night": night, "ok": int((e["status"] == "ok").sum()),
                      "partial": int((e["status"] == "partial").sum()),
-                     "rejected_files": int(((rejects["night"] == night) & rejects["hdu_index"].isna()).sum()),
+                     "rejected_files": int((files["night"] == night).sum()),
+                     "rejected": "; ".join(f"{os.path.basename(str(r.path))} ({r.reason})"
+                                           for r in files[files["night"] == night].itertuples()),
                      "ccds": int(e["n_ccds_used"].sum()), "cutouts": int(e["n_cutouts"].sum()),
                      "assigned": int(a["exposure_id"].nunique()),
                      "labels": ", ".join(f"{k}: {v}" for k, v in labels.items())})
@@ -238,7 +245,7 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> 
         sections.append(
             f'<section class="gallery" id="gallery-{x}-{y}" hidden><h3>Cell ({x}, {y})</h3>'
             f'<p>Label: <b class="label">{_e(cell["label"]) or "(none)"}</b> &middot; {int(cell["count"])} exposures'
-            f' &middot; label it: <code>desomspark label --cell {x},{y} --label NAME</code></p>'
+            f' &middot; label it: <code>desomspark label --lake {_e(lake.root)} --cell {x},{y} --label NAME</code></p>'
             f'<img src="{name}" alt="gallery of cell ({x}, {y})">'
             f'{_table(listed.head(MAX_LISTED), columns, "list members")}{more}</section>')
 

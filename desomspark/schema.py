@@ -96,10 +96,10 @@ CUTOUTS = pa.schema([
     ("night", pa.string()),
     ("exposure_id", pa.string()),
     ("hdu_index", pa.int32()),
-    ("source_index", pa.int32()),       # index in the CCD's sep catalogue
-    ("x", pa.float32()),                # sep centroid, 0-based pixels
+    ("source_index", pa.int32()),       # index in the CCD's sep catalogue; past its end: a trail tile
+    ("x", pa.float32()),                # cutout centre (sep centroid, or trail tile), 0-based pixels
     ("y", pa.float32()),
-    ("flux", pa.float32()),
+    ("flux", pa.float32()),             # sep flux; NaN for a trail tile
     ("weight", pa.float32()),           # n_detected / n_sampled of the CCD
     ("pixels", pa.binary()),           # CUTOUT_BYTES uint8, row-major
 ])

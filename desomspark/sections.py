@@ -8,6 +8,12 @@ beside overscan columns (``BIASSEC``) that read the amplifier's bias level.
 :func:`correct_raw` turns the raw array into the trimmed, bias-subtracted
 CCD image in electrons where the gain is known, in ADU otherwise.
 
+Some cameras (Rubin's LSSTCam, ComCam, LATISS) write each amplifier as an
+HDU of its own, a *segment* with its ``DATASEC`` and the ``DETSEC`` where its
+pixels go in the CCD (x1 > x2 or y1 > y2: read out flipped).
+:func:`segment_of` reads one, :class:`SegmentLayout` holds the segments of a
+CCD and :func:`assemble` corrects each and places it: one CCD image.
+
 Sections are FITS strings ``[x1:x2,y1:y2]``: 1-based, inclusive, x the column
 (NAXIS1), and x1 > x2 for a flipped read-out.  A section that cannot be
 parsed, or that falls outside the array (publishers' cut-outs often keep the
@@ -158,3 +164,113 @@ def correct_raw(raw: np.ndarray, layout: RawLayout) -> np.ndarray:
             block *= np.float32(amp.gain)
     trim = parse_section(layout.trim, shape)
     return np.ascontiguousarray(image[trim.rows, trim.cols])
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One amplifier of a CCD written as its own HDU (LSST raw files)."""
+
+    hdu_index: int
+    data: str            # DATASEC, in the segment's own pixels
+    bias: str | None     # BIASSEC; None: the serial overscan, every column after DATASEC
+    detsec: str          # where the data go in the assembled CCD (flipped when x1 > x2 or y1 > y2)
+    gain: float | None   # e-/ADU
+
+    def raw_layout(self, shape: tuple[int, int]) -> RawLayout:
+        """The one-amplifier :class:`RawLayout` of this segment, for an array of ``shape``."""
+        bias = self.bias
+        if bias is None:
+            data = parse_section(self.data, shape, "segment DATASEC")
+            if data.cols.stop >= shape[1]:
+                raise SectionError(f"segment HDU {self.hdu_index} has no BIASSEC and no overscan columns "
+                                   f"after DATASEC {self.data}")
+            bias = f"[{data.cols.stop + 1}:{shape[1]},{data.rows.start + 1}:{data.rows.stop}]"
+        return RawLayout(self.data, (Amplifier(self.data, bias, self.gain),))
+
+
+def segment_of(header, hdu_index: int) -> Segment | None:
+    """The :class:`Segment` an HDU header describes (``DATASEC`` and ``DETSEC``), else None."""
+    data, detsec = header.get("DATASEC"), header.get("DETSEC")
+    if data is None or detsec is None:
+        return None
+    bias = header.get("BIASSEC")
+    return Segment(hdu_index, str(data), str(bias) if bias is not None else None, str(detsec),
+                   _number(header, "GAIN"))
+
+
+def _box(text: str, key: str) -> tuple[int, int, int, int]:
+    match = SECTION_PATTERN.match(str(text))
+    if match is None:
+        raise SectionError(f"{key} = {text!r} is not a FITS section [x1:x2,y1:y2]")
+    return tuple(int(v) for v in match.groups())
+
+
+@dataclass(frozen=True)
+class SegmentLayout:
+    """The amplifier segments of one CCD and the CCD they make once assembled."""
+
+    segments: tuple[Segment, ...]
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """(row, column), 1-based, of the CCD's first pixel in ``DETSEC`` coordinates."""
+        boxes = [_box(s.detsec, "DETSEC") for s in self.segments]
+        return min(min(b[2:]) for b in boxes), min(min(b[:2]) for b in boxes)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the assembled CCD: the bounding box of the segments' ``DETSEC``."""
+        boxes = [_box(s.detsec, "DETSEC") for s in self.segments]
+        y0, x0 = self.origin
+        return max(max(b[2:]) for b in boxes) - y0 + 1, max(max(b[:2]) for b in boxes) - x0 + 1
+
+    def check(self, shapes: dict[int, tuple[int, int]]) -> None:
+        """Raise :class:`SectionError` unless the segments (HDU index -> array shape) tile the CCD once each."""
+        rows, cols = self.shape
+        covered = np.zeros((rows, cols), np.uint8)
+        y0, x0 = self.origin
+        for seg in self.segments:
+            layout = seg.raw_layout(shapes[seg.hdu_index])
+            check_layout(layout, shapes[seg.hdu_index])
+            place = parse_section(_shifted(seg.detsec, x0, y0), (rows, cols), "DETSEC")
+            if place.shape != parse_section(seg.data, shapes[seg.hdu_index]).shape:
+                raise SectionError(f"segment HDU {seg.hdu_index}: DETSEC {seg.detsec} and DATASEC {seg.data} "
+                                   f"differ in size")
+            covered[place.rows, place.cols] += 1
+        if covered.max() > 1:
+            raise SectionError("amplifier segments overlap in DETSEC")
+        if not covered.all():
+            raise SectionError(f"amplifier segments leave {int((covered == 0).sum())} pixels of the "
+                               f"{cols}x{rows} CCD uncovered")
+
+    def to_dict(self) -> dict:
+        return {"segments": [vars(s) for s in self.segments]}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "SegmentLayout | None":
+        return cls(tuple(Segment(**s) for s in d["segments"])) if d else None
+
+
+def _shifted(text: str, x0: int, y0: int) -> str:
+    x1, x2, y1, y2 = _box(text, "DETSEC")
+    return f"[{x1 - x0 + 1}:{x2 - x0 + 1},{y1 - y0 + 1}:{y2 - y0 + 1}]"
+
+
+def assemble(raws: dict[int, np.ndarray], layout: SegmentLayout) -> np.ndarray:
+    """One CCD image from its segments (HDU index -> raw array): each corrected, flipped as DETSEC says, placed."""
+    layout.check({i: a.shape for i, a in raws.items()})
+    y0, x0 = layout.origin
+    image = np.empty(layout.shape, np.float32)
+    for seg in layout.segments:
+        raw = raws[seg.hdu_index]
+        block = correct_raw(raw, seg.raw_layout(raw.shape))
+        # a flipped DETSEC (or DATASEC) means the amplifier reads the other way
+        dx1, dx2, dy1, dy2 = _box(seg.data, "DATASEC")
+        tx1, tx2, ty1, ty2 = _box(seg.detsec, "DETSEC")
+        if (dx1 > dx2) != (tx1 > tx2):
+            block = block[:, ::-1]
+        if (dy1 > dy2) != (ty1 > ty2):
+            block = block[::-1, :]
+        place = parse_section(_shifted(seg.detsec, x0, y0), image.shape)
+        image[place.rows, place.cols] = block
+    return image

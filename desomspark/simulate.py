@@ -389,22 +389,84 @@ def raw_frame(pixels: np.ndarray, hdr: fits.Header, spec: ExposureSpec, ccd: int
     return np.clip(np.rint(raw), 0, 65535).astype(np.uint16), hdr
 
 
-def exposure_filename(spec: ExposureSpec, compress: bool, raw: bool = False) -> str:
+#: LSST-like segments: prescan columns before the data, serial overscan after, parallel overscan above
+PRESCAN, SEGMENT_OVERSCAN, PARALLEL_OVERSCAN = 3, 16, 8
+
+
+def segment_frames(pixels: np.ndarray, hdr: fits.Header, spec: ExposureSpec, ccd: int, cfg: SimulateConfig,
+                   grid: tuple[int, int] = (2, 4)) -> list[tuple[np.ndarray, fits.Header]]:
+    """The raw read-out of a simulated CCD as LSST writes it: one HDU per amplifier segment.
+
+    The CCD is cut into ``grid`` (rows, columns) amplifiers.  Each segment
+    holds ``PRESCAN`` columns, its data (``DATASEC``), ``SEGMENT_OVERSCAN``
+    columns of serial overscan and ``PARALLEL_OVERSCAN`` rows of parallel
+    overscan, with no ``BIASSEC`` card (as LSST raw files); its own gain and
+    bias level; and the data read from the amplifier's corner, so that the
+    top row of amplifiers is flipped in y and every other column in x --
+    ``DETSEC`` says so (x1 > x2, y1 > y2).  Each segment names its CCD
+    (``CCDNAME``).
+    """
+    rng = np.random.default_rng([spec.seed, ccd, 0x5E6])
+    h, w = pixels.shape
+    rows, cols = grid
+    sh, sw = h // rows, w // cols
+    electrons = pixels.astype(np.float64) * cfg.gain
+    frames = []
+    for r in range(rows):
+        for c in range(cols):
+            gain = float(rng.uniform(1.3, 1.9))
+            bias = float(rng.uniform(15000.0, 25000.0))
+            block = electrons[r * sh:(r + 1) * sh, c * sw:(c + 1) * sw]
+            flip_y, flip_x = r == rows - 1 and rows > 1, c % 2 == 1
+            read = block[::-1 if flip_y else 1, ::-1 if flip_x else 1]
+            raw = bias + rng.normal(0.0, cfg.read_noise / gain, size=(sh + PARALLEL_OVERSCAN,
+                                                                     PRESCAN + sw + SEGMENT_OVERSCAN))
+            raw[:sh, PRESCAN:PRESCAN + sw] += read / gain
+            x1, x2 = c * sw + 1, (c + 1) * sw
+            y1, y2 = r * sh + 1, (r + 1) * sh
+            seg = hdr.copy()
+            seg["EXTNAME"] = f"Segment{r}{c}"
+            seg["CCDNAME"] = hdr["EXTNAME"]
+            seg["DATASEC"] = f"[{PRESCAN + 1}:{PRESCAN + sw},1:{sh}]"
+            seg["DETSEC"] = (f"[{x2 if flip_x else x1}:{x1 if flip_x else x2},"
+                             f"{y2 if flip_y else y1}:{y1 if flip_y else y2}]")
+            seg["DETSIZE"] = f"[1:{w},1:{h}]"
+            seg["GAIN"] = (round(gain, 4), "e-/ADU")
+            frames.append((np.clip(np.rint(raw), 0, 65535).astype(np.uint16), seg))
+    return frames
+
+
+RAW_KINDS = ("amplifiers", "segments")
+
+
+def exposure_filename(spec: ExposureSpec, compress: bool, raw: bool | str = False) -> str:
     return f"sim{spec.expnum}" + ("_raw" if raw else "") + ".fits" + (".fz" if compress else "")
 
 
 def write_exposure(spec: ExposureSpec, out_dir: str | os.PathLike, cfg: SimulateConfig,
-                   compress: bool = False, raw: bool = False) -> Path:
-    """Simulate one exposure and write it as a multi-extension FITS file (``raw``: as the camera reads it out)."""
+                   compress: bool = False, raw: bool | str = False) -> Path:
+    """Simulate one exposure and write it as a multi-extension FITS file.
+
+    ``raw``: as the camera reads it out, ``"amplifiers"`` (or True) two
+    amplifiers with overscan per CCD HDU (:func:`raw_frame`, MegaCam),
+    ``"segments"`` one HDU per amplifier (:func:`segment_frames`, LSST).
+    """
+    if raw and raw is not True and raw not in RAW_KINDS:
+        raise ValueError(f"raw must be one of {RAW_KINDS}, not {raw!r}")
     hdus: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = [fits.PrimaryHDU(header=_primary_header(spec, cfg))]
     for ccd in range(cfg.n_ccds):
         data, hdr = simulate_ccd(spec, ccd, cfg)
-        if raw:
-            data, hdr = raw_frame(data, hdr, spec, ccd, cfg)
-        if compress:
-            hdus.append(fits.CompImageHDU(data=data, header=hdr, compression_type="RICE_1"))
+        if raw == "segments":
+            frames = segment_frames(data, hdr, spec, ccd, cfg)
+        elif raw:
+            frames = [raw_frame(data, hdr, spec, ccd, cfg)]
         else:
-            hdus.append(fits.ImageHDU(data=data, header=hdr))
+            frames = [(data, hdr)]
+        for data, hdr in frames:
+            if compress:
+                hdus.append(fits.CompImageHDU(data=data, header=hdr, compression_type="RICE_1"))
+            else:
+                hdus.append(fits.ImageHDU(data=data, header=hdr))
     path = Path(out_dir) / exposure_filename(spec, compress, raw)
     tmp = path.with_name(path.name + ".part")
     fits.HDUList(hdus).writeto(tmp, overwrite=True)
@@ -431,7 +493,7 @@ def _progress(done: int, total: int) -> None:
 
 
 def simulate_night(out_dir: str | os.PathLike, n_exposures: int, cfg: SimulateConfig = SimulateConfig(),
-                   seed: int = 0, mix: str = "balanced", compress: bool = False, raw: bool = False,
+                   seed: int = 0, mix: str = "balanced", compress: bool = False, raw: bool | str = False,
                    processes: int | None = None, progress: bool = True) -> list[Path]:
     """Write ``n_exposures`` simulated exposures and ``truth.csv`` into ``out_dir``.
 
@@ -446,8 +508,9 @@ def simulate_night(out_dir: str | os.PathLike, n_exposures: int, cfg: SimulateCo
     mix : {"balanced", "survey"}
     compress : bool
         Rice-compress every CCD (``.fits.fz``).
-    raw : bool
-        Write raw frames (two amplifiers with overscan per CCD, :func:`raw_frame`).
+    raw : bool or {"amplifiers", "segments"}
+        Write raw frames: two amplifiers with overscan per CCD HDU
+        (:func:`raw_frame`), or one HDU per amplifier (:func:`segment_frames`).
     processes : int, optional
         Worker processes (default: the machine's cores).
 

@@ -37,16 +37,19 @@ def test_every_manifest_is_valid_kubernetes_yaml():
     for path, doc in _documents():
         assert doc["apiVersion"] and doc["kind"] and doc["metadata"]["name"], path
         assert doc["metadata"]["namespace"] == "desomspark", path
-        name = doc["metadata"]["name"].replace("__NIGHT__", "20261123")
+        name = doc["metadata"]["name"].replace("__NIGHT__", "20261123").replace("__MODEL__", "desom2").replace(
+            "__VERSION__", "4")
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63, name
         kinds.append(doc["kind"])
-    assert kinds.count("SparkApplication") == 3
-    assert {"Deployment", "Service", "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding"} <= set(kinds)
+    assert kinds.count("SparkApplication") == len(list((ROOT / "jobs").glob("*.py")))
+    assert {"Deployment", "Service", "PersistentVolumeClaim", "ServiceAccount", "Role", "RoleBinding",
+            "Job"} <= set(kinds)
 
 
 def test_spark_applications_run_existing_jobs_with_accepted_arguments():
     apps = {doc["metadata"]["labels"]["stage"]: doc for _, doc in _documents() if doc["kind"] == "SparkApplication"}
-    assert set(apps) == {"ingest", "train-desom1", "nightly"}
+    # every spark-submit job has its manifest
+    assert set(apps) == {_stage(str(p)) for p in (ROOT / "jobs").glob("*.py")}
     parser = build_parser()
     for stage, app in apps.items():
         spec = app["spec"]
@@ -72,6 +75,17 @@ def test_spark_applications_run_existing_jobs_with_accepted_arguments():
     assert train["image"].endswith("-cuda")
 
 
+def test_promote_job_runs_the_promote_command():
+    (job,) = [doc for _, doc in _documents() if doc["kind"] == "Job" and doc["metadata"]["labels"]["stage"] == "promote"]
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["desomspark", "promote"]
+    args = [a.replace("__MODEL__", "desom2").replace("__VERSION__", "4") for a in container["args"]]
+    parsed = build_parser().parse_args(["promote", *args])
+    assert (parsed.model, parsed.version) == ("desom2", "4") and _in_repo(parsed.conf).is_file()
+    assert parsed.lake in {m["mountPath"] for m in container["volumeMounts"]}
+    assert {e["name"] for e in container["env"]} == {"MLFLOW_TRACKING_URI"}
+
+
 def test_dockerfiles_copy_what_exists():
     for name in ("Dockerfile", "Dockerfile.cuda"):
         text = (DEPLOY / name).read_text()
@@ -93,15 +107,21 @@ def _nightly(env: dict, *args: str) -> subprocess.CompletedProcess:
 def test_nightly_script_submits_the_nightly_job():
     done = _nightly({"SPARK_SUBMIT_ARGS": "--conf spark.executor.instances=4"}, "20261123")
     assert done.returncode == 0, done.stderr
-    cmd = shlex.split(done.stdout)
+    submit_line, report_line = done.stdout.strip().splitlines()
+    cmd = shlex.split(submit_line)
     assert cmd[:3] == ["spark-submit", "--master", "spark://spark-master:7077"]
     assert "spark.executor.instances=4" in cmd and "spark.executorEnv.MLFLOW_TRACKING_URI=http://mlflow:5000" in cmd
     job = next(i for i, c in enumerate(cmd) if c.endswith("jobs/nightly.py"))
     assert Path(cmd[job]).is_file()
     parsed = build_parser().parse_args(["nightly", *cmd[job + 1:]])
     assert parsed.night == "20261123" and parsed.input == "/data/raw/20261123" and Path(parsed.conf).is_file()
+    # then the report of the same lake, rebuilt for the morning
+    report = shlex.split(report_line)
+    assert report[1:4] == ["-m", "desomspark.cli", "report"]
+    parsed_report = build_parser().parse_args(report[3:])
+    assert parsed_report.lake == parsed.lake and parsed_report.out == parsed.lake + "/report"
     # default night: yesterday (UTC); a bad night or a missing master is refused
-    default = shlex.split(_nightly({}).stdout)
+    default = shlex.split(_nightly({}).stdout.splitlines()[0])
     assert re.fullmatch(r"\d{8}", default[default.index("--night") + 1])
     assert _nightly({}, "2026-11-23").returncode == 2
     missing = subprocess.run(["bash", str(DEPLOY / "schedule" / "nightly.sh"), "20261123"],

@@ -75,6 +75,22 @@ def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
     run = client.get_run(trained["run_id"])
     assert run.data.params["desom1.gamma"] == str(small_config.desom1.gamma)
     assert run.data.params["processes"] == "2"
+    # each parameter once, with the value the run used
+    assert run.data.params["desom1.iterations"] == str(small_config.desom1.iterations)
+    assert "iterations" not in run.data.params and "batch_size" not in run.data.params
+    # a name that says what ran, the code and the data it ran on
+    night = lake.nights("cutouts")[0]
+    assert run.info.run_name == f"desom1 6x6 {small_config.desom1.iterations} its nights {night}"
+    assert len(run.data.tags["git_commit"]) >= 40 and run.data.tags["training_nights"] == night
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "desom1 training cutouts" and dataset.dataset.digest.startswith("n800-seed")
+    assert {t.key: t.value for t in dataset.tags}["rows"] == run.data.tags["training_rows"]
+    assert "6x6" in version.description and night in version.description
+    # the signature says what comes out, not only what goes in
+    outputs = mlflow.models.get_model_info(f"models:/desom1/{trained['version']}").signature.outputs.to_dict()
+    assert [o["name"] for o in outputs] == ["node_distance_latent"] and list(outputs[0]["tensor-spec"]["shape"]) == [-1, 162]
+    # no experiment outside the lake (MLflow's Default one is homed there too)
+    assert all(e.artifact_location.startswith(f"file://{lake.root}/") for e in client.search_experiments())
     assert "loss" in run.data.metrics and "topographic_error" in run.data.metrics
     assert len(client.get_metric_history(trained["run_id"], "loss")) == 4
     artifacts = [a.path for a in client.list_artifacts(trained["run_id"])]

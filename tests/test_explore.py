@@ -47,6 +47,59 @@ def test_a_label_reaches_every_exposure_of_its_cell(spark, lake, config, monkeyp
         label_cell(lake, version, (shape[1], 0), "x", shape)
 
 
+def test_a_label_shows_at_once_where_results_are_read(lake, config, tmp_path):
+    """No assign needed: export and similar read the labels as they are now."""
+    table = lake.read("assignments").to_pandas()
+    cell = table.iloc[0]
+    uri, version = resolve_model(lake, config, "desom2", log=lambda m: None)
+    meta = registry.model_metadata(uri)
+    members = table[(table["cell_x"] == cell.cell_x) & (table["cell_y"] == cell.cell_y)]["exposure_id"]
+    label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), "Ghost", tuple(meta["map_shape"]))
+    try:
+        assert lake.read("assignments").to_pandas()["label"].isna().all()   # the table is not rewritten ...
+        export(lake, str(tmp_path / "now.csv"), "csv")
+        csv = pd.read_csv(tmp_path / "now.csv", dtype={"exposure_id": str}).set_index("exposure_id")
+        assert (csv.loc[members, "label"] == "Ghost").all()                 # ... yet export shows the label
+        assert csv.drop(index=members)["label"].isna().all()
+        near = similar(lake, uri, meta, members.iloc[0], k=len(table))
+        assert near.iloc[0]["label"] == "Ghost"
+        assert (near.set_index("exposure_id").loc[members, "label"] == "Ghost").all()
+    finally:
+        label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), None, tuple(meta["map_shape"]))
+    export(lake, str(tmp_path / "after.csv"), "csv")
+    assert pd.read_csv(tmp_path / "after.csv")["label"].isna().all()
+
+
+def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path):
+    """A lake copied elsewhere (shared storage) serves its models from its own mlartifacts/, not the old place."""
+    import os
+    import shutil
+    import sqlite3
+
+    moved = tmp_path / "shared" / "lake"
+    shutil.copytree(lake.root, moved)
+    hidden = lake.path("mlartifacts") + ".hidden"
+    os.rename(lake.path("mlartifacts"), hidden)  # the old place is gone: nothing may be read from it
+    try:
+        done = _cli("nightly", "--lake", str(moved), "--input", str(night_dir), "--night", "20251122",
+                    "--master", "local[2]")
+    finally:
+        os.rename(hidden, lake.path("mlartifacts"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assigned = Lake(str(moved)).read("assignments", nights=["20251122"]).to_pandas()
+    assert len(assigned) == 12 and assigned["cell_x"].notna().all()
+    with sqlite3.connect(moved / "mlflow.db") as db:
+        locations = [loc for (loc,) in db.execute("SELECT storage_location FROM model_versions")]
+        # no experiment of the store points outside the lake (MLflow's Default one included)
+        experiments = [loc for (loc,) in db.execute("SELECT artifact_location FROM experiments")]
+    assert locations and all(loc.startswith(f"file://{moved}/mlartifacts/") for loc in locations)
+    assert all(loc.startswith(f"file://{moved}/mlartifacts") for loc in experiments)
+    with sqlite3.connect(lake.path("mlflow.db")) as db:     # the lake it was copied from is untouched
+        assert db.execute("SELECT artifact_location FROM experiments WHERE name = 'desomspark'").fetchone()[0] \
+            == f"file://{lake.root}/mlartifacts"
+    assert not os.path.exists(os.path.join(lake.root, "20251122")) and "20251122" not in lake.nights("exposures")
+
+
 def test_export_csv_and_parquet(lake, tmp_path):
     n = export(lake, str(tmp_path / "a.csv"), "csv")
     csv = pd.read_csv(tmp_path / "a.csv", dtype={"exposure_id": str})

@@ -171,5 +171,5 @@ def test_fuzzed_fits_never_escapes_the_reject_path(tmp_path_factory, flips, cut,
             assert image.ndim == 2 and image.dtype == np.float32
         except Reject as exc:
             assert exc.reason in REJECT_REASONS
-        row = _ccd_task(dict(path=str(path), night="20251120", exposure_id="5", window=True, **asdict(hdu)), cfg)
+        row, _ = _ccd_task(dict(path=str(path), night="20251120", exposure_id="5", window=True, **asdict(hdu)), cfg)
         assert row["reject_reason"] is None or row["reject_reason"] in REJECT_REASONS

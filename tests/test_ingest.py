@@ -4,7 +4,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +14,7 @@ from astropy.io import fits
 from desomspark.cutout import decode_pixels
 from desomspark.detect import process_ccd
 from desomspark.fitsio import read_ccd, scan_file
-from desomspark.ingest import ingest
+from desomspark.ingest import ingest, read_and_process
 from desomspark.lake import Lake
 from desomspark.simulate import simulate_night
 
@@ -130,6 +130,22 @@ def test_cutouts_and_weights(ingested):
     assert exposures.set_index("exposure_id")["n_cutouts"].sum() == cutouts.num_rows
 
 
+def test_lake_holds_what_the_ccd_function_gives(ingested, config):
+    """The Arrow path from a CCD task to Parquet changes nothing: one CCD's rows equal process_ccd's output."""
+    lake = ingested[0]
+    table = lake.read("cutouts").to_pandas()
+    exposures = lake.read("exposures").to_pandas().set_index("exposure_id")
+    (exposure_id, hdu_index), rows = next(iter(table.groupby(["exposure_id", "hdu_index"])))
+    path = exposures.loc[exposure_id, "path"]
+    hdu = next(h for h in scan_file(path).hdus if h.hdu_index == hdu_index)
+    result = read_and_process(dict(path=path, exposure_id=exposure_id, **asdict(hdu)), config.ingest)
+    rows = rows.sort_values("source_index")
+    assert rows["source_index"].tolist() == result.source_index.tolist()
+    np.testing.assert_array_equal(rows["x"].to_numpy(), result.x)
+    np.testing.assert_array_equal(rows["flux"].to_numpy(), result.flux)
+    assert [bytes(p) for p in rows["pixels"]] == list(result.pixels)
+
+
 def test_quality_numbers_are_in_the_tables(ingested):
     """Each used CCD and each exposure carries the classical numbers, measured with the header's pixel scale."""
     lake, _, d, _ = ingested
@@ -214,7 +230,16 @@ def test_command_line_exit_status(tmp_path):
     done = run("--input", str(bad), "--lake", str(lake), "--master", "local[1]")
     assert done.returncode == 1
     assert "no usable exposure" in done.stderr
-    assert Lake(str(lake)).read("rejects").column("reason").to_pylist() == ["not_fits"]
+    rejects = Lake(str(lake)).read("rejects").to_pandas()
+    assert rejects["reason"].tolist() == ["not_fits"]
+    # no header to date it and no --night: the night the run started in, a YYYYMMDD string like any other
+    assert rejects["night"].str.fullmatch(r"\d{8}").all()
+    # quiet by default: none of Spark's start-up warnings, no MLflow INFO lines
+    assert not [line for line in done.stderr.splitlines() if " WARN " in line or "log4j" in line or "INFO" in line]
+    verbose = run("--input", str(bad), "--lake", str(lake), "--master", "local[1]", "-v")
+    assert verbose.returncode == 1 and "log4j" in verbose.stderr
+    # nothing to read: one line, answered before Spark starts
     missing = run("--input", str(tmp_path / "nowhere/*.fits"), "--lake", str(lake))
     assert missing.returncode == 1 and "no input file matches" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
     assert run("--input", str(bad), "--lake", str(lake), "--night", "2025-11-20").returncode == 2

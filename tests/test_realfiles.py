@@ -3,7 +3,8 @@
 The real files (tests/data/, provenance in its README) are small cut-outs
 published with the headers of the full CCD; the simulated raw frames are the
 same scenes as the processed ones, read out through two amplifiers with
-overscan (simulate --raw).
+overscan per CCD HDU (simulate --raw, MegaCam) or one HDU per amplifier
+(simulate --raw segments, LSST).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from desomspark.cutout import cut, normalise
 from desomspark.detect import detect_sources, process_ccd
-from desomspark.fitsio import Reject, read_ccd, read_mask, scan_file
+from desomspark.fitsio import Reject, read_ccd, read_ccd_and_mask, read_mask, scan_file
 from desomspark.ingest import _ccd_task, ingest, read_and_process
 from desomspark.lake import Lake
 from desomspark.schema import REJECT_REASONS
@@ -162,22 +163,33 @@ def test_mask_plane_keeps_cutouts_off_flagged_pixels(tmp_path, small_sim, config
     assert any(200 - 16 <= x < 300 + 16 for x in np.rint(unmasked.x))  # the flagged band had sources
 
 
-def test_raw_frames_give_the_processed_sources(tmp_path, small_sim, config):
-    """The same scene read out raw (2 amplifiers, overscan, their own gains and bias) and processed."""
+@pytest.mark.parametrize("kind", ["amplifiers", "segments"])
+def test_raw_frames_give_the_processed_sources(tmp_path, small_sim, config, kind):
+    """The same scene read out raw (amplifiers with overscan, their own gains and bias) and processed.
+
+    ``amplifiers``: two per CCD HDU (MegaCam); ``segments``: one HDU per
+    amplifier, 8 per CCD, half of them read flipped (LSST): assembled by DETSEC.
+    """
     spec = plan_night(1, seed=3, cfg=small_sim)[0]
     processed = write_exposure(spec, tmp_path, small_sim)
-    raw = write_exposure(spec, tmp_path, small_sim, raw=True)
+    raw = write_exposure(spec, tmp_path, small_sim, raw=kind)
     a, b = scan_file(str(processed)), scan_file(str(raw))
-    assert all(h.raw_layout is not None for h in b.hdus) and all(h.raw_layout is None for h in a.hdus)
+    assert not b.rejects and len(b.hdus) == len(a.hdus) == small_sim.n_ccds  # one CCD per CCD, not per segment
+    if kind == "segments":
+        assert all(len(h.segments["segments"]) == 8 and h.raw_layout is None for h in b.hdus)
+        assert [h.extname for h in b.hdus] == [h.extname for h in a.hdus]
+    else:
+        assert all(h.raw_layout is not None for h in b.hdus)
+    assert all(h.raw_layout is None and h.segments is None for h in a.hdus)
     assert [(h.height, h.width) for h in a.hdus] == [(h.height, h.width) for h in b.hdus]  # trimmed size
     for ha, hb in zip(a.hdus, b.hdus):
         with fits.open(raw) as hdul:
             raw_pixels = hdul[hb.hdu_index].data.astype(float)
         ia = read_ccd(str(processed), ha.hdu_index)
-        ib = read_ccd(str(raw), hb.hdu_index, hb.raw_layout) / small_sim.gain  # electrons -> the processed ADU
+        ib = read_ccd_and_mask(str(raw), hb.hdu_index, hb.raw_layout, segments=hb.segments)[0] / small_sim.gain
         oa, ba = detect_sources(ia, config.ingest)
         ob, bb = detect_sources(ib, config.ingest)
-        # the overscan level (~1000 ADU) is gone: the trimmed sky is the processed sky within 1 rms
+        # the overscan level (~1000 ADU and more) is gone: the trimmed sky is the processed sky within 1 rms
         assert np.median(raw_pixels) > np.median(ia) - 1000 + 500
         assert abs(bb.globalback - ba.globalback) < ba.globalrms
         # the same sources within 1 px (a few at the threshold may differ)
@@ -188,6 +200,18 @@ def test_raw_frames_give_the_processed_sources(tmp_path, small_sim, config):
         sa = normalise(cut(ia, oa["x"][keep], oa["y"][keep], 32))
         sb = normalise(cut(ib, oa["x"][keep], oa["y"][keep], 32))
         assert float(np.abs(sa - sb).mean()) < 0.02
+
+
+def test_overlapping_segments_are_a_bad_section(tmp_path, small_sim):
+    """Segments whose DETSEC overlap cannot make a CCD: each is a reject ``bad_section``, the other CCDs stand."""
+    spec = plan_night(1, seed=3, cfg=small_sim)[0]
+    path = write_exposure(spec, tmp_path, small_sim, raw="segments")
+    with fits.open(path, mode="update") as hdul:
+        hdul[2].header["DETSEC"] = hdul[1].header["DETSEC"]  # CCD 0's second amplifier lands on its first
+    scan = scan_file(str(path))
+    assert len(scan.hdus) == small_sim.n_ccds - 1
+    assert [r["hdu_index"] for r in scan.rejects] == list(range(1, 9))
+    assert {r["reason"] for r in scan.rejects} == {"bad_section"} and "overlap" in scan.rejects[0]["detail"]
 
 
 def test_sections_outside_the_array_are_refused():
@@ -227,10 +251,36 @@ def test_fuzzed_sections_give_a_row_or_a_reject(tmp_path_factory, keys, gains):
 
     cfg = IngestConfig(min_ccd_side=16, edge_margin=8, window_size=0)
     for hdu in scan.hdus:
-        row = _ccd_task(dict(path=str(path), night="20251120", exposure_id="9", window=False, **asdict(hdu)), cfg)
+        row, _ = _ccd_task(dict(path=str(path), night="20251120", exposure_id="9", window=False, **asdict(hdu)), cfg)
         assert row["reject_reason"] is None or row["reject_reason"] in REJECT_REASONS
         if hdu.raw_layout is not None and row["reject_reason"] is None:
             assert (row["height"], row["width"]) == (hdu.height, hdu.width)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(segments=st.lists(st.dictionaries(st.sampled_from(["DATASEC", "DETSEC", "BIASSEC", "CCDNAME"]),
+                                         _section, max_size=4), min_size=1, max_size=3))
+def test_fuzzed_segments_give_a_row_or_a_reject(tmp_path_factory, segments):
+    """Amplifier segments with any sections: every segment HDU ends in a CCD or a reject, nothing raises."""
+    rng = np.random.default_rng(0)
+    hdus = [fits.PrimaryHDU(header=fits.Header({"EXPNUM": 9, "MJD-OBS": 61000.3}))]
+    for i, keys in enumerate(segments):
+        hdus.append(fits.ImageHDU(rng.normal(1000, 10, (70, 90)).astype(np.float32), fits.Header(keys),
+                                  name=f"Segment{i}"))
+    path = tmp_path_factory.mktemp("segments") / "f.fits"
+    fits.HDUList(hdus).writeto(path)
+    scan = scan_file(str(path), min_side=16)
+    if scan.file_reject is not None:
+        assert scan.file_reject[0] in REJECT_REASONS
+        return
+    used = [s["hdu_index"] for h in scan.hdus for s in (h.segments or {"segments": [{"hdu_index": h.hdu_index}]})["segments"]]
+    assert sorted(used + [r["hdu_index"] for r in scan.rejects]) == list(range(1, len(segments) + 1))
+    from desomspark.config import IngestConfig
+
+    cfg = IngestConfig(min_ccd_side=16, edge_margin=8, window_size=0)
+    for hdu in scan.hdus:
+        row, _ = _ccd_task(dict(path=str(path), night="20251120", exposure_id="9", window=False, **asdict(hdu)), cfg)
+        assert row["reject_reason"] is None or row["reject_reason"] in REJECT_REASONS
 
 
 def test_camera_profiles_fill_what_headers_lack(tmp_path, small_sim):

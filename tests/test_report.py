@@ -25,10 +25,12 @@ N_EXPOSURES = 36  # 5 of each of the 7 classes: enough for purity to tell cluste
 
 @pytest.fixture(scope="module")
 def lake(spark, small_sim, tmp_path_factory, config):
-    """A balanced night, one file's OBJECT header made hostile, mapped with the default models."""
+    """A balanced night, one file's OBJECT header made hostile, one file not FITS at all, mapped with the
+    default models."""
     raw = tmp_path_factory.mktemp("report-raw")
     files = simulate_night(raw, N_EXPOSURES, small_sim, seed=21, mix="balanced", processes=2, progress=False)
     fits.setval(files[0], "OBJECT", value=HOSTILE_OBJECT, ext=0)
+    (raw / "notes.fits").write_text("an observer's notes saved with the wrong name")
     lake = Lake(str(tmp_path_factory.mktemp("report-lake")))
     ingest(spark, str(raw), lake, cfg=config.ingest, log=lambda m: None)
     run_histovectors(spark, lake, config, log=lambda m: None)
@@ -113,6 +115,7 @@ def test_report_opens_a_cell_gallery_in_a_browser_and_shows_headers_as_text(lake
 
     index = write_report(lake, config, tmp_path / "site", log=lambda m: None)
     assert HOSTILE_OBJECT not in index.read_text()          # escaped in the file itself
+    assert "notes.fits (not_fits)" in index.read_text()     # the night's summary names its rejected files
     assignments = lake.read("assignments").to_pandas()
     hostile_id = lake.read("exposures").to_pandas().query("object == @HOSTILE_OBJECT")["exposure_id"].iloc[0]
     target = assignments[assignments["exposure_id"] == hostile_id].iloc[0]
