@@ -2,7 +2,7 @@
 
 (a) ``--master local[2]`` (one JVM, 2 task slots), embedded sqlite MLflow;
 (b) a standalone master + 2 workers of 1 core each on 127.0.0.1 and an MLflow
-    server (``desomspark/localcluster.py``), as an operator runs them.
+    server (``tests/localcluster.py``), as an operator runs them.
 
 Both are spark-submit runs of the same job on the same files, timed from
 submit to exit (JVM and session start included), with the default models.
@@ -26,8 +26,10 @@ from pathlib import Path
 
 from desomspark.config import load_config
 from desomspark.lake import Lake
-from desomspark.localcluster import MlflowServer, StandaloneCluster, spark_env, spark_submit_command
 from desomspark.simulate import simulate_night, small_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's cluster helpers
+from localcluster import MlflowServer, StandaloneCluster, spark_env, spark_submit_command  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NIGHT = "20251120"

@@ -35,6 +35,7 @@ from dataclasses import asdict
 from desomspark.fitsio import list_inputs, read_ccd, scan_file
 from desomspark.ingest import ingest, read_and_process
 from desomspark.lake import Lake
+from desomspark.schema import CUTOUT_SIZE
 from desomspark.simulate import simulate_night
 from desomspark.spark import get_spark
 
@@ -43,7 +44,7 @@ def bare_loop(files: list[str], cfg) -> tuple[int, int]:
     """What the Spark tasks do, in a plain loop: scan each file, then read and process each CCD."""
     n_ccds = n_cutouts = 0
     for path in files:
-        scan = scan_file(path, max(cfg.min_ccd_side, 2 * cfg.edge_margin + cfg.cutout_size))
+        scan = scan_file(path, max(cfg.min_ccd_side, 2 * cfg.edge_margin + CUTOUT_SIZE))
         for hdu in scan.hdus:
             result = read_and_process(dict(path=path, exposure_id=scan.exposure_id, **asdict(hdu)), cfg)
             n_ccds += 1

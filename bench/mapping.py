@@ -26,10 +26,11 @@ import torch
 from desomspark import registry
 from desomspark.config import load_config
 from desomspark.cutout import decode_pixels
-from desomspark.histovector import cached_model, cutout_nodes, write_histovectors
+from desomspark.histovector import cutout_nodes, write_histovectors
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
-from desomspark.pipeline import n_nodes, nightly, resolve_model
+from desomspark.pipeline import nightly
+from desomspark.registry import cached_model, n_nodes, resolve_model
 from desomspark.simulate import simulate_night, small_config
 from desomspark.spark import get_spark
 

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 
 import torch
 
@@ -28,7 +28,7 @@ from desomspark.config import load_config
 from desomspark.desom1 import training_sample
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
-from desomspark.model import desom1, joint_loss, temperature
+from desomspark.model import desom1, desom1_spec, joint_loss, temperature
 from desomspark.simulate import simulate_night, small_config
 from desomspark.spark import get_spark
 from desomspark.train import Shard, TrainJob, as_input, fit, row_groups
@@ -47,7 +47,7 @@ def make_sample(tmp: str, cfg) -> str:
 
 def job_for(cfg, path: str, iterations: int, batch: int, tmp: str) -> TrainJob:
     c = cfg.desom1
-    return TrainJob(kind="desom1", sample_path=path, checkpoint_path=f"{tmp}/ckpt.pt", model_cfg=asdict(c),
+    return TrainJob(kind="desom1", sample_path=path, checkpoint_path=f"{tmp}/ckpt.pt", spec=desom1_spec(c).to_dict(),
                     iterations=iterations, batch_size=batch, learning_rate=c.learning_rate, gamma=c.gamma,
                     t_max=c.t_max, t_min=c.t_min, checkpoint_every=0, log_every=iterations)
 

@@ -13,71 +13,30 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 
-from . import schema
-from .desom2 import ModelMismatch, check_desom1, input_matrix
-from .histovector import cached_model
+from . import registry, schema
+from .errors import UserError
 from .lake import Lake
-from .model import split_inference
-
-
-@torch.no_grad()
-def map_counts(mapper, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(cell, latent distance, latent vector) of raw DESOM-2 inputs through a mapper.
-
-    ``counts`` is (n, bins) or, for a model trained with quality numbers, (n,
-    bins + len(qa_inputs)) as :func:`desom2.input_matrix` makes it.
-    """
-    device = next(mapper.parameters()).device
-    node, dist, z = split_inference(mapper(torch.as_tensor(counts, dtype=torch.float32, device=device)))
-    return node.cpu().numpy(), dist.cpu().numpy(), z.cpu().numpy()
+from .model import ModelSpec, map_inputs
+from .queries import current_labels, input_matrix
 
 
 def assign_rows(batches: Iterator[pd.DataFrame], model_uri: str, metadata: dict, desom2_version: str,
                 threads: int | None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: histo-vectors -> cell and distance (labels come later)."""
-    mapper = cached_model(model_uri, threads=threads)
-    cols = int(metadata["map_shape"][1])
+    mapper = registry.cached_model(model_uri, threads=threads)
+    cols = ModelSpec.from_dict(metadata).map_shape[1]
     qa_inputs = list(metadata.get("qa_inputs") or [])
     for batch in batches:
         if batch.empty:
             continue
         for version in batch["desom1_version"].unique():
-            check_desom1(metadata, version)
-        node, dist, _ = map_counts(mapper, input_matrix(batch["counts"], batch, qa_inputs))
+            registry.check_desom1(metadata, version)
+        node, dist, _ = map_inputs(mapper, input_matrix(batch["counts"], batch, qa_inputs))
         yield pd.DataFrame({"night": batch["night"], "exposure_id": batch["exposure_id"],
                             "desom1_version": batch["desom1_version"], "desom2_version": desom2_version,
                             "cell": node.astype(np.int32), "cell_x": (node % cols).astype(np.int32),
                             "cell_y": (node // cols).astype(np.int32), "distance": dist.astype(np.float64)})
-
-
-def current_labels(lake: Lake, desom2_version: str) -> pd.DataFrame:
-    """The label of each cell of a DESOM-2 version: the latest entry per cell (null = unlabelled)."""
-    labels = lake.read("labels").to_pandas()
-    labels = labels[labels["desom2_version"] == str(desom2_version)]
-    if labels.empty:
-        return pd.DataFrame(columns=["cell_x", "cell_y", "label"])
-    # not groupby().last(): it skips nulls, and an unlabel (null) must win too
-    latest = labels.sort_values("labelled_at").drop_duplicates(["cell_x", "cell_y"], keep="last")
-    return latest[["cell_x", "cell_y", "label"]]
-
-
-def with_current_labels(lake: Lake, assignments: pd.DataFrame) -> pd.DataFrame:
-    """``assignments`` with each row's ``label`` taken from ``labels/`` now, for its own DESOM-2 version.
-
-    A label takes effect when results are read (export, report, similar), not
-    only when ``assign`` next writes the table: an astronomer sees it at once.
-    """
-    out = assignments.drop(columns=["label"], errors="ignore")
-    if out.empty:
-        return out.assign(label=pd.Series(dtype=object))
-    parts = []
-    for version, rows in out.groupby("desom2_version", sort=False):
-        labels = current_labels(lake, str(version)).astype({"cell_x": "int64", "cell_y": "int64"})
-        rows = rows.astype({"cell_x": "int64", "cell_y": "int64"})
-        parts.append(rows.merge(labels, on=["cell_x", "cell_y"], how="left").set_index(rows.index))
-    return pd.concat(parts).loc[out.index]
 
 
 def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_version: str,
@@ -88,16 +47,16 @@ def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_
     desom1_version = str(metadata["desom1_version"])
     nights = nights or lake.nights("histovectors")
     if not nights:
-        raise ValueError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
+        raise UserError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
     vectors = (lake.spark_read(spark, "histovectors")
                .where(F.col("night").isin(nights) & (F.col("desom1_version") == str(desom1_version))))
     if vectors.limit(1).count() == 0:
         other = lake.read("histovectors", nights=nights, columns=["desom1_version"]).column("desom1_version")
         found = sorted(set(other.to_pylist()))
         if found:
-            raise ModelMismatch(f"DESOM-2 v{desom2_version} needs histo-vectors of desom1 v{desom1_version}; "
+            raise registry.ModelMismatch(f"DESOM-2 v{desom2_version} needs histo-vectors of desom1 v{desom1_version}; "
                                 f"nights {', '.join(nights)} have only v{', v'.join(found)}")
-        raise ValueError(f"no histo-vectors for nights {', '.join(nights)}")
+        raise UserError(f"no histo-vectors for nights {', '.join(nights)}")
     qa_inputs = list(metadata.get("qa_inputs") or [])
     if qa_inputs:
         # the model also reads the exposures' quality numbers (measured at ingest)

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .config import conf_dir
+from .errors import UserError
 from .sections import SECTION_PATTERN
 
 _LOG = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class CameraProfile:
 
     def __post_init__(self):
         if self.ccd_position not in ("detsec", "header"):
-            raise ValueError(f"camera {self.name}: ccd_position must be 'detsec' or 'header'")
+            raise UserError(f"camera {self.name}: ccd_position must be 'detsec' or 'header'")
         for key, pattern in self.match.items():
             re.compile(pattern)  # a bad expression fails when the profile is read, not mid-night
 
@@ -67,7 +68,7 @@ def profile_for(header, name: str | None = None) -> CameraProfile:
     profiles = load_profiles()
     if name is not None:
         if name not in profiles:
-            raise ValueError(f"unknown camera {name!r}: known are {', '.join(sorted(profiles))}")
+            raise UserError(f"unknown camera {name!r}: known are {', '.join(sorted(profiles))}")
         return profiles[name]
     for profile in profiles.values():
         if profile.matches(header):

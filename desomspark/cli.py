@@ -2,8 +2,9 @@
 
 Each command parses its arguments, loads the configuration, builds what it
 needs (Spark session, lake, MLflow) and calls one library function.  Errors a
-user can fix (bad arguments, unusable input) end with one line on stderr and a
-non-zero exit status.
+user can act on (:class:`errors.DesomsparkError`: bad arguments, unusable
+input, MLflow unreachable) end with one line on stderr and a non-zero exit
+status; any other exception is a bug and shows its traceback.
 """
 from __future__ import annotations
 
@@ -13,14 +14,11 @@ import sys
 from pathlib import Path
 
 from .config import Config, conf_dir, load_config
-from .registry import RegistryError
+from .errors import DesomsparkError, UserError
 
 EXIT_BAD_ARGS = 2
 EXIT_FAILED = 1
 
-
-class UserError(Exception):
-    """An error the user can fix: printed as one line, no traceback."""
 
 
 def _camera(text: str) -> str:
@@ -257,13 +255,16 @@ def cmd_demo(args, cfg: Config) -> int:
 
 
 def cmd_label(args, cfg: Config) -> int:
-    from .explore import champion_metadata, label_cell
+    from . import registry
+    from .explore import label_cell
+    from .model import ModelSpec
 
     if args.unlabel == (args.label is not None):
         raise UserError("give either --label NAME or --unlabel")
     lake = _lake(args)
-    _, version, meta = champion_metadata(lake, cfg, "desom2")
-    row = label_cell(lake, version, args.cell, None if args.unlabel else args.label, tuple(meta["map_shape"]))
+    _, version, meta = registry.champion_metadata(lake, cfg, "desom2")
+    row = label_cell(lake, version, args.cell, None if args.unlabel else args.label,
+                     ModelSpec.from_dict(meta).map_shape)
     what = f"'{row['label']}'" if row["label"] else "unlabelled"
     print(f"label: cell {args.cell[0]},{args.cell[1]} of desom2 v{version} is {what} (by {row['author']}); "
           f"export, similar and report show it now; 'desomspark assign' writes it into past nights' "
@@ -280,10 +281,11 @@ def cmd_export(args, cfg: Config) -> int:
 
 
 def cmd_similar(args, cfg: Config) -> int:
-    from .explore import champion_metadata, similar
+    from . import registry
+    from .explore import similar
 
     lake = _lake(args)
-    uri, version, meta = champion_metadata(lake, cfg, "desom2")
+    uri, version, meta = registry.champion_metadata(lake, cfg, "desom2")
     table = similar(lake, uri, meta, args.exposure, args.k)
     print(f"similar to {args.exposure} (desom2 v{version} latent space):")
     print(table.to_string(index=False))
@@ -291,11 +293,13 @@ def cmd_similar(args, cfg: Config) -> int:
 
 
 def cmd_filter(args, cfg: Config) -> int:
-    from .explore import champion_metadata, filter_node
+    from . import registry
+    from .explore import filter_node
+    from .model import ModelSpec
 
     lake = _lake(args)
-    _, version, meta = champion_metadata(lake, cfg, "desom1")
-    table = filter_node(lake, args.node, args.min_fraction, tuple(meta["map_shape"]))
+    _, version, meta = registry.champion_metadata(lake, cfg, "desom1")
+    table = filter_node(lake, args.node, args.min_fraction, ModelSpec.from_dict(meta).map_shape)
     print(f"{len(table)} exposures with >= {args.min_fraction:.0%} of detections on DESOM-1 node "
           f"{args.node[0]},{args.node[1]} (column, row)")
     if len(table):
@@ -367,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_ARGS
     try:
         return int(COMMANDS[args.command](args, cfg) or 0)
-    except (UserError, FileNotFoundError, ValueError, PermissionError, RegistryError) as exc:
+    # errors a user can act on, as one line; anything else is a bug and keeps its traceback
+    except (DesomsparkError, FileNotFoundError, PermissionError) as exc:
         print(f"desomspark {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from .errors import UserError
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,6 @@ class IngestConfig:
     clean_param: float = 1.0
     edge_margin: int = 37
     max_per_ccd: int = 100
-    cutout_size: int = 32
     trail_elongation: float = 4.0
     clip_percentiles: tuple[float, float] = (1.0, 95.0)
     min_ccd_side: int = 128
@@ -162,7 +162,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
-        raise ValueError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
+        raise UserError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
     kwargs = {}
     for name, value in values.items():
         declared = known[name].type  # a string: annotations are postponed
@@ -171,7 +171,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             try:
                 value = float(value) if declared == "float" else int(value)
             except ValueError:
-                raise ValueError(f"[{where}] {name}: expected a number, not {value!r}") from None
+                raise UserError(f"[{where}] {name}: expected a number, not {value!r}") from None
         if isinstance(value, list):
             value = tuple(value)
         if name == "properties" and isinstance(value, dict):
@@ -198,14 +198,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     if path is not None:
         user = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(user, dict):
-            raise ValueError(f"{path}: a YAML mapping was expected")
+            raise UserError(f"{path}: a YAML mapping was expected")
         values = _merge(values, user)
     if overrides:
         values = _merge(values, overrides)
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
     unknown = set(values) - set(sections)
     if unknown:
-        raise ValueError(f"unknown section(s) in configuration: {', '.join(sorted(unknown))}")
+        raise UserError(f"unknown section(s) in configuration: {', '.join(sorted(unknown))}")
     built = {}
     for f in dataclasses.fields(Config):
         cls = f.default_factory  # the section's dataclass

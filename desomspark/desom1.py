@@ -22,8 +22,10 @@ import numpy as np
 
 from . import registry
 from .config import Config
+from .errors import UserError
 from .lake import Lake
-from .model import DesomInference
+from .model import DesomInference, desom1_spec
+from .schema import CUTOUT_SIZE
 from .train import TrainJob, build_model, load_checkpoint
 
 ROWS_PER_GROUP = 8192  # ~8 MiB of cutouts: enough groups to shard over ranks, large enough to read fast
@@ -45,7 +47,7 @@ def training_sample(spark, lake: Lake, n: int, seed: int, min_groups: int = 8) -
     cutouts = lake.spark_read(spark, "cutouts")
     total = cutouts.count()
     if total == 0:
-        raise ValueError(f"the lake {lake.root} has no cutouts: run ingest first")
+        raise UserError(f"the lake {lake.root} has no cutouts: run ingest first")
     nights = ",".join(lake.nights("cutouts"))
     sample_id = f"n{n}-seed{seed}-{zlib.crc32(f'{nights}/{total}'.encode()):08x}"
     rel = f"training/desom1/{sample_id}"
@@ -76,7 +78,7 @@ def _job(cfg: Config, sample: TrainingSample, lake: Lake, iterations: int, batch
          resume: bool, gpu: bool) -> TrainJob:
     c = cfg.desom1
     return TrainJob(kind="desom1", sample_path=sample.path, checkpoint_path=lake.path("checkpoints/desom1/last.pt"),
-                    model_cfg=asdict(c), iterations=iterations, batch_size=batch_size,
+                    spec=desom1_spec(c).to_dict(), iterations=iterations, batch_size=batch_size,
                     learning_rate=c.learning_rate, gamma=c.gamma, t_max=c.t_max, t_min=c.t_min, seed=c.seed,
                     checkpoint_every=c.checkpoint_every, log_every=c.log_every, resume=resume, use_gpu=gpu,
                     max_in_memory_bytes=c.max_in_memory_bytes)
@@ -103,7 +105,7 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
     previous = None
     if resume:
         if not lake.exists(run_file):
-            raise ValueError("--resume: no interrupted DESOM-1 run in this lake")
+            raise UserError("--resume: no interrupted DESOM-1 run in this lake")
         previous = lake.read_json(run_file)
         sample = TrainingSample(**previous["sample"])
         iterations, batch_size = previous["iterations"], previous["batch_size"]
@@ -143,8 +145,8 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
         mlflow.log_dict({"prototype_checksums": result["prototype_checksums"]}, "ranks.json")
         model.eval()
         version = registry.register_model(
-            DesomInference(model), "desom1", input_example=np.zeros((2, 1, 32, 32), np.float32),
-            metadata={"kind": "desom1", "map_shape": list(model.map_shape), "latent_dim": c.latent_dim},
+            DesomInference(model), "desom1", input_example=np.zeros((2, 1, CUTOUT_SIZE, CUTOUT_SIZE), np.float32),
+            metadata=model.spec.to_dict(),
             tags={"sample": sample.path, "run_id": active.info.run_id},
             description=f"DESOM-1 {rows}x{cols}, {iterations} iterations on {sample.rows} cutouts of nights "
                         f"{registry.night_span(nights)} (sample {Path(sample.path).name})",

@@ -26,13 +26,12 @@ one process (tens of thousands of vectors) with :func:`train.fit`.
 """
 from __future__ import annotations
 
-import tempfile
 import hashlib
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -40,16 +39,17 @@ from torch import nn
 
 from . import registry
 from .config import Config, Desom2Config
+from .errors import UserError
 from .lake import Lake
 from .model import DESOM, DesomInference, desom2, map_side_for
 from .qa import QA_FEATURES, robust_scale
+from .queries import desom2_inputs, input_matrix
 from .train import Shard, TrainJob, fit, row_groups
 
 TRANSFORMS = ("original", "hellinger")
 
 
-class ModelMismatch(ValueError):
-    """Histo-vectors and DESOM-2 come from different DESOM-1 versions."""
+
 
 
 def clean_and_standardise(counts: torch.Tensor, clip_sigma: float = 3.0) -> torch.Tensor:
@@ -80,7 +80,7 @@ class ExposureMapper(nn.Module):
                  clip_sigma: float, qa_center: torch.Tensor | None = None, qa_scale: torch.Tensor | None = None):
         super().__init__()
         if transform not in TRANSFORMS:
-            raise ValueError(f"desom2.transform must be one of {', '.join(TRANSFORMS)}, not {transform!r}")
+            raise UserError(f"desom2.transform must be one of {', '.join(TRANSFORMS)}, not {transform!r}")
         self.inference = DesomInference(desom)
         self.transform = transform
         self.n_bins = int(bin_center.numel())
@@ -151,48 +151,19 @@ def desom2_map_shape(c: Desom2Config, n_exposures: int) -> tuple[int, int]:
     return (min(rows, side), min(cols, side)) if side * side < rows * cols else (rows, cols)
 
 
-def check_desom1(metadata: dict, version: str) -> None:
-    """Refuse histo-vectors made by another DESOM-1 than the one DESOM-2 was trained on."""
-    trained_on = str(metadata.get("desom1_version"))
-    if str(version) != trained_on:
-        raise ModelMismatch(f"DESOM-2 was trained on histo-vectors of desom1 version {trained_on}, "
-                            f"these come from version {version}: recompute them or train DESOM-2 again")
 
 
-def input_matrix(counts, qa: pd.DataFrame | None, qa_inputs: tuple[str, ...] | list[str]) -> np.ndarray:
-    """DESOM-2's raw input rows: the counts, then the ``qa_inputs`` columns (float32, NaN kept)."""
-    x = np.stack(list(counts)).astype(np.float32)
-    if qa_inputs:
-        x = np.concatenate([x, qa[list(qa_inputs)].to_numpy(dtype=np.float32)], axis=1)
-    return x
 
-
-def desom2_inputs(lake: Lake, desom1_version: str | None = None,
-                  qa_inputs: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
-    """Every histo-vector of the lake made by one DESOM-1 version (default: the most recent one),
-    with the exposures' ``qa_inputs`` columns."""
-    table = lake.read("histovectors").to_pandas()
-    if table.empty:
-        raise ValueError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
-    versions = sorted(table["desom1_version"].unique(), key=lambda v: int(v) if v.isdigit() else v)
-    version = str(desom1_version or versions[-1])
-    table = table[table["desom1_version"] == version].sort_values(["night", "exposure_id"])
-    if table.empty:
-        raise ValueError(f"no histo-vectors of desom1 version {version} (have: {', '.join(versions)})")
-    if qa_inputs:
-        qa = lake.read("exposures", columns=["night", "exposure_id", *qa_inputs]).to_pandas()
-        table = table.merge(qa, on=["night", "exposure_id"], how="left")
-    return table.reset_index(drop=True), version
-
-
-def build_mapper(counts: np.ndarray, qa: np.ndarray | None, c: Desom2Config, map_shape: tuple[int, int]) -> ExposureMapper:
+def build_mapper(counts: np.ndarray, qa: np.ndarray | None, c: Desom2Config, map_shape: tuple[int, int],
+                 desom1_version: str | None = None) -> ExposureMapper:
     """A fresh DESOM-2 inside its mapper, the normalisation fitted on ``counts`` (and ``qa``)."""
     raw = torch.as_tensor(counts, dtype=torch.float32)
     stats = fit_normalisation(raw, None if qa is None else torch.as_tensor(qa, dtype=torch.float32),
                               c.transform, c.clip_sigma, c.qa_weight)
     torch.manual_seed(c.seed)
     n_inputs = counts.shape[1] + (0 if qa is None else qa.shape[1])
-    return ExposureMapper(desom2(c, n_inputs, map_shape), c.transform, clip_sigma=c.clip_sigma, **stats)
+    return ExposureMapper(desom2(c, n_inputs, map_shape, desom1_version), c.transform, clip_sigma=c.clip_sigma,
+                          **stats)
 
 
 def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_version: str | None = None,
@@ -203,7 +174,7 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
     c = cfg.desom2
     unknown = sorted(set(c.qa_inputs) - set(QA_FEATURES))
     if unknown:
-        raise ValueError(f"desom2.qa_inputs: unknown quality number(s) {', '.join(unknown)} "
+        raise UserError(f"desom2.qa_inputs: unknown quality number(s) {', '.join(unknown)} "
                          f"(known: {', '.join(QA_FEATURES)})")
     registry.connect(lake, cfg.mlflow)  # an unreachable MLflow fails here, not after the training
     table, version = desom2_inputs(lake, desom1_version, tuple(c.qa_inputs))
@@ -213,7 +184,7 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
     map_shape = desom2_map_shape(c, len(table))
     log(f"train-desom2: {len(table)} histo-vectors of desom1 v{version} ({c.transform}"
         f"{', + ' + ', '.join(c.qa_inputs) if c.qa_inputs else ''}), map {map_shape[0]}x{map_shape[1]}")
-    mapper = build_mapper(counts, qa, c, map_shape)
+    mapper = build_mapper(counts, qa, c, map_shape, version)
     model = mapper.inference.desom
     with torch.no_grad():
         x = mapper.normalise(torch.as_tensor(x_raw)).numpy()
@@ -223,11 +194,10 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
         pq.write_table(pa.table({"x": pa.array(list(x), type=pa.list_(pa.float32()))}), sample / "part.parquet",
                        row_group_size=4096)
         job = TrainJob(kind="desom2", sample_path=str(sample), checkpoint_path=str(Path(tmp) / "ckpt.pt"),
-                       model_cfg=asdict(c), iterations=iterations or c.iterations,
+                       spec=model.spec.to_dict(), iterations=iterations or c.iterations,
                        batch_size=min(c.batch_size, len(x)), learning_rate=c.learning_rate, gamma=c.gamma,
                        t_max=min(c.t_max, max(map_shape) / 2), t_min=c.t_min, seed=c.seed, checkpoint_every=0,
-                       log_every=c.log_every, column="x",
-                       extra={"input_dim": x.shape[1], "map_shape": list(map_shape)})
+                       log_every=c.log_every, column="x")
         shard = Shard(str(sample), row_groups(str(sample)), "x", torch.device("cpu"), 1e12,
                       torch.Generator().manual_seed(c.seed))
         result = fit(model, shard, job, log=log)
@@ -255,9 +225,8 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
         mlflow.log_dict({"exposures": list(table["exposure_id"])}, "training_exposures.json")
         new_version = registry.register_model(
             mapper, "desom2", input_example=example,
-            metadata={"kind": "desom2", "map_shape": list(map_shape), "desom1_version": version,
-                      "clip_sigma": c.clip_sigma, "latent_dim": c.latent_dim, "transform": c.transform,
-                      "n_bins": n_bins, "qa_inputs": list(c.qa_inputs), "qa_weight": c.qa_weight},
+            metadata=model.spec.to_dict() | {"clip_sigma": c.clip_sigma, "n_bins": n_bins,
+                                             "qa_inputs": list(c.qa_inputs), "qa_weight": c.qa_weight},
             tags={"desom1_version": version, "run_id": active.info.run_id},
             description=f"DESOM-2 {map_shape[0]}x{map_shape[1]} on desom1 v{version}: {len(x)} exposures of nights "
                         f"{registry.night_span(nights)}, input {c.transform}"

@@ -21,6 +21,7 @@ import sep
 from .config import IngestConfig
 from .cutout import cut, encode_pixels, normalise
 from .qa import CCD_QA_COLUMNS, ccd_qa
+from .schema import CUTOUT_SIZE
 
 # A crowded or trailed CCD can hold millions of above-threshold pixels: give
 # sep room instead of failing on the very exposures we want to find.
@@ -232,14 +233,14 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     h, w = image.shape
     m = cfg.edge_margin
     # sources first, then the trail tiles: a tile's source_index is past the catalogue's end
-    tile_x, tile_y = trail_tiles(objects, cfg.cutout_size, cfg.trail_elongation)
+    tile_x, tile_y = trail_tiles(objects, CUTOUT_SIZE, cfg.trail_elongation)
     x = np.concatenate([objects["x"], tile_x])
     y = np.concatenate([objects["y"], tile_y])
     flux = np.concatenate([objects["flux"], np.full(tile_x.size, np.nan)])
     inside = np.flatnonzero((x >= m) & (x <= w - 1 - m) & (y >= m) & (y <= h - 1 - m))
     if mask is not None and mask.any() and inside.size:
         # a cutout must not show a flagged pixel: count them in each source's window
-        inside = inside[flagged_in_windows(mask, x[inside], y[inside], cfg.cutout_size) == 0]
+        inside = inside[flagged_in_windows(mask, x[inside], y[inside], CUTOUT_SIZE) == 0]
     result.n_detected = int(inside.size)
     if inside.size == 0:
         result.dead = True
@@ -248,7 +249,7 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     rng = np.random.default_rng(sample_seed(exposure_id, hdu_index))
     n = min(cfg.max_per_ccd, inside.size)
     chosen = np.sort(rng.choice(inside, size=n, replace=False))  # without replacement (paper §5.2)
-    stamps = normalise(cut(image, x[chosen], y[chosen], cfg.cutout_size), tuple(cfg.clip_percentiles))
+    stamps = normalise(cut(image, x[chosen], y[chosen], CUTOUT_SIZE), tuple(cfg.clip_percentiles))
     result.n_sampled = n
     result.source_index = chosen.astype(np.int32)
     result.x = x[chosen].astype(np.float32)

@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from . import baselines, metrics
+from . import baselines, metrics, registry
+from .errors import UserError
 from .lake import Lake
 from .qa import QA_FEATURES, standardise
 
@@ -82,14 +83,13 @@ def tsne_figure(lake: Lake, desom1_uri: str, members: pd.DataFrame, path, n: int
     from sklearn.manifold import TSNE
 
     from .cutout import decode_pixels
-    from .histovector import cached_model
     from .model import split_inference
 
     cutouts = lake.read("cutouts", columns=["exposure_id", "pixels"],
                         where=ds.field("exposure_id").isin(list(members["exposure_id"]))).to_pandas()
     rng = np.random.default_rng(seed)
     pick = cutouts.iloc[np.sort(rng.choice(len(cutouts), size=min(n, len(cutouts)), replace=False))]
-    model = cached_model(desom1_uri, "cpu")
+    model = registry.cached_model(desom1_uri, "cpu")
     with torch.no_grad():
         z = split_inference(model(torch.from_numpy(decode_pixels(pick["pixels"])).unsqueeze(1)))[2].numpy()
     xy = TSNE(n_components=2, perplexity=min(30.0, max(2.0, len(z) / 4)), random_state=seed,
@@ -116,20 +116,19 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     or a random ``max_exposures`` of them (the baselines hold one image per
     exposure in memory, and affinity propagation needs n^2 similarities).
     """
-    from .explore import champion_metadata
-    from .report import map_members
+    from .queries import map_members
 
     if out is None and not lake.is_local:
-        raise ValueError(f"the lake {lake.root} is not a local folder: give --out, a local folder for the tables")
-    d1_uri, d1_version, _ = champion_metadata(lake, cfg, "desom1")
-    _, d2_version, _ = champion_metadata(lake, cfg, "desom2")
+        raise UserError(f"the lake {lake.root} is not a local folder: give --out, a local folder for the tables")
+    d1_uri, d1_version, _ = registry.champion_metadata(lake, cfg, "desom1")
+    _, d2_version, _ = registry.champion_metadata(lake, cfg, "desom2")
     members = map_members(lake, d2_version)
     members = members[members["truth_label"].notna()].reset_index(drop=True)
     if len(members) > max_exposures:
         log(f"evaluate: scoring a random {max_exposures} of {len(members)} exposures")
         members = members.sample(n=max_exposures, random_state=baseline_cfg.seed).reset_index(drop=True)
     if members.empty:
-        raise ValueError(f"no exposure assigned by desom2 v{d2_version} has a true class (QUALITY header): "
+        raise UserError(f"no exposure assigned by desom2 v{d2_version} has a true class (QUALITY header): "
                          "evaluate needs ground truth, e.g. a simulated night")
     truth = members["truth_label"].to_numpy()
     k = int(members["cell"].nunique())
@@ -193,7 +192,7 @@ def _centroids(features: np.ndarray, clusters: np.ndarray) -> dict:
 def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int,
                   baseline_cfg: baselines.BaselineConfig, log=print) -> dict[str, dict]:
     """Every method's scores (``row``) and leave-one-out predictions, on the exposures of ``members``."""
-    from .report import exposure_views
+    from .queries import exposure_views
 
     truth = members["truth_label"].to_numpy()
     ids = list(members["exposure_id"])

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import registry, schema
+from .errors import UserError
 from .lake import Lake
 from .qa import EXPOSURE_QA_COLUMNS
 
@@ -36,9 +37,9 @@ def label_cell(lake: Lake, desom2_version: str, cell: tuple[int, int], label: st
     x, y = cell
     rows, cols = map_shape
     if not (0 <= x < cols and 0 <= y < rows):
-        raise ValueError(f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{desom2_version}")
+        raise UserError(f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{desom2_version}")
     if label is not None and not label.strip():
-        raise ValueError("a label cannot be empty (use --unlabel to remove one)")
+        raise UserError("a label cannot be empty (use --unlabel to remove one)")
     row = {"desom2_version": str(desom2_version), "cell_x": x, "cell_y": y,
            "label": label.strip() if label else None, "author": author(),
            "labelled_at": datetime.now(timezone.utc)}
@@ -56,7 +57,7 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     classical quality numbers (:data:`qa.EXPOSURE_QA_COLUMNS`); ``distance`` is
     the novelty distance (latent distance to the cell's prototype).
     """
-    from .assign import with_current_labels
+    from .queries import with_current_labels
 
     table = with_current_labels(lake, lake.read("assignments").to_pandas())
     header = ["path", "date_obs", "filter", "object", "exptime"]
@@ -67,7 +68,7 @@ def export(lake: Lake, out: str, fmt: str) -> int:
                "desom1_version", "desom2_version"]
     merged = merged[columns]
     if fmt not in ("csv", "parquet"):
-        raise ValueError(f"format must be csv or parquet, not {fmt!r}")
+        raise UserError(f"format must be csv or parquet, not {fmt!r}")
     folder = os.path.dirname(os.path.abspath(out)) if "://" not in out else None
     if folder:
         os.makedirs(folder, exist_ok=True)  # export --out reports/tonight.csv into a folder still to make
@@ -76,20 +77,19 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     elif fmt == "parquet":
         merged.to_parquet(out, index=False)
     else:
-        raise ValueError(f"format must be csv or parquet, not {fmt!r}")
+        raise UserError(f"format must be csv or parquet, not {fmt!r}")
     return len(merged)
 
 
 def latent_vectors(lake: Lake, model_uri: str, metadata: dict) -> pd.DataFrame:
     """Every exposure's DESOM-2 latent vector (from its histo-vector made by the model's DESOM-1,
     and its quality numbers where the model reads them)."""
-    from .assign import map_counts
-    from .desom2 import desom2_inputs, input_matrix
-    from .histovector import cached_model
+    from .model import map_inputs
+    from .queries import desom2_inputs, input_matrix
 
     qa_inputs = tuple(metadata.get("qa_inputs") or ())
     vectors, _ = desom2_inputs(lake, str(metadata["desom1_version"]), qa_inputs)
-    _, _, z = map_counts(cached_model(model_uri, "cpu"), input_matrix(vectors["counts"], vectors, qa_inputs))
+    _, _, z = map_inputs(registry.cached_model(model_uri, "cpu"), input_matrix(vectors["counts"], vectors, qa_inputs))
     return pd.DataFrame({"night": vectors["night"].to_numpy(), "exposure_id": vectors["exposure_id"].to_numpy(),
                          "z": list(z)})
 
@@ -99,7 +99,7 @@ def similar(lake: Lake, model_uri: str, metadata: dict, exposure_id: str, k: int
     table = latent_vectors(lake, model_uri, metadata)
     match = table.index[table["exposure_id"] == str(exposure_id)]
     if len(match) == 0:
-        raise ValueError(f"exposure {exposure_id} has no histo-vector in {lake.root}")
+        raise UserError(f"exposure {exposure_id} has no histo-vector in {lake.root}")
     z = np.stack(table["z"].to_numpy())
     d = np.linalg.norm(z - z[match[0]], axis=1)
     order = np.argsort(d, kind="stable")
@@ -112,7 +112,7 @@ def similar(lake: Lake, model_uri: str, metadata: dict, exposure_id: str, k: int
 
 def _labelled_cells(lake: Lake) -> pd.DataFrame:
     """Every assigned exposure's cell and current label (empty before the first ``assign``)."""
-    from .assign import with_current_labels
+    from .queries import with_current_labels
 
     if not lake.exists("assignments"):
         return pd.DataFrame(columns=["night", "exposure_id", "cell_x", "cell_y", "label"])
@@ -125,9 +125,9 @@ def filter_node(lake: Lake, node: tuple[int, int], min_fraction: float, map_shap
     x, y = node
     rows, cols = map_shape
     if not (0 <= x < cols and 0 <= y < rows):
-        raise ValueError(f"node {x},{y} is outside the {rows}x{cols} DESOM-1 map")
+        raise UserError(f"node {x},{y} is outside the {rows}x{cols} DESOM-1 map")
     if not 0 <= min_fraction <= 1:
-        raise ValueError("--min-fraction must be between 0 and 1")
+        raise UserError("--min-fraction must be between 0 and 1")
     vectors = lake.read("histovectors").to_pandas()
     if vectors.empty:
         return pd.DataFrame(columns=["night", "exposure_id", "fraction"])
@@ -139,9 +139,3 @@ def filter_node(lake: Lake, node: tuple[int, int], min_fraction: float, map_shap
     return out[out["fraction"] >= min_fraction].sort_values("fraction", ascending=False).reset_index(drop=True)
 
 
-def champion_metadata(lake: Lake, cfg, name: str) -> tuple[str, str, dict]:
-    """(artifact URI, version, metadata) of a model's champion (the defaults on a fresh lake)."""
-    from .pipeline import resolve_model
-
-    uri, version = resolve_model(lake, cfg, name, log=lambda m: None)
-    return uri, version, registry.model_metadata(uri)

@@ -24,7 +24,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from .sections import (RawLayout, Segment, SectionError, SegmentLayout, amplifier_layout, assemble, check_layout,
+from .errors import DesomsparkError
+from .sections import (RawLayout, SectionError, SegmentLayout, amplifier_layout, assemble, check_layout,
                        correct_raw, parse_section, segment_of)
 
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.fz", ".fz", ".fits.gz", ".fit.gz", ".fits.bz2", ".fz.gz")
@@ -42,7 +43,7 @@ SEGMENT_CCD_KEYS = ("CCDNAME", "DETNAME", "CCDSLOT", "DETECTOR")
 FLAGGED_MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "NO_DATA", "SUSPECT", "UNMASKEDNAN")
 
 
-class Reject(Exception):
+class Reject(DesomsparkError):
     """A file or HDU that cannot be used; ``reason`` is a code of schema.REJECT_REASONS."""
 
     def __init__(self, reason: str, detail: str):

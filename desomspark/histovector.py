@@ -19,30 +19,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import schema
+from . import registry, schema
 from .cutout import decode_pixels
+from .errors import UserError
 from .lake import Lake
 from .model import split_inference
-
-_MODELS: dict[tuple[str, str], torch.nn.Module] = {}  # one model per Python worker and URI
-
-
-def worker_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def cached_model(uri: str, device: str | None = None, threads: int | None = None) -> torch.nn.Module:
-    """The registered inference module at ``uri``, loaded once per process (MLflow's pt2 loader)."""
-    device = device or worker_device()
-    key = (uri, device)
-    if key not in _MODELS:
-        import mlflow
-
-        if threads and device == "cpu":
-            torch.set_num_threads(threads)
-        _MODELS[key] = mlflow.pytorch.load_model(uri).to(device)
-    return _MODELS[key]
-
 
 @torch.no_grad()
 def cutout_nodes(model, pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -62,7 +43,7 @@ def histovector(nodes: np.ndarray, weights: np.ndarray, n_nodes: int) -> np.ndar
 
 def node_rows(batches: Iterator[pd.DataFrame], model_uri: str, threads: int | None) -> Iterator[pd.DataFrame]:
     """mapInPandas body: cutouts -> (night, exposure_id, node, weight)."""
-    model = cached_model(model_uri, threads=threads)
+    model = registry.cached_model(model_uri, threads=threads)
     for batch in batches:
         nodes = cutout_nodes(model, decode_pixels(batch["pixels"].tolist()))
         yield pd.DataFrame({"night": batch["night"], "exposure_id": batch["exposure_id"],
@@ -97,7 +78,7 @@ def write_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n
     """Compute and commit the histo-vectors of ``nights`` (default: every night of cutouts/)."""
     nights = nights or lake.nights("cutouts")
     if not nights:
-        raise ValueError(f"the lake {lake.root} has no cutouts: run ingest first")
+        raise UserError(f"the lake {lake.root} has no cutouts: run ingest first")
     frame = compute_histovectors(spark, lake, model_uri, desom1_version, n_nodes, nights)
     staging = lake.new_staging()
     (frame.select(*schema.HISTOVECTORS.names).coalesce(max(1, len(nights)))

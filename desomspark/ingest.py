@@ -263,7 +263,7 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
     log(f"ingest: {len(files)} input files")
 
     # stage 1: headers, one task per file
-    min_side = max(cfg.min_ccd_side, 2 * cfg.edge_margin + cfg.cutout_size)
+    min_side = max(cfg.min_ccd_side, 2 * cfg.edge_margin + schema.CUTOUT_SIZE)
     scans = sc.parallelize(files, len(files)).map(lambda p: scan_file(p, min_side, camera)).collect()
     generic = sum(1 for s in scans if s.camera == GENERIC)
     if generic:

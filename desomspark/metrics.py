@@ -139,7 +139,7 @@ def prediction_scores(truth, predicted, good: str = "Good", classes: list[str] |
     return out
 
 
-def confusion(truth, predicted) -> "pd.DataFrame":
+def confusion(truth, predicted):
     """Counts of (true class, predicted class)."""
     import pandas as pd
 

@@ -7,13 +7,26 @@ of the configuration.
 
 Models are registered as ``desom1`` and ``desom2``; a new version gets alias
 ``challenger``, and ``promote`` moves ``champion``, which the nightly job uses.
+
+Everything about models lives here: connecting, registering, promoting,
+resolving a champion (:func:`resolve_model`, registering the shipped defaults
+on a fresh lake), loading a served model once per worker
+(:func:`cached_model`) and refusing a DESOM-2 fed by another DESOM-1
+(:func:`check_desom1`, :class:`ModelMismatch`).
 """
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from contextlib import contextmanager
+from pathlib import Path
 
-from .config import MlflowConfig
+import yaml
+
+from .config import Config, MlflowConfig
+from .errors import DesomsparkError, UserError
 from .lake import Lake
 
 CHAMPION = "champion"
@@ -28,7 +41,7 @@ PIP_REQUIREMENTS = ["torch", "numpy", "desomspark"]
 _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 
 
-class RegistryError(RuntimeError):
+class RegistryError(DesomsparkError, RuntimeError):
     """MLflow is unreachable or a model/version/alias is missing."""
 
 
@@ -329,3 +342,104 @@ def load_model(uri: str, device: str = "cpu"):
     import mlflow
 
     return mlflow.pytorch.load_model(uri, map_location=device)
+
+
+# --- models as the stages use them ------------------------------------------
+
+class ModelMismatch(DesomsparkError, ValueError):
+    """Histo-vectors and DESOM-2 come from different DESOM-1 versions."""
+
+
+def check_desom1(metadata: dict, version: str) -> None:
+    """Refuse histo-vectors made by another DESOM-1 than the one DESOM-2 was trained on."""
+    trained_on = str(metadata.get("desom1_version"))
+    if str(version) != trained_on:
+        raise ModelMismatch(f"DESOM-2 was trained on histo-vectors of desom1 version {trained_on}, "
+                            f"these come from version {version}: recompute them or train DESOM-2 again")
+
+
+_MODELS: dict = {}  # (uri, device) -> the loaded module: one per Python worker and URI
+
+
+def worker_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cached_model(uri: str, device: str | None = None, threads: int | None = None):
+    """The registered inference module at ``uri``, loaded once per process (MLflow's pt2 loader)."""
+    import torch
+
+    device = device or worker_device()
+    key = (uri, device)
+    if key not in _MODELS:
+        import mlflow
+
+        if threads and device == "cpu":
+            torch.set_num_threads(threads)
+        _MODELS[key] = mlflow.pytorch.load_model(uri).to(device)
+    return _MODELS[key]
+
+
+DEFAULT_URIS = {"desom1": "models:/desom1@champion", "desom2": "models:/desom2@champion"}
+
+
+def models_dir() -> Path:
+    """The shipped default models: the checkout's ``models/``, else the installed copy."""
+    for candidate in (Path(__file__).resolve().parents[1] / "models", Path(sys.prefix) / "share" / "desomspark" / "models"):
+        if (candidate / "desom1" / "MLmodel").exists():
+            return candidate
+    raise FileNotFoundError("the default models (models/desom1, models/desom2) are not installed")
+
+
+def bootstrap_defaults(lake: Lake, cfg: Config, log=print) -> None:
+    """Register the shipped DESOM-1 and DESOM-2 as champions of an empty registry."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    have = {m.name for m in client.search_registered_models()}
+    if {"desom1", "desom2"} & have:
+        return
+    root = models_dir()
+    with run(lake, cfg.mlflow, "default-desom1"):
+        mlflow.set_tag("source", str(root / "desom1"))
+        v1 = register_model_dir(str(root / "desom1"), "desom1", tags={"default": "true"})
+    with tempfile.TemporaryDirectory() as tmp:
+        # the shipped pair belongs together: DESOM-2 names this lake's version of the shipped DESOM-1
+        d2 = Path(tmp) / "desom2"
+        shutil.copytree(root / "desom2", d2)
+        mlmodel = yaml.safe_load((d2 / "MLmodel").read_text())
+        mlmodel.setdefault("metadata", {})["desom1_version"] = v1
+        (d2 / "MLmodel").write_text(yaml.safe_dump(mlmodel))
+        with run(lake, cfg.mlflow, "default-desom2"):
+            mlflow.set_tag("source", str(root / "desom2"))
+            v2 = register_model_dir(str(d2), "desom2", tags={"default": "true", "desom1_version": v1})
+    client.set_registered_model_alias("desom1", CHAMPION, v1)
+    client.set_registered_model_alias("desom2", CHAMPION, v2)
+    log(f"registry: no models yet; registered the default models as desom1 v{v1} and desom2 v{v2} (champion)")
+
+
+def resolve_model(lake: Lake, cfg: Config, name: str, uri: str | None = None, log=print) -> tuple[str, str]:
+    """(artifact URI a worker can load without the tracking server, version) of a model."""
+    connect(lake, cfg.mlflow)
+    uri = uri or DEFAULT_URIS[name]
+    if uri == DEFAULT_URIS[name]:
+        bootstrap_defaults(lake, cfg, log)
+    model_name, version = resolve(uri)
+    if model_name != name:
+        raise UserError(f"{uri} is a {model_name} model, not {name}")
+    return download_uri(name, version), version
+
+
+def n_nodes(metadata: dict) -> int:
+    from .model import ModelSpec
+
+    return ModelSpec.from_dict(metadata).n_nodes
+
+
+def champion_metadata(lake: Lake, cfg, name: str) -> tuple[str, str, dict]:
+    """(artifact URI, version, metadata) of a model's champion (the defaults on a fresh lake)."""
+    uri, version = resolve_model(lake, cfg, name, log=lambda m: None)
+    return uri, version, model_metadata(uri)

@@ -17,7 +17,6 @@ Every string that comes from a FITS header, a path or a label is escaped
 """
 from __future__ import annotations
 
-import os
 
 import html
 from datetime import datetime, timezone
@@ -28,8 +27,10 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from . import plots, registry
-from .assign import current_labels, with_current_labels
+from .errors import UserError
 from .lake import Lake
+from .model import ModelSpec
+from .queries import current_labels, exposure_views, map_members, night_summaries
 
 GALLERY_SIZE = 9
 MAX_LISTED = 500  # members listed per cell in the page; `desomspark export` has them all
@@ -37,53 +38,6 @@ MAX_LISTED = 500  # members listed per cell in the page; `desomspark export` has
 QA_SHOWN = ["fwhm", "elongation_median", "sky", "sky_spread", "depth"]
 MEMBER_COLUMNS = ["exposure_id", "night", "object", "filter", "exptime", "airmass", *QA_SHOWN, "distance",
                   "truth_label"]
-
-
-def _image(data, height: int, width: int) -> np.ndarray | None:
-    if data is None or not height or not width:
-        return None
-    return np.frombuffer(data, dtype=np.uint8).reshape(int(height), int(width))
-
-
-def exposure_views(lake: Lake, exposure_ids: list[str]) -> dict[str, dict]:
-    """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails and its full-resolution ``window``."""
-    if not exposure_ids:
-        return {}
-    ccds = lake.read("ccds", columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "dead", "thumbnail",
-                                      "thumbnail_height", "thumbnail_width", "window", "window_height",
-                                      "window_width"],
-                     where=ds.field("exposure_id").isin(list(exposure_ids))).to_pandas()
-    views = {}
-    for exposure_id, group in ccds.sort_values("hdu_index").groupby("exposure_id"):
-        thumbs = [(int(r.ccd_row), int(r.ccd_col), img) for r in group.itertuples()
-                  if (img := _image(r.thumbnail, r.thumbnail_height, r.thumbnail_width)) is not None]
-        # the central CCD's window, unless it is dead (a black square): then the next one kept
-        windows = [w for r in _central_first(group).itertuples()
-                   if (w := _image(r.window, r.window_height, r.window_width)) is not None]
-        views[exposure_id] = {"mosaic": plots.focal_plane(thumbs), "window": windows[0] if windows else None}
-    return views
-
-
-def _central_first(group: pd.DataFrame) -> pd.DataFrame:
-    """An exposure's CCDs, live before dead, each nearest the focal-plane centre first."""
-    placed = group[(group["ccd_row"] >= 0) & (group["ccd_col"] >= 0)]
-    if placed.empty:
-        distance = group["hdu_index"].astype(float)
-    else:
-        cy = (placed["ccd_row"].min() + placed["ccd_row"].max()) / 2
-        cx = (placed["ccd_col"].min() + placed["ccd_col"].max()) / 2
-        distance = (group["ccd_row"] - cy) ** 2 + (group["ccd_col"] - cx) ** 2
-    order = pd.DataFrame({"dead": group["dead"].fillna(False).astype(bool), "d": distance, "i": group["hdu_index"]})
-    return group.loc[order.sort_values(["dead", "d", "i"]).index]
-
-
-def map_members(lake: Lake, desom2_version: str) -> pd.DataFrame:
-    """Every exposure assigned by one DESOM-2 version, with its header fields."""
-    assigned = lake.read("assignments").to_pandas()
-    assigned = assigned[assigned["desom2_version"] == str(desom2_version)]
-    exposures = lake.read("exposures", columns=["night", "exposure_id", "path", "object", "filter", "exptime",
-                                                "airmass", "date_obs", "truth_label", *QA_SHOWN]).to_pandas()
-    return assigned.merge(exposures, on=["night", "exposure_id"], how="left")
 
 
 def cell_summary(members: pd.DataFrame) -> pd.DataFrame:
@@ -95,31 +49,6 @@ def cell_summary(members: pd.DataFrame) -> pd.DataFrame:
     return (members.groupby(["cell_x", "cell_y"])
             .agg(count=("exposure_id", "size"), label=("label", "first"), truth=("truth_label", majority))
             .reset_index())
-
-
-def night_summaries(lake: Lake) -> pd.DataFrame:
-    """Per night: exposures ok / partial, rejected files (counted and named with their reason),
-    CCDs, cutouts, assigned exposures."""
-    exposures = lake.read("exposures", columns=["night", "status", "n_ccds_used", "n_cutouts"]).to_pandas()
-    rejects = lake.read("rejects", columns=["night", "path", "hdu_index", "reason"]).to_pandas()
-    files = rejects[rejects["hdu_index"].isna()]
-    assigned = with_current_labels(lake, lake.read("assignments", columns=[
-        "night", "exposure_id", "cell_x", "cell_y", "desom2_version"]).to_pandas())
-    nights = sorted(set(exposures["night"]) | set(rejects["night"]))
-    rows = []
-    for night in nights:
-        e = exposures[exposures["night"] == night]
-        a = assigned[assigned["night"] == night]
-        labels = a["label"].fillna("(unlabelled)").value_counts()
-        rows.append({"night": night, "ok": int((e["status"] == "ok").sum()),
-                     "partial": int((e["status"] == "partial").sum()),
-                     "rejected_files": int((files["night"] == night).sum()),
-                     "rejected": "; ".join(f"{os.path.basename(str(r.path))} ({r.reason})"
-                                           for r in files[files["night"] == night].itertuples()),
-                     "ccds": int(e["n_ccds_used"].sum()), "cutouts": int(e["n_cutouts"].sum()),
-                     "assigned": int(a["exposure_id"].nunique()),
-                     "labels": ", ".join(f"{k}: {v}" for k, v in labels.items())})
-    return pd.DataFrame(rows)
 
 
 def _e(value) -> str:
@@ -182,26 +111,25 @@ if (location.hash) { const b = document.querySelector(location.hash); if (b) b.c
 
 def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> Path:
     """Write the site for the champion DESOM-2 into ``out``; returns the path of ``index.html``."""
-    from .explore import champion_metadata
-
     out = Path(out)
     (out / "img").mkdir(parents=True, exist_ok=True)
-    d1_uri, d1_version, d1_meta = champion_metadata(lake, cfg, "desom1")
-    d2_uri, d2_version, d2_meta = champion_metadata(lake, cfg, "desom2")
+    d1_uri, d1_version, d1_meta = registry.champion_metadata(lake, cfg, "desom1")
+    d2_uri, d2_version, d2_meta = registry.champion_metadata(lake, cfg, "desom2")
     members = map_members(lake, d2_version)
     if members.empty:
-        raise ValueError(f"no exposure of {lake.root} is assigned by desom2 v{d2_version}: run assign first")
+        raise UserError(f"no exposure of {lake.root} is assigned by desom2 v{d2_version}: run assign first")
     # the label as it stands now (a cell labelled after the last assign shows it already)
     labels = current_labels(lake, d2_version)
     members = members.drop(columns="label").merge(labels, on=["cell_x", "cell_y"], how="left")
     cells = cell_summary(members)
-    shape = tuple(int(v) for v in d2_meta["map_shape"])
+    shape = ModelSpec.from_dict(d2_meta).map_shape
     rng = np.random.default_rng(seed)
 
     figures = []
+    d1_shape = ModelSpec.from_dict(d1_meta).map_shape
     decoded = registry.model_extra(d1_uri).get("decoded_prototypes")
     if decoded is not None:
-        plots.prototype_map(decoded, tuple(d1_meta["map_shape"]), out / "img" / "prototype_map.png",
+        plots.prototype_map(decoded, d1_shape, out / "img" / "prototype_map.png",
                             title=f"DESOM-1 v{d1_version} prototypes")
         figures.append(("DESOM-1 prototypes (Figure 6)", "img/prototype_map.png"))
     plots.desom2_map(cells, shape, out / "img" / "desom2_labels.png", by="label")
@@ -225,7 +153,7 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> 
     if len(vectors):
         plots.histovector_figure([{"exposure_id": f"{r.exposure_id} ({chosen[r.exposure_id].truth_label or ''})",
                                    "window": views.get(r.exposure_id, {}).get("window"), "counts": r.counts}
-                                  for r in vectors.itertuples()], tuple(d1_meta["map_shape"]),
+                                  for r in vectors.itertuples()], d1_shape,
                                  out / "img" / "histovectors.png")
         figures.append(("Full-resolution windows, density maps and histo-vectors (Figure 8)",
                         "img/histovectors.png"))

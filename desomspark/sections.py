@@ -27,10 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import DesomsparkError
+
 SECTION_PATTERN = re.compile(r"^\s*\[\s*(\d+)\s*:\s*(\d+)\s*,\s*(\d+)\s*:\s*(\d+)\s*\]\s*$")
 
 
-class SectionError(ValueError):
+class SectionError(DesomsparkError, ValueError):
     """A header section that cannot be used on this array."""
 
 

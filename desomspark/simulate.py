@@ -43,6 +43,7 @@ from astropy.io import fits
 from astropy.time import Time
 
 from .config import SimulateConfig
+from .errors import UserError
 
 CLASSES = ("Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP", "Streak")
 BGP_KINDS = ("gradient", "scattered", "crowded", "lowexp")
@@ -87,7 +88,7 @@ def plan_night(n_exposures: int, seed: int = 0, mix: str = "balanced",
         real class mix of MegaCam (SURVEY_MIX).
     """
     if mix not in ("balanced", "survey"):
-        raise ValueError(f"mix must be 'balanced' or 'survey', not {mix!r}")
+        raise UserError(f"mix must be 'balanced' or 'survey', not {mix!r}")
     rng = np.random.default_rng([seed, 0xD5])
     if mix == "balanced":
         classes = [CLASSES[i % len(CLASSES)] for i in range(n_exposures)]
@@ -452,7 +453,7 @@ def write_exposure(spec: ExposureSpec, out_dir: str | os.PathLike, cfg: Simulate
     ``"segments"`` one HDU per amplifier (:func:`segment_frames`, LSST).
     """
     if raw and raw is not True and raw not in RAW_KINDS:
-        raise ValueError(f"raw must be one of {RAW_KINDS}, not {raw!r}")
+        raise UserError(f"raw must be one of {RAW_KINDS}, not {raw!r}")
     hdus: list[fits.hdu.base.ExtensionHDU | fits.PrimaryHDU] = [fits.PrimaryHDU(header=_primary_header(spec, cfg))]
     for ccd in range(cfg.n_ccds):
         data, hdr = simulate_ccd(spec, ccd, cfg)
@@ -520,7 +521,7 @@ def simulate_night(out_dir: str | os.PathLike, n_exposures: int, cfg: SimulateCo
         The files written, in exposure order.
     """
     if n_exposures < 1:
-        raise ValueError("--exposures must be at least 1")
+        raise UserError("--exposures must be at least 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     specs = plan_night(n_exposures, seed=seed, mix=mix, cfg=cfg)

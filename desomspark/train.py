@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .model import DESOM, joint_loss, temperature
+from .model import DESOM, ModelSpec, joint_loss, temperature
 
 
 @dataclass
@@ -39,7 +39,7 @@ class TrainJob:
     kind: str                      # "desom1" or "desom2"
     sample_path: str               # Parquet folder of the training sample
     checkpoint_path: str           # file rank 0 writes (and reads on resume)
-    model_cfg: dict                # the Desom1Config / Desom2Config as a dict
+    spec: dict                     # model.ModelSpec.to_dict(): the architecture to build
     iterations: int
     batch_size: int                # global batch (split over ranks)
     learning_rate: float
@@ -53,7 +53,6 @@ class TrainJob:
     use_gpu: bool = False
     max_in_memory_bytes: float = 8e9
     column: str = "pixels"
-    extra: dict = field(default_factory=dict)
 
     def to_json(self, path: str) -> None:
         with open(path, "w") as fh:
@@ -222,7 +221,7 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
     def checkpoint(iteration: int) -> None:
         if rank == 0:
             save_checkpoint(job.checkpoint_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "spec": job.spec, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "iteration": iteration, "history": history})
 
     for it in range(start, job.iterations):
@@ -255,14 +254,8 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
 
 
 def build_model(job: TrainJob) -> DESOM:
-    from types import SimpleNamespace
-
-    from .model import desom1, desom2
-
-    cfg = SimpleNamespace(**job.model_cfg)
-    if job.kind == "desom1":
-        return desom1(cfg)
-    return desom2(cfg, job.extra["input_dim"], tuple(job.extra["map_shape"]))
+    """The job's model, from its spec."""
+    return ModelSpec.from_dict(job.spec).build()
 
 
 def train_worker(job: TrainJob) -> dict:

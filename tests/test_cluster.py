@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from desomspark.lake import Lake
-from desomspark.localcluster import MlflowServer, StandaloneCluster, spark_env, spark_submit_command
+from localcluster import MlflowServer, StandaloneCluster, spark_env, spark_submit_command
 from desomspark.pipeline import nightly
 
 pytestmark = pytest.mark.slow

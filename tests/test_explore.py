@@ -11,7 +11,8 @@ from desomspark import registry
 from desomspark.explore import export, filter_node, label_cell, similar
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
-from desomspark.pipeline import resolve_model, run_assign, run_histovectors
+from desomspark.pipeline import run_assign, run_histovectors
+from desomspark.registry import resolve_model
 
 
 @pytest.fixture(scope="module")

@@ -243,3 +243,32 @@ def test_command_line_exit_status(tmp_path):
     assert missing.returncode == 1 and "no input file matches" in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1
     assert run("--input", str(bad), "--lake", str(lake), "--night", "2025-11-20").returncode == 2
+
+
+def test_a_trail_is_cut_out_along_its_length(config):
+    """A satellite trail weighs by its length: cut out every 32 px along it, however sep splits it.
+
+    A bright trail is one or two long detections: tiles along them (flux NaN,
+    source_index past the catalogue).  A faint one is deblended into pieces
+    of ~50 px, each a detection with its own cutout.  A star field gets no tile.
+    """
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:512, 0:512].astype(np.float32)
+    sky = rng.normal(1000.0, 10.0, (512, 512)).astype(np.float32)
+    for x0, y0 in rng.uniform(40, 470, (40, 2)):   # round stars
+        sky += 800.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5 ** 2))
+    assert np.isnan(process_ccd(sky.copy(), "t", 0, config.ingest).flux).sum() == 0
+    angle = np.deg2rad(30.0)
+    distance = (xx - 256) * np.sin(angle) - (yy - 256) * np.cos(angle)
+    for peak in (3000.0, 300.0):
+        trailed = process_ccd(sky + peak * np.exp(-distance ** 2 / (2 * 1.5 ** 2)), "t", 0, config.ingest)
+        offset = np.abs((trailed.x - 256) * np.sin(angle) - (trailed.y - 256) * np.cos(angle))
+        tiles = np.isnan(trailed.flux)
+        # ~440 px of the line lie inside the cutout margins: a dozen cutouts along it
+        assert (offset < 3.0).sum() >= 10, (peak, (offset < 3.0).sum())
+        # tiles follow the piece's major axis: on the line within a quarter cutout, most of them (a
+        # star merged into a piece tilts its axis, and the tiles at its ends drift off)
+        assert not tiles.any() or (offset[tiles] < 8.0).mean() >= 0.75
+        if peak == 3000.0:
+            assert tiles.sum() >= 8
+            assert (trailed.source_index[tiles] > trailed.source_index[~tiles].max()).all()

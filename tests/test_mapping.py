@@ -11,10 +11,12 @@ import torch
 
 from desomspark import registry
 from desomspark.cutout import decode_pixels
-from desomspark.assign import map_counts
-from desomspark.desom2 import ModelMismatch, check_desom1, hellinger, input_matrix, train_desom2, desom2_inputs
+from desomspark.model import map_inputs
+from desomspark.desom2 import hellinger, train_desom2
+from desomspark.queries import desom2_inputs, input_matrix
 from desomspark.model import split_inference
-from desomspark.histovector import cached_model, cutout_nodes, histovector
+from desomspark.histovector import cutout_nodes, histovector
+from desomspark.registry import ModelMismatch, cached_model, check_desom1
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
 from desomspark.pipeline import nightly, run_assign, run_histovectors
@@ -101,7 +103,7 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     assert x.shape == (12, 25 + 3)
     x[0, 25] = np.nan                           # an exposure without a measured FWHM still maps
     served = cached_model(uri, "cpu")
-    node, dist, z = map_counts(served, x)
+    node, dist, z = map_inputs(served, x)
     mine = d2["mapper"].eval()
     with torch.no_grad():
         ref_node, ref_dist, ref_z = (t.numpy() for t in split_inference(mine(torch.as_tensor(x))))
@@ -110,11 +112,11 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     np.testing.assert_allclose(z, ref_z, rtol=1e-5, atol=1e-5)
     moved = x.copy()
     moved[:, 25] += 5 * float(d2["mapper"].qa_scale[0])
-    assert not np.allclose(map_counts(served, moved)[2], z, atol=1e-4)
+    assert not np.allclose(map_inputs(served, moved)[2], z, atol=1e-4)
     # assign joins the exposures' numbers and gives what the served model gives
     out = run_assign(spark, lake, replace(cfg, desom2=c), desom2_uri=f"models:/desom2/{d2['version']}",
                      log=lambda m: None).set_index("exposure_id")
-    expected = map_counts(served, input_matrix(table["counts"], table, features))[0]
+    expected = map_inputs(served, input_matrix(table["counts"], table, features))[0]
     assert list(out.loc[table["exposure_id"], "cell"]) == list(expected)
     # a model trained on the histo-vectors alone still serves, through the same assign
     plain = replace(cfg.desom2, qa_inputs=())

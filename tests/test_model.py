@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
@@ -16,7 +15,7 @@ import torch
 
 from desomspark.config import Desom1Config, Desom2Config
 from desomspark.metrics import neighbour_vs_random_distance, nmi, purity
-from desomspark.model import SOM, desom1, desom2, temperature
+from desomspark.model import SOM, ModelSpec, desom1, desom2, temperature
 from desomspark.train import Shard, TrainJob, build_model, fit, load_checkpoint, row_groups
 
 
@@ -67,11 +66,10 @@ def _write_sample(path, x: np.ndarray, rows_per_group: int):
 
 
 def _digits_job(sample, tmp_path, iterations=3000, **kw):
-    cfg = dict(asdict(Desom2Config()), hidden=(256, 128), latent_dim=16)
-    return TrainJob(kind="desom2", sample_path=sample, checkpoint_path=str(tmp_path / "ckpt.pt"), model_cfg=cfg,
+    spec = ModelSpec("desom2", (8, 8), 16, (64,), (256, 128)).to_dict()
+    return TrainJob(kind="desom2", sample_path=sample, checkpoint_path=str(tmp_path / "ckpt.pt"), spec=spec,
                     iterations=iterations, batch_size=128, learning_rate=2e-3, gamma=0.01, t_max=4.0, t_min=0.3,
-                    seed=0, checkpoint_every=0, log_every=500, column="x",
-                    extra={"input_dim": 64, "map_shape": [8, 8]}, **kw)
+                    seed=0, checkpoint_every=0, log_every=500, column="x", **kw)
 
 
 @pytest.fixture(scope="module")
@@ -156,5 +154,28 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     assert f"resumed at iteration {stopped}" in done.stdout
     final = load_checkpoint(job.checkpoint_path)
     assert final["iteration"] == job.iterations
+    # the checkpoint describes its model: rebuilt from it alone, the weights load
+    ModelSpec.from_dict(final["spec"]).build().load_state_dict(final["model"])
     iterations = [h["iteration"] for h in final["history"]]
     assert iterations == sorted(set(iterations)) and iterations[-1] == job.iterations
+
+
+def test_a_model_spec_rebuilds_its_model_and_refuses_nonsense(tmp_path):
+    """The spec travels as a plain dict (checkpoint, MLflow metadata) and rebuilds the same architecture."""
+    model = desom1(Desom1Config(map_shape=(4, 5), latent_dim=12, conv_channels=(8, 16), dense_units=32))
+    d = model.spec.to_dict()
+    assert d["kind"] == "desom1" and d["map_shape"] == [4, 5] and d["input_shape"] == [1, 32, 32]
+    again = ModelSpec.from_dict(d | {"clip_sigma": 3.0})          # other metadata keys are ignored
+    rebuilt = again.build()
+    assert again == model.spec and rebuilt.map_shape == (4, 5)
+    assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]
+    m2 = desom2(Desom2Config(hidden=(20,), latent_dim=5), 30, (3, 3), desom1_version="7")
+    assert ModelSpec.from_dict(m2.spec.to_dict()).build().som.n_nodes == 9 and m2.spec.desom1_version == "7"
+    # a spec that only describes a map (the first shipped defaults' metadata) says so when asked to build
+    described = ModelSpec.from_dict({"kind": "desom2", "map_shape": [5, 5], "latent_dim": 100})
+    assert described.n_nodes == 25
+    with pytest.raises(ValueError, match="cannot rebuild"):
+        described.build()
+    for bad in ({"kind": "desom3"}, {"map_shape": [0, 5]}, {"latent_dim": 0}, {"input_shape": [32, 32]}):
+        with pytest.raises(ValueError):
+            ModelSpec.from_dict(d | bad)

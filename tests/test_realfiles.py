@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np

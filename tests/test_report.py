@@ -14,7 +14,8 @@ from desomspark.evaluate import evaluate, majority_scores
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
 from desomspark.pipeline import run_assign, run_histovectors
-from desomspark.report import exposure_views, write_report
+from desomspark.queries import exposure_views
+from desomspark.report import write_report
 from desomspark.simulate import simulate_night
 
 HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
@@ -69,13 +70,13 @@ def test_plots_have_the_right_sizes(tmp_path):
 
 
 def test_gallery_window_skips_a_dead_central_ccd():
-    from desomspark.report import _central_first
+    from desomspark.queries import central_first
 
     group = pd.DataFrame({"hdu_index": [1, 2, 3, 4], "ccd_row": [0, 0, 1, 1], "ccd_col": [0, 1, 0, 1],
                           "dead": [True, False, False, False]})
-    assert list(_central_first(group)["hdu_index"]) == [2, 3, 4, 1]
+    assert list(central_first(group)["hdu_index"]) == [2, 3, 4, 1]
     group["dead"] = False
-    assert list(_central_first(group)["hdu_index"]) == [1, 2, 3, 4]
+    assert list(central_first(group)["hdu_index"]) == [1, 2, 3, 4]
 
 
 def test_evaluate_of_a_remote_lake_asks_for_a_local_out(config):
