@@ -26,11 +26,6 @@ class SparkConfig:
 
 
 @dataclass(frozen=True)
-class LakeConfig:
-    root: str = "./lake"
-
-
-@dataclass(frozen=True)
 class MlflowConfig:
     tracking_uri: str | None = None
     experiment: str = "desomspark"
@@ -120,7 +115,6 @@ class Desom2Config:
 @dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
-    lake: LakeConfig = field(default_factory=LakeConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)

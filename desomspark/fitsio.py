@@ -217,7 +217,7 @@ def night_of(mjd: float | None = None, date_obs: str | None = None) -> str | Non
         else:
             return None
         return t.to_datetime().strftime("%Y%m%d")
-    except Exception:
+    except Exception:  # astropy raises several kinds on a malformed date: the night is then unknown
         return None
 
 
@@ -365,7 +365,7 @@ def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int, camera: str | Non
             hdu = hdul[index]
         except IndexError:
             break
-        except Exception as exc:
+        except Exception as exc:  # astropy raises many kinds on a broken header
             # a header that cannot be parsed ends the file for us; what came before stands
             if primary is None:
                 raise

@@ -5,9 +5,11 @@ The stages, each a Spark job over plain functions:
 1. the driver lists the input files (it opens none of them);
 2. *scan*: one task per file reads its headers (:func:`fitsio.scan_file`) and
    lists its image HDUs; file- and HDU-level problems become rejects;
-3. *process*: one task per (file, HDU), so the 36 CCDs of an exposure spread
-   over executors; each reads its own HDU by path (:func:`fitsio.read_ccd`)
-   and runs :func:`detect.process_ccd`;
+3. *process*: one task per CCD (one HDU, or the amplifier HDUs of one CCD),
+   so the 36 CCDs of an exposure spread over executors; each reads its own
+   pixels by path (:func:`fitsio.read_ccd_and_mask`), runs
+   :func:`detect.process_ccd` and returns its row and cutouts as one Arrow
+   batch (``mapInArrow``: columnar from numpy to Parquet, no pickled rows);
 4. the four tables are written to a staging folder and committed night by
    night (:meth:`Lake.commit_nights`): a re-run replaces, never duplicates.
 
@@ -322,7 +324,9 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
     log(f"ingest: tables written in {time.perf_counter() - t0:.1f} s")
     lake.commit_nights(staging, list(TABLES), nights, summary={"files": summary.files})
     results.unpersist()
-    assert summary.ok + summary.partial + summary.rejected == summary.files, "an input file was lost"
+    if summary.ok + summary.partial + summary.rejected != summary.files:  # a bug, never the input's fault
+        raise RuntimeError(f"ingest lost input files: {summary.files} read, {summary.ok} ok + "
+                           f"{summary.partial} partial + {summary.rejected} rejected")
     log(summary.line())
     return summary
 

@@ -76,7 +76,7 @@ def connect(lake: Lake, cfg: MlflowConfig = MlflowConfig()) -> str:
         # a SQLite store keeps its artifacts in the lake, not in ./mlruns of whatever folder we run from
         location = _artifact_root(lake) if uri.startswith("sqlite:") and lake.is_local else None
         return mlflow.create_experiment(cfg.experiment, artifact_location=location)
-    except Exception as exc:
+    except Exception as exc:  # MLflow's client raises many kinds (HTTP, SQL, REST): one message for all
         raise RegistryError(f"MLflow at {uri} is not usable: {type(exc).__name__}: {str(exc)[:300]}") from exc
 
 
@@ -289,7 +289,7 @@ def model_extra(uri: str) -> dict:
 
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/extra_files/extra.npz")
-    except Exception:
+    except Exception:  # a model registered without extra arrays (MLflow raises its own kinds): none
         return {}
     with np.load(path) as data:
         return {k: data[k] for k in data.files}
@@ -306,7 +306,7 @@ def promote(lake: Lake, cfg: MlflowConfig, name: str, version: str) -> str:
         if version == CHALLENGER:  # the version the last training registered
             version = client.get_model_version_by_alias(name, CHALLENGER).version
         client.get_model_version(name, str(version))
-    except Exception as exc:
+    except Exception as exc:  # MLflow's "not found" comes as several kinds: one message for all
         raise RegistryError(f"model {name} has no version {version}") from exc
     client.set_registered_model_alias(name, CHAMPION, str(version))
     return str(version)
@@ -326,7 +326,7 @@ def resolve(uri: str) -> tuple[str, str]:
             return name, str(client.get_model_version_by_alias(name, alias).version)
         name, version = rest.split("/", 1)
         return name, str(client.get_model_version(name, version).version)
-    except Exception as exc:
+    except Exception as exc:  # MLflow's "not found" comes as several kinds: one message for all
         raise RegistryError(f"{uri}: no such model version ({type(exc).__name__})") from exc
 
 
