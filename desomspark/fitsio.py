@@ -269,7 +269,7 @@ class FileScan:
     camera: str | None = None                           # the camera profile it was read with
     detsecs: dict = field(default_factory=dict)         # HDU index -> DETSEC, to place CCDs
     amplifier_hdus: bool = False                        # the camera writes one HDU per amplifier
-    segments: list = field(default_factory=list)        # (CCD name, Segment, shape, HduInfo) of such HDUs
+    segments: list = field(default_factory=list)        # while scanning: (CCD name, Segment, shape, HduInfo)
 
 
 def _exposure_id(header: fits.Header, path: str) -> str:
@@ -339,11 +339,10 @@ def scan_file(path: str, min_side: int = 128, camera: str | None = None) -> File
     return scan
 
 
-def _apply_profile(scan: FileScan, primary: fits.Header, camera: str | None) -> None:
-    """Fill what the headers lack from the camera profile."""
-    from .camera import detsec_positions, profile_for
+def _apply_profile(scan: FileScan, profile) -> None:
+    """Fill what the headers lack from the camera profile (:class:`camera.CameraProfile`)."""
+    from .camera import detsec_positions
 
-    profile = profile_for(primary, camera)
     scan.camera = profile.name
     scan.meta["camera"] = profile.name
     for hdu in scan.hdus:
@@ -358,7 +357,9 @@ def _apply_profile(scan: FileScan, primary: fits.Header, camera: str | None) -> 
 
 
 def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int, camera: str | None = None) -> None:
-    primary = None
+    from .camera import profile_for
+
+    primary = profile = None
     index = 0
     while True:
         try:
@@ -382,19 +383,15 @@ def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int, camera: str | Non
                 truth_label=_card(primary, "QUALITY", str), truth_kind=_card(primary, "QUALKIND", str),
                 zero_point=_first_card([primary], ZERO_POINT_KEYS))
             scan.night = night_of(scan.meta["mjd_obs"], scan.meta["date_obs"])
-            scan.amplifier_hdus = _profile(primary, camera).amplifier_hdus
+            profile = profile_for(primary, camera)
+            scan.amplifier_hdus = profile.amplifier_hdus
         _check_hdu(hdu, index, scan, size, min_side, primary)
         index += 1
     if scan.segments:
         _assemble_segments(scan, min_side)
-    if primary is not None:
-        _apply_profile(scan, primary, camera)
-
-
-def _profile(primary: fits.Header, camera: str | None):
-    from .camera import profile_for
-
-    return profile_for(primary, camera)
+        scan.segments = []  # now in the CCDs' HduInfo.segments: not sent back to the driver twice
+    if profile is not None:
+        _apply_profile(scan, profile)
 
 
 def _assemble_segments(scan: FileScan, min_side: int) -> None:
