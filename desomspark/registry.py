@@ -20,7 +20,7 @@ import os
 import shutil
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import yaml
@@ -89,7 +89,7 @@ def _home_default_experiment(lake: Lake) -> None:
     location when it makes a store: in the lake's own store it lives in the lake like the rest."""
     import sqlite3
 
-    with sqlite3.connect(lake.path("mlflow.db")) as db:
+    with closing(sqlite3.connect(lake.path("mlflow.db"))) as db, db:
         db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0 AND "
                    "substr(artifact_location, 1, ?) != ?",
                    (_artifact_root(lake) + "/0", len(_artifact_root(lake)), _artifact_root(lake)))
@@ -113,7 +113,8 @@ def reroot_embedded_store(lake: Lake) -> int:
     if not os.path.exists(path):
         return 0
     new_root = _artifact_root(lake)
-    with sqlite3.connect(path) as db:
+    # closing(): sqlite3's own context manager commits but leaves the connection open
+    with closing(sqlite3.connect(path)) as db, db:
         tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "experiments" not in tables:
             return 0
