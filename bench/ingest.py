@@ -104,7 +104,7 @@ def spark_run(master: str, data: Path, cfg) -> tuple[float, float, int, int]:
     lake_dir = tempfile.mkdtemp(prefix="bench-lake-")
     try:
         t = time.perf_counter()
-        summary = ingest(spark, str(data), Lake(lake_dir), cfg=cfg.ingest, log=lambda m: None)
+        summary = ingest(spark, str(data), Lake(lake_dir), cfg=cfg.ingest)
         elapsed = time.perf_counter() - t
     finally:
         spark.stop()

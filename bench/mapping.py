@@ -48,7 +48,7 @@ def main() -> None:
 
         lake = Lake(f"{tmp}/lake")
         simulate_night(f"{tmp}/raw", 12, small_config(cfg.simulate, 4, (1024, 1024)), seed=8, progress=False)
-        ingest(spark, f"{tmp}/raw", lake, night="20251120", cfg=cfg.ingest, log=lambda m: None)
+        ingest(spark, f"{tmp}/raw", lake, night="20251120", cfg=cfg.ingest)
         # more cutouts for a steady rate: K copies of the night under other exposure ids
         base = lake.spark_read(spark, "cutouts")
         copies = [base.withColumn("exposure_id", F.concat(F.col("exposure_id"), F.lit(f"-{k}")))
@@ -58,7 +58,7 @@ def main() -> None:
             big = big.unionByName(c)
         big_lake = Lake(f"{tmp}/big")
         big.write.partitionBy("night").parquet(big_lake.spark_path("cutouts"))
-        uri, version = resolve_model(lake, cfg, "desom1", log=lambda m: None)
+        uri, version = resolve_model(lake, cfg, "desom1")
         nodes_total = n_nodes(registry.model_metadata(uri))
 
         pixels = big_lake.read("cutouts", columns=["pixels"]).column("pixels")
@@ -69,7 +69,7 @@ def main() -> None:
         bare = n / (time.perf_counter() - t)
 
         t = time.perf_counter()
-        write_histovectors(spark, big_lake, uri, version, nodes_total, log=lambda m: None)
+        write_histovectors(spark, big_lake, uri, version, nodes_total)
         udf = n / (time.perf_counter() - t)
         print(f"{n} cutouts, {os.cpu_count()} cores, default DESOM-1 v{version}")
         print(f"(a) bare torch forward, one process   {bare:9.0f} cutouts/s")
@@ -85,7 +85,7 @@ def main() -> None:
         night = f"{tmp}/night2"
         simulate_night(night, args.nightly_exposures, replace(cfg.simulate), seed=9, progress=False)
         t = time.perf_counter()
-        nightly(spark, night, lake, "20251121", cfg, log=lambda m: None)
+        nightly(spark, night, lake, "20251121", cfg)
         dt = time.perf_counter() - t
         print(f"(c) nightly, {args.nightly_exposures} full-size exposures ({cfg.simulate.n_ccds} CCDs): "
               f"{dt:.1f} s, {dt / args.nightly_exposures:.1f} s per exposure")

@@ -48,13 +48,13 @@ def main() -> None:
         sim = replace(small_config(cfg.simulate, 4, (512, 512)), p_dead_ccd=0.02)
         simulate_night(lake.path("raw"), args.exposures, sim, seed=args.seed, mix="balanced", processes=2, progress=False)
         t_sim = time.perf_counter() - t0
-        ingest(spark, lake.path("raw"), lake, night="20251120", cfg=cfg.ingest, log=log)
+        ingest(spark, lake.path("raw"), lake, night="20251120", cfg=cfg.ingest)
         t_ingest = time.perf_counter() - t0 - t_sim
         train_and_map(spark, lake, cfg, log)
         t_train = time.perf_counter() - t0 - t_sim - t_ingest
         print(class_table(lake, ["20251120"]).to_string())
         print(scores_line(map_scores(lake, ["20251120"])))
-        table = evaluate(lake, cfg, log=log)
+        table = evaluate(lake, cfg)
         t_eval = time.perf_counter() - t0 - t_sim - t_ingest - t_train
         print(f"\nquality bench: {args.exposures} exposures, DESOM-1 {args.iterations} iterations; "
               f"simulate {t_sim:.0f} s, ingest {t_ingest:.0f} s, train+map {t_train:.0f} s, evaluate {t_eval:.0f} s")

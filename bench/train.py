@@ -39,7 +39,7 @@ def make_sample(tmp: str, cfg) -> str:
     simulate_night(f"{tmp}/raw", 24, sim, seed=5, progress=False)
     spark = get_spark(cfg.spark, master="local[2]")
     lake = Lake(f"{tmp}/lake")
-    ingest(spark, f"{tmp}/raw", lake, night="20251120", cfg=cfg.ingest, log=lambda m: None)
+    ingest(spark, f"{tmp}/raw", lake, night="20251120", cfg=cfg.ingest)
     sample = training_sample(spark, lake, 10**6, seed=1)
     spark.stop()
     return sample.path
@@ -58,7 +58,7 @@ def run_fit(job: TrainJob, max_bytes: float, device: torch.device) -> float:
     t = time.perf_counter()
     shard = Shard(job.sample_path, row_groups(job.sample_path), "pixels", device, max_bytes,
                   torch.Generator().manual_seed(0))
-    fit(model, shard, job, log=lambda m: None)
+    fit(model, shard, job)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return job.iterations * job.batch_size / (time.perf_counter() - t)

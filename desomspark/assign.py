@@ -8,6 +8,7 @@ last word per cell wins) are joined on the cell.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator
 
@@ -19,6 +20,8 @@ from .errors import UserError
 from .lake import Lake
 from .model import ModelSpec, map_inputs
 from .queries import current_labels, input_matrix
+
+_LOG = logging.getLogger(__name__)
 
 
 def assign_rows(batches: Iterator[pd.DataFrame], model_uri: str, metadata: dict, desom2_version: str,
@@ -40,7 +43,7 @@ def assign_rows(batches: Iterator[pd.DataFrame], model_uri: str, metadata: dict,
 
 
 def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_version: str,
-                      nights: list[str] | None = None, log=print) -> pd.DataFrame:
+                      nights: list[str] | None = None) -> pd.DataFrame:
     """Assign every exposure of ``nights`` (default: all nights with histo-vectors) and commit."""
     from pyspark.sql import functions as F
 
@@ -76,5 +79,5 @@ def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_
         lake.spark_path(staging, "assignments"))
     lake.commit_nights(staging, ["assignments"], nights, summary={"desom2_version": str(desom2_version)})
     table = lake.read("assignments", nights=nights).to_pandas()
-    log(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
+    _LOG.info(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
     return table

@@ -16,6 +16,7 @@ searched to come as close to it as it can).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,9 @@ from sklearn.metrics.pairwise import euclidean_distances
 from torch import nn
 
 from .model import ConvAutoencoder
+
+_LOG = logging.getLogger(__name__)
+
 
 IMAGE_SIDE = 192
 
@@ -138,17 +142,16 @@ def autoencoder_latent(images: np.ndarray, cfg: BaselineConfig, variational: boo
     return latent.numpy()
 
 
-def run_baselines(images: np.ndarray, k: int, cfg: BaselineConfig = BaselineConfig(),
-                  log=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def run_baselines(images: np.ndarray, k: int, cfg: BaselineConfig = BaselineConfig()) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per baseline, by name: (cluster of each image, the features it clustered)."""
     features = pca_features(images, cfg.pca_components, cfg.seed)
     out = {"pixel PCA + k-means": (kmeans(features, k, cfg.seed), features),
            "PCA + agglomerative (Ward)": (agglomerative(features, k), features),
            "PCA + affinity propagation": (affinity_propagation(features, k, cfg.seed), features)}
-    log("evaluate: training the conv autoencoder baseline")
+    _LOG.info("evaluate: training the conv autoencoder baseline")
     latent = autoencoder_latent(images, cfg, variational=False)
     out["conv AE + k-means"] = (kmeans(latent, k, cfg.seed), latent)
-    log("evaluate: training the VAE baseline")
+    _LOG.info("evaluate: training the VAE baseline")
     latent = autoencoder_latent(images, cfg, variational=True)
     out["VAE latent + k-means"] = (kmeans(latent, k, cfg.seed), latent)
     return out

@@ -26,6 +26,8 @@ from .errors import UserError
 from .sections import SECTION_PATTERN
 
 _LOG = logging.getLogger(__name__)
+
+
 GENERIC = "generic"
 
 

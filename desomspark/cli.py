@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from . import logs
 from .config import Config, conf_dir, load_config
 from .errors import DesomsparkError, UserError
 
@@ -57,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--master", default=None, help="Spark master (default: conf, local[*])")
         p.add_argument("--conf", default=None, help="YAML file merged over conf/default.yaml")
-        p.add_argument("-v", "--verbose", action="store_true", help="show Spark's and MLflow's own log lines")
+        loud = p.add_mutually_exclusive_group()
+        loud.add_argument("-v", "--verbose", action="store_true", help="show Spark's and MLflow's own log lines")
+        loud.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
         if lake:
             p.add_argument("--lake", required=lake_required, default=None if lake_required else "./lake",
                            help="lake root: a local path or a URL Spark and fsspec can write")
@@ -345,13 +348,13 @@ COMMANDS = {
 NOISY_LOGGERS = ("py4j", "TorchDistributor", "pyspark", "urllib3")
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    """Our own lines always; the libraries' INFO lines only with ``-v``."""
+def _configure_logging(verbose: bool, quiet: bool) -> None:
+    """Our own lines on stdout (warnings only with ``-q``); the libraries' INFO lines only with ``-v``."""
     import logging
     import os
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("desomspark").setLevel(logging.INFO)
+    logs.to_stdout(logging.WARNING if quiet else logging.INFO)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     # MLflow configures its own logger when imported ("Creating initial MLflow database tables..."):
@@ -363,7 +366,7 @@ def _quiet_libraries(verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries(args.verbose)
+    _configure_logging(args.verbose, args.quiet)
     try:
         cfg = load_config(args.conf)
     except (OSError, ValueError) as exc:

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import replace
 
@@ -22,6 +23,9 @@ from .lake import Lake
 from .pipeline import nightly, run_assign, run_histovectors
 from .report import write_report
 from .simulate import simulate_night, small_config
+
+_LOG = logging.getLogger(__name__)
+
 
 TRAIN_NIGHT, NEXT_NIGHT = "20251120", "20251121"
 
@@ -65,15 +69,15 @@ def scores_line(scores: dict) -> str:
             f"{scores['cells_used']} cells used by {scores['exposures']} exposures")
 
 
-def train_and_map(spark, lake: Lake, cfg: Config, log=print) -> tuple[dict, dict]:
+def train_and_map(spark, lake: Lake, cfg: Config) -> tuple[dict, dict]:
     """Train DESOM-1 (2 DDP processes where there are 2 cores) and DESOM-2 on the lake, promote both, assign."""
     processes = 2 if (os.cpu_count() or 1) >= 2 else 1
-    d1 = train_desom1(spark, lake, cfg, processes=processes, log=log)
+    d1 = train_desom1(spark, lake, cfg, processes=processes)
     registry.promote(lake, cfg.mlflow, "desom1", d1["version"])
-    run_histovectors(spark, lake, cfg, log=log)
-    d2 = train_desom2(lake, cfg, desom1_version=d1["version"], log=log)
+    run_histovectors(spark, lake, cfg)
+    d2 = train_desom2(lake, cfg, desom1_version=d1["version"])
     registry.promote(lake, cfg.mlflow, "desom2", d2["version"])
-    run_assign(spark, lake, cfg, log=log)
+    run_assign(spark, lake, cfg)
     return d1, d2
 
 
@@ -81,30 +85,30 @@ def train_and_map(spark, lake: Lake, cfg: Config, log=print) -> tuple[dict, dict
 DEMO_EXPOSURES_PER_CELL = 3
 
 
-def demo(spark, lake: Lake, cfg: Config, n_exposures: int = 36, log=print) -> dict:
+def demo(spark, lake: Lake, cfg: Config, n_exposures: int = 36) -> dict:
     sim = replace(small_config(cfg.simulate, 4, (512, 512)), p_dead_ccd=0.02)
     raw = lake.path("raw", TRAIN_NIGHT)
-    log(f"demo: simulating {n_exposures} exposures (4 CCDs of 512x512, every class) into {raw}")
+    _LOG.info(f"demo: simulating {n_exposures} exposures (4 CCDs of 512x512, every class) into {raw}")
     simulate_night(raw, n_exposures, sim, seed=0, mix="balanced")
-    ingest(spark, raw, lake, night=TRAIN_NIGHT, cfg=cfg.ingest, log=log)
+    ingest(spark, raw, lake, night=TRAIN_NIGHT, cfg=cfg.ingest)
 
     cfg = replace(cfg, desom2=replace(cfg.desom2, exposures_per_cell=DEMO_EXPOSURES_PER_CELL))
-    d1, d2 = train_and_map(spark, lake, cfg, log)
-    log("demo: exposures per DESOM-2 cell and true class (training night), cells grouped by majority class:")
-    log(class_table(lake, [TRAIN_NIGHT]).to_string())
-    log("demo: " + scores_line(map_scores(lake, [TRAIN_NIGHT])))
+    d1, d2 = train_and_map(spark, lake, cfg)
+    _LOG.info("demo: exposures per DESOM-2 cell and true class (training night), cells grouped by majority class:")
+    _LOG.info(class_table(lake, [TRAIN_NIGHT]).to_string())
+    _LOG.info("demo: " + scores_line(map_scores(lake, [TRAIN_NIGHT])))
 
     raw2 = lake.path("raw", NEXT_NIGHT)
-    log(f"demo: a new night ({NEXT_NIGHT}) arrives: nightly with the champion models")
+    _LOG.info(f"demo: a new night ({NEXT_NIGHT}) arrives: nightly with the champion models")
     simulate_night(raw2, max(6, n_exposures // 3), sim, seed=1, mix="survey")
-    summary = nightly(spark, raw2, lake, NEXT_NIGHT, cfg, log=log)
+    summary = nightly(spark, raw2, lake, NEXT_NIGHT, cfg)
 
-    report = write_report(lake, cfg, lake.path("report"), log=log)
+    report = write_report(lake, cfg, lake.path("report"))
     uri = registry.tracking_uri(lake, cfg.mlflow)
-    log("demo: done. Outputs:")
-    log(f"  lake tables      {lake.root}/{{exposures,ccds,cutouts,rejects,histovectors,assignments}}/night=*/")
-    log(f"  raw FITS         {lake.path('raw')}")
-    log(f"  MLflow store     {uri}  (browse: mlflow ui --backend-store-uri {uri})")
-    log(f"  models           desom1 v{d1['version']}, desom2 v{d2['version']} (alias champion)")
-    log(f"  HTML report      {report}")
+    _LOG.info("demo: done. Outputs:")
+    _LOG.info(f"  lake tables      {lake.root}/{{exposures,ccds,cutouts,rejects,histovectors,assignments}}/night=*/")
+    _LOG.info(f"  raw FITS         {lake.path('raw')}")
+    _LOG.info(f"  MLflow store     {uri}  (browse: mlflow ui --backend-store-uri {uri})")
+    _LOG.info(f"  models           desom1 v{d1['version']}, desom2 v{d2['version']} (alias champion)")
+    _LOG.info(f"  HTML report      {report}")
     return {"desom1": d1, "desom2": d2, "nightly": summary, "report": str(report)}

@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import logging
 import math
 import zlib
 import tempfile
@@ -27,6 +28,9 @@ from .lake import Lake
 from .model import DesomInference, desom1_spec
 from .schema import CUTOUT_SIZE
 from .train import TrainJob, build_model, load_checkpoint
+
+_LOG = logging.getLogger(__name__)
+
 
 ROWS_PER_GROUP = 8192  # ~8 MiB of cutouts: enough groups to shard over ranks, large enough to read fast
 
@@ -96,7 +100,7 @@ def run_distributed(job: TrainJob, processes: int, local_mode: bool = True) -> d
 
 def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, processes: int = 1,
                  gpu: bool = False, sample_size: int | None = None, resume: bool = False,
-                 batch_size: int | None = None, cluster: bool = False, log=print) -> dict:
+                 batch_size: int | None = None, cluster: bool = False) -> dict:
     """Sample, train with DDP, and register DESOM-1.  Returns run id, version and metrics."""
     c = cfg.desom1
     registry.connect(lake, cfg.mlflow)  # an unreachable MLflow fails here, not after the training
@@ -112,37 +116,34 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
     else:
         sample = training_sample(spark, lake, sample_size or c.sample, c.seed, min_groups=max(8, processes))
     batch_size = batch_size or c.batch_size
-    log(f"train-desom1: sample of {sample.rows} cutouts (of {sample.total_cutouts}) at {sample.path}")
+    _LOG.info(f"train-desom1: sample of {sample.rows} cutouts (of {sample.total_cutouts}) at {sample.path}")
     job = _job(cfg, sample, lake, iterations, batch_size, resume, gpu)
 
     nights = lake.nights("cutouts")
     rows, cols = c.map_shape
     name = f"desom1 {rows}x{cols} {_count(iterations)} its nights {registry.night_span(nights)}"
     with registry.run(lake, cfg.mlflow, name, run_id=previous and previous["run_id"]) as active:
-        import mlflow
-
         if previous is None:
             lake.write_json({"run_id": active.info.run_id, "sample": asdict(sample), "iterations": iterations,
                              "batch_size": batch_size}, run_file)
             # each parameter once: the settings as this run used them, then what only the run knows
-            settings = replace(c, iterations=iterations, batch_size=batch_size)
-            mlflow.log_params(registry.flatten("desom1", asdict(settings)) | {
-                "processes": processes, "gpu": gpu, "sample.requested": sample.requested,
-                "sample.total_cutouts": sample.total_cutouts})
-            registry.log_training_data("desom1 training cutouts", sample.path, nights, sample.rows,
-                                       Path(sample.path).name)
+            registry.log_training_inputs(
+                "desom1", replace(c, iterations=iterations, batch_size=batch_size),
+                {"processes": processes, "gpu": gpu, "sample.requested": sample.requested,
+                 "sample.total_cutouts": sample.total_cutouts},
+                registry.TrainingData("desom1 training cutouts", sample.path, nights, sample.rows,
+                                      Path(sample.path).name))
         result = run_distributed(job, processes, local_mode=not cluster)
         model = build_model(job)
         model.load_state_dict(load_checkpoint(job.checkpoint_path)["model"])
-        registry.log_history(result["history"])
         final = result["history"][-1] if result["history"] else {}
         with tempfile.TemporaryDirectory() as tmp:
             from .plots import prototype_map
 
             png = prototype_map(model.decoded_prototypes().squeeze(1).numpy(), model.map_shape,
                                 Path(tmp) / "prototype_map.png")
-            mlflow.log_artifact(png)
-        mlflow.log_dict({"prototype_checksums": result["prototype_checksums"]}, "ranks.json")
+            registry.log_training_outcome(result["history"], files=[png],
+                                          dicts={"ranks.json": {"prototype_checksums": result["prototype_checksums"]}})
         model.eval()
         version = registry.register_model(
             DesomInference(model), "desom1", input_example=np.zeros((2, 1, CUTOUT_SIZE, CUTOUT_SIZE), np.float32),
@@ -153,7 +154,7 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
             extra={"decoded_prototypes": model.decoded_prototypes().squeeze(1).numpy(),
                    "prototypes": model.som.prototypes.detach().numpy()})
         run_id = active.info.run_id
-    log(f"train-desom1: registered desom1 version {version} (alias {registry.CHALLENGER}), run {run_id}")
+    _LOG.info(f"train-desom1: registered desom1 version {version} (alias {registry.CHALLENGER}), run {run_id}")
     return {"run_id": run_id, "version": version, "final": final,
             "prototype_checksums": result["prototype_checksums"], "history": result["history"]}
 

@@ -27,8 +27,9 @@ one process (tens of thousands of vectors) with :func:`train.fit`.
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,9 @@ from .model import DESOM, DesomInference, desom2, map_side_for
 from .qa import QA_FEATURES, robust_scale
 from .queries import desom2_inputs, input_matrix
 from .train import Shard, TrainJob, fit, row_groups
+
+_LOG = logging.getLogger(__name__)
+
 
 TRANSFORMS = ("original", "hellinger")
 
@@ -166,11 +170,8 @@ def build_mapper(counts: np.ndarray, qa: np.ndarray | None, c: Desom2Config, map
                           **stats)
 
 
-def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_version: str | None = None,
-                 log=print) -> dict:
+def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_version: str | None = None) -> dict:
     """Normalise, train and register DESOM-2 (tagged with its DESOM-1 version)."""
-    import mlflow
-
     c = cfg.desom2
     unknown = sorted(set(c.qa_inputs) - set(QA_FEATURES))
     if unknown:
@@ -182,7 +183,7 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
     n_bins = len(table["counts"].iloc[0])
     counts, qa = x_raw[:, :n_bins], (x_raw[:, n_bins:] if c.qa_inputs else None)
     map_shape = desom2_map_shape(c, len(table))
-    log(f"train-desom2: {len(table)} histo-vectors of desom1 v{version} ({c.transform}"
+    _LOG.info(f"train-desom2: {len(table)} histo-vectors of desom1 v{version} ({c.transform}"
         f"{', + ' + ', '.join(c.qa_inputs) if c.qa_inputs else ''}), map {map_shape[0]}x{map_shape[1]}")
     mapper = build_mapper(counts, qa, c, map_shape, version)
     model = mapper.inference.desom
@@ -200,12 +201,12 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
                        log_every=c.log_every, column="x")
         shard = Shard(str(sample), row_groups(str(sample)), "x", torch.device("cpu"), 1e12,
                       torch.Generator().manual_seed(c.seed))
-        result = fit(model, shard, job, log=log)
+        result = fit(model, shard, job)
     model.eval()
     with torch.no_grad():
         cells = model.predict(torch.as_tensor(x))[0].numpy()
     used = int(np.unique(cells).size)
-    log(f"train-desom2: {used} of {map_shape[0] * map_shape[1]} cells used by {len(x)} exposures "
+    _LOG.info(f"train-desom2: {used} of {map_shape[0] * map_shape[1]} cells used by {len(x)} exposures "
         f"({len(x) / used:.1f} per used cell)")
     example = np.where(np.isnan(x_raw[:2]), 0.0, x_raw[:2]).astype(np.float32)
     nights = sorted(table["night"].unique())
@@ -213,16 +214,15 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
             f"nights {registry.night_span(nights)}")
     with registry.run(lake, cfg.mlflow, name) as active:
         # each parameter once: the settings as this run used them, then what only the run knows
-        settings = replace(c, iterations=job.iterations)
-        mlflow.log_params(registry.flatten("desom2", asdict(settings)) | {
-            "map_rows": map_shape[0], "map_cols": map_shape[1], "t_max_used": job.t_max,
-            "n_exposures": len(x), "desom1_version": version})
         keys = "\n".join(table["night"] + "/" + table["exposure_id"])
-        registry.log_training_data(f"desom2 training histo-vectors of desom1 v{version}", lake.path("histovectors"),
-                                   nights, len(x), hashlib.sha256(keys.encode()).hexdigest())
-        registry.log_history(result["history"])
-        mlflow.log_metric("cells_used", used)
-        mlflow.log_dict({"exposures": list(table["exposure_id"])}, "training_exposures.json")
+        registry.log_training_inputs(
+            "desom2", replace(c, iterations=job.iterations),
+            {"map_rows": map_shape[0], "map_cols": map_shape[1], "t_max_used": job.t_max,
+             "n_exposures": len(x), "desom1_version": version},
+            registry.TrainingData(f"desom2 training histo-vectors of desom1 v{version}", lake.path("histovectors"),
+                                  nights, len(x), hashlib.sha256(keys.encode()).hexdigest()))
+        registry.log_training_outcome(result["history"], metrics={"cells_used": used},
+                                      dicts={"training_exposures.json": {"exposures": list(table["exposure_id"])}})
         new_version = registry.register_model(
             mapper, "desom2", input_example=example,
             metadata=model.spec.to_dict() | {"clip_sigma": c.clip_sigma, "n_bins": n_bins,
@@ -234,6 +234,6 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
             extra={"bin_center": mapper.bin_center.numpy(), "bin_scale": mapper.bin_scale.numpy(),
                    "qa_center": mapper.qa_center.numpy(), "qa_scale": mapper.qa_scale.numpy(),
                    "prototypes": model.som.prototypes.detach().numpy()})
-    log(f"train-desom2: registered desom2 version {new_version} (alias {registry.CHALLENGER}) on desom1 v{version}")
+    _LOG.info(f"train-desom2: registered desom2 version {new_version} (alias {registry.CHALLENGER}) on desom1 v{version}")
     return {"version": new_version, "desom1_version": version, "map_shape": map_shape, "cells_used": used,
             "history": result["history"], "run_id": active.info.run_id, "mapper": mapper}

@@ -27,6 +27,7 @@ written beside the tables.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,9 @@ from . import baselines, metrics, registry
 from .errors import UserError
 from .lake import Lake
 from .qa import QA_FEATURES, standardise
+
+_LOG = logging.getLogger(__name__)
+
 
 GOOD = "Good"
 #: the six classes of the paper (the simulator adds Streak, which the classical numbers cannot see)
@@ -108,8 +112,7 @@ def tsne_figure(lake: Lake, desom1_uri: str, members: pd.DataFrame, path, n: int
 
 
 def evaluate(lake: Lake, cfg, out: str | Path | None = None,
-             baseline_cfg: baselines.BaselineConfig = baselines.BaselineConfig(), max_exposures: int = 3000,
-             log=print) -> pd.DataFrame:
+             baseline_cfg: baselines.BaselineConfig = baselines.BaselineConfig(), max_exposures: int = 3000) -> pd.DataFrame:
     """Score the champion DESOM-2's cells and the baselines; writes ``evaluation.{csv,md}`` and ``tsne.png``.
 
     Every method is scored on the same exposures: all those with a true class,
@@ -125,16 +128,16 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     members = map_members(lake, d2_version)
     members = members[members["truth_label"].notna()].reset_index(drop=True)
     if len(members) > max_exposures:
-        log(f"evaluate: scoring a random {max_exposures} of {len(members)} exposures")
+        _LOG.info(f"evaluate: scoring a random {max_exposures} of {len(members)} exposures")
         members = members.sample(n=max_exposures, random_state=baseline_cfg.seed).reset_index(drop=True)
     if members.empty:
         raise UserError(f"no exposure assigned by desom2 v{d2_version} has a true class (QUALITY header): "
                          "evaluate needs ground truth, e.g. a simulated night")
     truth = members["truth_label"].to_numpy()
     k = int(members["cell"].nunique())
-    log(f"evaluate: {len(members)} exposures with a true class, {k} DESOM-2 cells used "
+    _LOG.info(f"evaluate: {len(members)} exposures with a true class, {k} DESOM-2 cells used "
         f"(desom2 v{d2_version} on desom1 v{d1_version})")
-    methods = score_methods(lake, members, d1_version, k, baseline_cfg, log)
+    methods = score_methods(lake, members, d1_version, k, baseline_cfg)
     table = pd.DataFrame([m["row"] for m in methods.values()], columns=COLUMNS)
     per_class = pd.DataFrame({name: per_class_recall(truth, m["predicted"]) for name, m in methods.items()
                               if name in (MAP, QA_KNN, HISTO_KNN)}).T
@@ -153,9 +156,9 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
         + "".join(f"\nConfusion, {name} (rows: true class, columns: predicted from neighbours):\n\n"
                   + markdown(frame.reset_index()) for name, frame in confusions.items()))
     tsne_figure(lake, d1_uri, members, out / "tsne.png")
-    log(markdown(table))
-    log("neighbour accuracy per true class:\n" + markdown(per_class.reset_index(names="method")))
-    log(f"evaluate: wrote {out / 'evaluation.csv'}, {out / 'evaluation.md'} (with confusion matrices) "
+    _LOG.info(markdown(table))
+    _LOG.info("neighbour accuracy per true class:\n" + markdown(per_class.reset_index(names="method")))
+    _LOG.info(f"evaluate: wrote {out / 'evaluation.csv'}, {out / 'evaluation.md'} (with confusion matrices) "
         f"and {out / 'tsne.png'}")
     return table
 
@@ -190,7 +193,7 @@ def _centroids(features: np.ndarray, clusters: np.ndarray) -> dict:
 
 
 def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int,
-                  baseline_cfg: baselines.BaselineConfig, log=print) -> dict[str, dict]:
+                  baseline_cfg: baselines.BaselineConfig) -> dict[str, dict]:
     """Every method's scores (``row``) and leave-one-out predictions, on the exposures of ``members``."""
     from .queries import exposure_views
 
@@ -224,7 +227,7 @@ def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int
 
     views = exposure_views(lake, ids)
     images = np.stack([baselines.exposure_image(views.get(e, {}).get("window")) for e in ids])
-    for name, (clusters, features) in baselines.run_baselines(images, k, baseline_cfg, log).items():
+    for name, (clusters, features) in baselines.run_baselines(images, k, baseline_cfg).items():
         out[name] = _clustering(truth, clusters, _centroids(features, clusters), "euclidean")
     for name, m in out.items():
         m["row"] = {"method": name} | m["row"]

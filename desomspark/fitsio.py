@@ -25,6 +25,7 @@ from astropy.io import fits
 from astropy.time import Time
 
 from .errors import DesomsparkError
+from .schema import REJECT_REASONS
 from .sections import (RawLayout, SectionError, SegmentLayout, amplifier_layout, assemble, check_layout,
                        correct_raw, parse_section, segment_of)
 
@@ -44,12 +45,31 @@ FLAGGED_MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "NO_DATA", "SUSPECT"
 
 
 class Reject(DesomsparkError):
-    """A file or HDU that cannot be used; ``reason`` is a code of schema.REJECT_REASONS."""
+    """A file or HDU that cannot be used, and the row of ``rejects/`` it becomes.
 
-    def __init__(self, reason: str, detail: str):
+    Raised where reading fails, kept in a :class:`FileScan` where scanning
+    finds a problem: either way :meth:`row` writes it.  ``reason`` is a code
+    of ``schema.REJECT_REASONS`` (an unknown code is a bug, refused here);
+    ``hdu_index`` and ``extname`` place it in its file, None for the whole
+    file.
+    """
+
+    def __init__(self, reason: str, detail: str, hdu_index: int | None = None, extname: str | None = None):
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"{reason!r} is not a reject reason of schema.REJECT_REASONS")
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
-        self.detail = detail
+        self.detail = detail[:500]  # an astropy message can quote a whole header
+        self.hdu_index = hdu_index
+        self.extname = extname
+
+    def __reduce__(self):  # scans travel from executors: rebuilt from the fields, not from the message
+        return Reject, (self.reason, self.detail, self.hdu_index, self.extname)
+
+    def row(self, night: str | None, path: str) -> dict:
+        """The row of ``rejects/`` (schema.REJECTS) for the file at ``path``."""
+        return dict(night=night, path=path, hdu_index=self.hdu_index, extname=self.extname,
+                    reason=self.reason, detail=self.detail)
 
 
 def local_path(path: str) -> str | None:
@@ -232,11 +252,11 @@ def _card(header: fits.Header, key: str, kind=str, default=None):
         return default
 
 
-def file_reason(hdu_reasons: list[str]) -> tuple[str, str]:
+def file_reason(hdu_reasons: list[str]) -> Reject:
     """The reject of a file none of whose HDUs could be used: their common reason, if they share one."""
     unique = sorted(set(hdu_reasons))
     reason = unique[0] if len(unique) == 1 else "no_usable_ccd"
-    return reason, f"no usable HDU: {len(hdu_reasons)} rejected ({', '.join(unique)})"
+    return Reject(reason, f"no usable HDU: {len(hdu_reasons)} rejected ({', '.join(unique)})")
 
 
 @dataclass
@@ -264,8 +284,8 @@ class FileScan:
     night: str | None = None
     meta: dict = field(default_factory=dict)
     hdus: list[HduInfo] = field(default_factory=list)
-    rejects: list[dict] = field(default_factory=list)  # HDU-level and file-level
-    file_reject: tuple[str, str] | None = None          # (reason, detail) if nothing usable
+    rejects: list[Reject] = field(default_factory=list)  # HDU-level
+    file_reject: Reject | None = None                    # the whole file, if nothing of it is usable
     camera: str | None = None                           # the camera profile it was read with
     detsecs: dict = field(default_factory=dict)         # HDU index -> DETSEC, to place CCDs
     amplifier_hdus: bool = False                        # the camera writes one HDU per amplifier
@@ -296,29 +316,29 @@ def scan_file(path: str, min_side: int = 128, camera: str | None = None) -> File
     scan = FileScan(path=path)
     local = local_path(path)
     if local is not None and os.path.isdir(local):
-        scan.file_reject = ("not_a_file", "a directory, not a FITS file")
+        scan.file_reject = Reject("not_a_file", "a directory, not a FITS file")
         return scan
     try:
         size = _size(path)
     except OSError as exc:
-        scan.file_reject = ("not_found", str(exc))
+        scan.file_reject = Reject("not_found", str(exc))
         return scan
     if size == 0:
-        scan.file_reject = ("empty_file", "0 bytes")
+        scan.file_reject = Reject("empty_file", "0 bytes")
         return scan
     try:
         head, kind = _head(path)
     except Reject as exc:
-        scan.file_reject = (exc.reason, exc.detail)
+        scan.file_reject = exc
         return scan
     except OSError as exc:
-        scan.file_reject = ("not_found", str(exc))
+        scan.file_reject = Reject("not_found", str(exc))
         return scan
     if not head.startswith(b"SIMPLE  ="):
-        scan.file_reject = ("not_fits", f"starts with {head[:20]!r}" + (f" (inside a {kind} stream)" if kind else ""))
+        scan.file_reject = Reject("not_fits", f"starts with {head[:20]!r}" + (f" (inside a {kind} stream)" if kind else ""))
         return scan
     if kind is None and size < 2880:
-        scan.file_reject = ("truncated", f"{size} bytes, less than one FITS block")
+        scan.file_reject = Reject("truncated", f"{size} bytes, less than one FITS block")
         return scan
     if kind is not None:
         size = None  # a compressed size says nothing of where the FITS data end
@@ -328,14 +348,14 @@ def scan_file(path: str, min_side: int = 128, camera: str | None = None) -> File
             with _open(path) as hdul:
                 _scan_hdus(hdul, scan, size, min_side, camera)
     except Reject as exc:
-        scan.file_reject = (exc.reason, exc.detail)
+        scan.file_reject = exc
     except Exception as exc:  # astropy raises many kinds on broken headers
-        scan.file_reject = ("bad_header", f"{type(exc).__name__}: {exc}"[:500])
+        scan.file_reject = Reject("bad_header", f"{type(exc).__name__}: {exc}")
     if scan.file_reject is None and not scan.hdus:
         if scan.rejects:
-            scan.file_reject = file_reason([r["reason"] for r in scan.rejects])
+            scan.file_reject = file_reason([r.reason for r in scan.rejects])
         else:
-            scan.file_reject = ("no_image_hdu", "no 2-D image HDU with data")
+            scan.file_reject = Reject("no_image_hdu", "no 2-D image HDU with data")
     return scan
 
 
@@ -370,8 +390,7 @@ def _scan_hdus(hdul, scan: FileScan, size: int, min_side: int, camera: str | Non
             # a header that cannot be parsed ends the file for us; what came before stands
             if primary is None:
                 raise
-            scan.rejects.append(dict(hdu_index=index, extname=None, reason="bad_header",
-                                     detail=f"{type(exc).__name__}: {exc}"[:500]))
+            scan.rejects.append(Reject("bad_header", f"{type(exc).__name__}: {exc}", index))
             break
         if primary is None:
             primary = hdu.header
@@ -405,13 +424,12 @@ def _assemble_segments(scan: FileScan, min_side: int) -> None:
         try:
             layout.check({m[0].hdu_index: m[1] for m in members})
         except SectionError as exc:
-            scan.rejects.extend(dict(hdu_index=m[0].hdu_index, extname=m[2].extname, reason="bad_section",
-                                     detail=str(exc)) for m in members)
+            scan.rejects.extend(Reject("bad_section", str(exc), m[0].hdu_index, m[2].extname) for m in members)
             continue
         height, width = layout.shape
         if min(height, width) < min_side:
-            scan.rejects.extend(dict(hdu_index=m[0].hdu_index, extname=m[2].extname, reason="wrong_dimensions",
-                                     detail=f"assembled CCD {height}x{width} below {min_side} px") for m in members)
+            scan.rejects.extend(Reject("wrong_dimensions", f"assembled CCD {height}x{width} below {min_side} px",
+                                       m[0].hdu_index, m[2].extname) for m in members)
             continue
         first.extname = ccd or first.extname
         first.height, first.width = height, width
@@ -479,17 +497,17 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int,
             scan.hdus[-1].mask_index, scan.hdus[-1].mask_bits = index, flagged_bits(header)
         return
     extname = str(header.get("EXTNAME") or f"hdu{index}")
-    reject = dict(hdu_index=index, extname=extname)
+    where = dict(hdu_index=index, extname=extname)
     bitpix = header.get("BITPIX")
     if bitpix not in VALID_BITPIX:
-        scan.rejects.append(reject | dict(reason="bad_header", detail=f"BITPIX = {bitpix!r} is not a FITS pixel type"))
+        scan.rejects.append(Reject("bad_header", f"BITPIX = {bitpix!r} is not a FITS pixel type", **where))
         return
     shape = tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))
     if naxis != 2:
-        scan.rejects.append(reject | dict(reason="wrong_dimensions", detail=f"NAXIS={naxis}, shape {shape}"))
+        scan.rejects.append(Reject("wrong_dimensions", f"NAXIS={naxis}, shape {shape}", **where))
         return
     segment = segment_of(header, index) if scan.amplifier_hdus or SEGMENT_EXTNAME.match(extname) else None
-    if segment is not None and not _truncated(hdu, size, scan, reject):
+    if segment is not None and not _truncated(hdu, size, scan, where):
         # an amplifier of a CCD: assembled with the others once every header is read
         ccd = next((str(header[k]).strip() for k in SEGMENT_CCD_KEYS if header.get(k) is not None), "")
         scan.segments.append((ccd, segment, shape, HduInfo(
@@ -504,13 +522,13 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int,
         try:
             check_layout(layout, shape)
         except SectionError as exc:
-            scan.rejects.append(reject | dict(reason="bad_section", detail=str(exc)))
+            scan.rejects.append(Reject("bad_section", str(exc), **where))
             return
         shape = parse_section(layout.trim, shape).shape  # the CCD once trimmed
     if min(shape) < min_side:
-        scan.rejects.append(reject | dict(reason="wrong_dimensions", detail=f"shape {shape} below {min_side} px"))
+        scan.rejects.append(Reject("wrong_dimensions", f"shape {shape} below {min_side} px", **where))
         return
-    if _truncated(hdu, size, scan, reject):
+    if _truncated(hdu, size, scan, where):
         return
     scan.detsecs[index] = header.get("DETSEC")
     scan.hdus.append(HduInfo(
@@ -522,12 +540,12 @@ def _check_hdu(hdu, index: int, scan: FileScan, size: int | None, min_side: int,
         raw_layout=layout.to_dict() if layout is not None else None))
 
 
-def _truncated(hdu, size: int | None, scan: FileScan, reject: dict) -> bool:
+def _truncated(hdu, size: int | None, scan: FileScan, where: dict) -> bool:
     """Whether the HDU's data run past the end of the file (then it is rejected)."""
     info = hdu.fileinfo() or {}
     end = info.get("datLoc", 0) + info.get("datSpan", 0)
     if size is not None and end > size:
-        scan.rejects.append(reject | dict(reason="truncated", detail=f"data end at byte {end}, file has {size}"))
+        scan.rejects.append(Reject("truncated", f"data end at byte {end}, file has {size}", **where))
         return True
     return False
 
@@ -632,5 +650,5 @@ class _reading:
         if isinstance(exc, SectionError):
             raise Reject("bad_section", str(exc)) from None
         if isinstance(exc, Exception):
-            raise Reject("unreadable_data", f"{self.prefix}{type(exc).__name__}: {exc}"[:500]) from None
+            raise Reject("unreadable_data", f"{self.prefix}{type(exc).__name__}: {exc}") from None
         return False

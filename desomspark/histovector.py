@@ -12,6 +12,7 @@ rows, which Spark sums per exposure.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Iterator
 
@@ -24,6 +25,9 @@ from .cutout import decode_pixels
 from .errors import UserError
 from .lake import Lake
 from .model import split_inference
+
+_LOG = logging.getLogger(__name__)
+
 
 @torch.no_grad()
 def cutout_nodes(model, pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
@@ -74,7 +78,7 @@ def compute_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str,
 
 
 def write_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n_nodes: int,
-                       nights: list[str] | None = None, log=print) -> int:
+                       nights: list[str] | None = None) -> int:
     """Compute and commit the histo-vectors of ``nights`` (default: every night of cutouts/)."""
     nights = nights or lake.nights("cutouts")
     if not nights:
@@ -85,5 +89,5 @@ def write_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n
      .write.mode("overwrite").partitionBy("night").parquet(lake.spark_path(staging, "histovectors")))
     lake.commit_nights(staging, ["histovectors"], nights, summary={"desom1_version": desom1_version})
     n = lake.read("histovectors", nights=nights, columns=["exposure_id"]).num_rows
-    log(f"histovectors: {n} exposures over {len(nights)} night(s) with desom1 version {desom1_version}")
+    _LOG.info(f"histovectors: {n} exposures over {len(nights)} night(s) with desom1 version {desom1_version}")
     return n

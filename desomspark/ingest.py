@@ -19,6 +19,7 @@ file-level row of ``rejects/``.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections import Counter
@@ -35,6 +36,9 @@ from .fitsio import FileScan, Reject, file_reason, list_inputs, night_of, read_c
 from .lake import Lake
 from .qa import exposure_qa
 
+_LOG = logging.getLogger(__name__)
+
+
 TABLES = ("exposures", "ccds", "cutouts", "rejects")
 
 
@@ -48,6 +52,23 @@ class IngestSummary:
     dead_ccds: int
     cutouts: int
     nights: list[str]
+
+    @classmethod
+    def of(cls, files: list[str], exposure_df: pd.DataFrame, ccd_rows: pd.DataFrame,
+           rejects: list[dict]) -> "IngestSummary":
+        """The summary of an ingest; every input file must be an exposure or a file reject."""
+        used = ccd_rows[ccd_rows["reject_reason"].isna()]
+        summary = cls(
+            files=len(files), ok=int((exposure_df["status"] == "ok").sum()),
+            partial=int((exposure_df["status"] == "partial").sum()),
+            rejected=sum(1 for r in rejects if r["hdu_index"] is None),
+            ccds=int(len(used)), dead_ccds=int(used["dead"].sum()) if len(used) else 0,
+            cutouts=int(used["n_sampled"].sum()) if len(used) else 0,
+            nights=sorted(set(exposure_df["night"]) | {r["night"] for r in rejects}))
+        if summary.ok + summary.partial + summary.rejected != summary.files:  # a bug, never the input's fault
+            raise RuntimeError(f"ingest lost input files: {summary.files} read, {summary.ok} ok + "
+                               f"{summary.partial} partial + {summary.rejected} rejected")
+        return summary
 
     def line(self) -> str:
         return (f"ingest: {self.files} files: {self.ok} ok, {self.partial} partial, {self.rejected} rejected; "
@@ -81,9 +102,9 @@ def _ccd_task(task: dict, cfg: IngestConfig) -> tuple[dict, CcdResult | None]:
     try:
         result = read_and_process(task, cfg)
     except Reject as exc:
-        return row | _rejected(exc.reason, exc.detail), None
+        return row | _rejected(exc), None
     except Exception as exc:  # sep or numpy on a pathological image: reject, don't fail the night
-        return row | _rejected("unreadable_data", f"{type(exc).__name__}: {exc}"[:500]), None
+        return row | _rejected(Reject("unreadable_data", f"{type(exc).__name__}: {exc}")), None
     return row | dict(n_detected=result.n_detected, n_sampled=result.n_sampled,
                       background=result.background, background_rms=result.background_rms, dead=result.dead,
                       reject_reason=result.reject_reason, reject_detail=result.reject_detail,
@@ -94,9 +115,10 @@ def _ccd_task(task: dict, cfg: IngestConfig) -> tuple[dict, CcdResult | None]:
                       **result.qa), result
 
 
-def _rejected(reason: str, detail: str) -> dict:
+def _rejected(reject: Reject) -> dict:
+    """The result columns of a CCD row whose CCD was rejected (its reject row is made on the driver)."""
     return dict(n_detected=0, n_sampled=0, background=None, background_rms=None, dead=False,
-                reject_reason=reason, reject_detail=detail, **_NO_VIEWS, **_NO_QA)
+                reject_reason=reject.reason, reject_detail=reject.detail, **_NO_VIEWS, **_NO_QA)
 
 
 #: the cutout columns a CCD task returns (night, exposure and HDU come from its row)
@@ -165,21 +187,20 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
         if scan.file_reject is None and n is not None:
             key = (n, scan.exposure_id)
             if key in seen:
-                scan.file_reject = ("duplicate_exposure", f"exposure {scan.exposure_id} is also {seen[key]}")
+                scan.file_reject = Reject("duplicate_exposure", f"exposure {scan.exposure_id} is also {seen[key]}")
             else:
                 seen[key] = scan.path
         if scan.file_reject is None and n is None:
-            scan.file_reject = ("bad_header", "no DATE-OBS or MJD-OBS to place it in a night; give --night")
+            scan.file_reject = Reject("bad_header", "no DATE-OBS or MJD-OBS to place it in a night; give --night")
         if scan.file_reject is not None:
-            reason, detail = scan.file_reject
-            rejects.append(dict(night=n, path=scan.path, hdu_index=None, extname=None, reason=reason, detail=detail))
-            rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
+            rejects.append(scan.file_reject.row(n, scan.path))
+            rejects.extend(r.row(n, scan.path) for r in scan.rejects)
             continue
         exposures.append(dict(night=n, exposure_id=scan.exposure_id, path=scan.path,
                               n_hdus=len(scan.hdus) + len(scan.rejects),
-                              hdu_reject_reasons=[r["reason"] for r in scan.rejects],
+                              hdu_reject_reasons=[r.reason for r in scan.rejects],
                               **scan.meta))
-        rejects.extend(dict(night=n, path=scan.path, **r) for r in scan.rejects)
+        rejects.extend(r.row(n, scan.path) for r in scan.rejects)
         central = window_hdus(scan)
         for hdu in scan.hdus:
             tasks.append(dict(path=scan.path, night=n, exposure_id=scan.exposure_id,
@@ -213,9 +234,7 @@ def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.Data
         if n_used == 0:
             mine = by_exposure.get(key)
             reasons = e["hdu_reject_reasons"] + (list(mine["reject_reason"].dropna()) if mine is not None else [])
-            reason, detail = file_reason(reasons)
-            rejects.append(dict(night=e["night"], path=e["path"], hdu_index=None, extname=None,
-                                reason=reason, detail=detail))
+            rejects.append(file_reason(reasons).row(e["night"], e["path"]))
             continue
         rows.append(dict(
             **exposure_qa(by_exposure[key], e.get("exptime"), e.get("zero_point")),
@@ -229,7 +248,7 @@ def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.Data
 
 
 def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
-           cfg: IngestConfig = IngestConfig(), log=print, camera: str | None = None) -> IngestSummary:
+           cfg: IngestConfig = IngestConfig(), camera: str | None = None) -> IngestSummary:
     """Ingest the FITS files matching ``input_spec`` into ``lake``.
 
     Parameters
@@ -253,59 +272,94 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
     FileNotFoundError
         Nothing matches ``input_spec``.
     """
-    from pyspark import StorageLevel
-    from pyspark.sql import functions as F
-
-    from .camera import GENERIC, profile_for
+    from .camera import profile_for
 
     if camera is not None:
         profile_for({}, camera)  # an unknown name fails here, before any work
-    sc = spark.sparkContext
     files = list_inputs(input_spec)
-    log(f"ingest: {len(files)} input files")
+    _LOG.info(f"ingest: {len(files)} input files")
+    exposures, tasks, rejects = plan_night(scan_files(spark, files, cfg, camera), night)
+    _LOG.info(f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far")
+    results = process_ccds(spark, tasks, cfg)
+    try:
+        t0 = time.perf_counter()
+        summary_cols = [f.name for f in RESULT if f.name not in ("cutouts", "thumbnail", "window")]
+        ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
+        _LOG.info(f"ingest: processed {len(ccd_rows)} CCDs in {time.perf_counter() - t0:.1f} s")
+        exposure_df, rejects, dropped = account(exposures, tasks, ccd_rows, rejects)
+        t0 = time.perf_counter()
+        staging = lake.new_staging()
+        stage_tables(spark, lake, staging, results, dropped, exposure_df, rejects, n_tasks=len(tasks))
+        _LOG.info(f"ingest: tables written in {time.perf_counter() - t0:.1f} s")
+        summary = IngestSummary.of(files, exposure_df, ccd_rows, rejects)
+        lake.commit_nights(staging, list(TABLES), summary.nights, summary={"files": summary.files})
+    finally:
+        results.unpersist()
+    _LOG.info(summary.line())
+    return summary
 
-    # stage 1: headers, one task per file
+
+def scan_files(spark, files: list[str], cfg: IngestConfig, camera: str | None = None) -> list[FileScan]:
+    """Stage 1: the headers of every file, one Spark task per file."""
+    from .camera import GENERIC
+
     min_side = max(cfg.min_ccd_side, 2 * cfg.edge_margin + schema.CUTOUT_SIZE)
-    scans = sc.parallelize(files, len(files)).map(lambda p: scan_file(p, min_side, camera)).collect()
+    scans = spark.sparkContext.parallelize(files, max(1, len(files))) \
+        .map(lambda p: scan_file(p, min_side, camera)).collect()
     generic = sum(1 for s in scans if s.camera == GENERIC)
     if generic:
-        log(f"ingest: {generic} file(s) from a camera without a profile in conf/cameras: read with the "
-            f"generic profile (pixel scale and saturation from their headers only)")
-    exposures, tasks, rejects = plan_night(scans, night)
-    log(f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far")
+        _LOG.info(f"ingest: {generic} file(s) from a camera without a profile in conf/cameras: read with the "
+                  f"generic profile (pixel scale and saturation from their headers only)")
+    return scans
 
-    # stage 2: one task per CCD HDU (parallelize with one slice per element); results come back
-    # as Arrow batches (mapInArrow), columnar from the task's numpy arrays to the Parquet files
+
+def process_ccds(spark, tasks: list[dict], cfg: IngestConfig):
+    """Stage 2: one Spark task per CCD, each giving its :data:`RESULT` row (persisted on disk; unpersist it).
+
+    The tasks are parallelized one slice per CCD; results come back as Arrow
+    batches (``mapInArrow``), columnar from the task's numpy arrays to the
+    Parquet files.
+    """
+    from pyspark import StorageLevel
+
     result_schema = schema.spark_schema(RESULT)
-    if tasks:
-        task_df = sc.parallelize([(json.dumps(t),) for t in tasks], len(tasks)).toDF("task string")
-        # on disk: an in-memory columnar cache of the nested cutouts costs more than it saves
-        results = task_df.mapInArrow(lambda batches: process_tasks(batches, cfg), result_schema) \
-            .persist(StorageLevel.DISK_ONLY)
-    else:
-        results = spark.createDataFrame([], result_schema)
-    summary_cols = [f.name for f in RESULT if f.name not in ("cutouts", "thumbnail", "window")]
-    t0 = time.perf_counter()
-    ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
-    log(f"ingest: processed {len(ccd_rows)} CCDs in {time.perf_counter() - t0:.1f} s")
+    if not tasks:
+        return spark.createDataFrame([], result_schema)
+    task_df = spark.sparkContext.parallelize([(json.dumps(t),) for t in tasks], len(tasks)).toDF("task string")
+    # on disk: an in-memory columnar cache of the nested cutouts costs more than it saves
+    return task_df.mapInArrow(lambda batches: process_tasks(batches, cfg), result_schema) \
+        .persist(StorageLevel.DISK_ONLY)
 
+
+def account(exposures: list[dict], tasks: list[dict], ccd_rows: pd.DataFrame,
+            rejects: list[dict]) -> tuple[pd.DataFrame, list[dict], list[str]]:
+    """Driver-side bookkeeping once the CCDs are processed.
+
+    Returns the exposure rows, every reject row (the scan's, the rejected
+    CCDs', and exposures left without a usable CCD), and those exposures as
+    ``night/exposure_id``: they were rejected as files, so their CCDs and
+    cutouts leave no rows.
+    """
     exposure_df, late_rejects = finish_exposures(exposures, ccd_rows)
     rejects = rejects + late_rejects
     path_of = {(t["night"], t["exposure_id"]): t["path"] for t in tasks}
     for r in ccd_rows[ccd_rows["reject_reason"].notna()].itertuples():
-        rejects.append(dict(night=r.night, path=path_of[(r.night, r.exposure_id)], hdu_index=int(r.hdu_index),
-                            extname=r.extname, reason=r.reject_reason, detail=r.reject_detail))
-    # exposures without a usable CCD were rejected as files: their CCDs leave no rows
+        rejects.append(Reject(r.reject_reason, r.reject_detail, int(r.hdu_index), r.extname)
+                       .row(r.night, path_of[(r.night, r.exposure_id)]))
     dropped = sorted({f"{n}/{e}" for n, e in path_of} - {f"{n}/{e}" for n, e in
                                                           zip(exposure_df["night"], exposure_df["exposure_id"])})
+    return exposure_df, rejects, dropped
 
-    t0 = time.perf_counter()
-    staging = lake.new_staging()
-    n_tasks = max(1, len(tasks))
+
+def stage_tables(spark, lake: Lake, staging: str, results, dropped: list[str], exposure_df: pd.DataFrame,
+                 rejects: list[dict], n_tasks: int) -> None:
+    """Stage 3: write the four ingest tables under ``staging`` (the lake commits them)."""
+    from pyspark.sql import functions as F
+
     files_per_night = max(1, min(64, n_tasks // 200))  # ~20k cutouts a file at 100 per CCD
     keep = ~F.concat_ws("/", "night", "exposure_id").isin(dropped) if dropped else F.lit(True)
     ccds_df = results.select(*schema.CCDS.names).where(keep)
-    cut_fields = [f.name for f in schema.CUTOUTS if f.name not in ("night", "exposure_id", "hdu_index")]
+    cut_fields = [f.name for f in _CUTOUT_FIELDS]
     cutouts_df = (results.where(keep).select("night", "exposure_id", "hdu_index", F.explode("cutouts").alias("c"))
                   .select("night", "exposure_id", "hdu_index", *[F.col(f"c.{f}").alias(f) for f in cut_fields]))
     _write(ccds_df.coalesce(files_per_night), lake, staging, "ccds")
@@ -313,22 +367,6 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
            lake, staging, "cutouts")
     _write_pandas(spark, exposure_df, lake, staging, "exposures")
     _write_pandas(spark, pd.DataFrame(rejects, columns=schema.REJECTS.names), lake, staging, "rejects")
-    nights = sorted({e["night"] for e in exposures} | {r["night"] for r in rejects})
-    used = ccd_rows[ccd_rows["reject_reason"].isna()]
-    summary = IngestSummary(
-        files=len(files), ok=int((exposure_df["status"] == "ok").sum()),
-        partial=int((exposure_df["status"] == "partial").sum()),
-        rejected=sum(1 for r in rejects if r["hdu_index"] is None),
-        ccds=int(len(used)), dead_ccds=int(used["dead"].sum()) if len(used) else 0,
-        cutouts=int(used["n_sampled"].sum()) if len(used) else 0, nights=nights)
-    log(f"ingest: tables written in {time.perf_counter() - t0:.1f} s")
-    lake.commit_nights(staging, list(TABLES), nights, summary={"files": summary.files})
-    results.unpersist()
-    if summary.ok + summary.partial + summary.rejected != summary.files:  # a bug, never the input's fault
-        raise RuntimeError(f"ingest lost input files: {summary.files} read, {summary.ok} ok + "
-                           f"{summary.partial} partial + {summary.rejected} rejected")
-    log(summary.line())
-    return summary
 
 
 def _write(df, lake: Lake, staging: str, table: str) -> None:

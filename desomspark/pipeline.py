@@ -8,6 +8,7 @@ that a fresh install assigns exposures before anyone trains anything.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import pandas as pd
@@ -20,17 +21,20 @@ from .histovector import write_histovectors
 from .lake import Lake
 from .registry import ModelMismatch
 
+_LOG = logging.getLogger(__name__)
+
+
 def run_histovectors(spark, lake: Lake, cfg: Config, desom1_uri: str | None = None,
-                     nights: list[str] | None = None, log=print) -> str:
-    uri, version = registry.resolve_model(lake, cfg, "desom1", desom1_uri, log)
-    write_histovectors(spark, lake, uri, version, registry.n_nodes(registry.model_metadata(uri)), nights, log)
+                     nights: list[str] | None = None) -> str:
+    uri, version = registry.resolve_model(lake, cfg, "desom1", desom1_uri)
+    write_histovectors(spark, lake, uri, version, registry.n_nodes(registry.model_metadata(uri)), nights)
     return version
 
 
 def run_assign(spark, lake: Lake, cfg: Config, desom2_uri: str | None = None,
-               nights: list[str] | None = None, log=print) -> pd.DataFrame:
-    uri, version = registry.resolve_model(lake, cfg, "desom2", desom2_uri, log)
-    return write_assignments(spark, lake, uri, registry.model_metadata(uri), version, nights, log)
+               nights: list[str] | None = None) -> pd.DataFrame:
+    uri, version = registry.resolve_model(lake, cfg, "desom2", desom2_uri)
+    return write_assignments(spark, lake, uri, registry.model_metadata(uri), version, nights)
 
 
 @dataclass
@@ -49,22 +53,22 @@ class NightlySummary:
         return out
 
 
-def nightly(spark, input_spec: str, lake: Lake, night: str, cfg: Config, log=print,
+def nightly(spark, input_spec: str, lake: Lake, night: str, cfg: Config,
             camera: str | None = None) -> NightlySummary:
     """One night: ingest -> histo-vectors -> assign with the champion models; touches only that night."""
     from .ingest import ingest
 
-    d1_uri, d1_version = registry.resolve_model(lake, cfg, "desom1", log=log)
-    d2_uri, d2_version = registry.resolve_model(lake, cfg, "desom2", log=log)
+    d1_uri, d1_version = registry.resolve_model(lake, cfg, "desom1")
+    d2_uri, d2_version = registry.resolve_model(lake, cfg, "desom2")
     d2_meta = registry.model_metadata(d2_uri)
     if str(d2_meta["desom1_version"]) != d1_version:
         raise ModelMismatch(f"champion desom2 v{d2_version} was trained on desom1 v{d2_meta['desom1_version']}, "
                             f"but the champion desom1 is v{d1_version}: promote a matching pair")
-    summary = ingest(spark, input_spec, lake, night=night, cfg=cfg.ingest, log=log, camera=camera)
+    summary = ingest(spark, input_spec, lake, night=night, cfg=cfg.ingest, camera=camera)
     if summary.ok + summary.partial == 0:
         raise UserError(f"nightly {night}: no usable exposure (see rejects/)")
-    write_histovectors(spark, lake, d1_uri, d1_version, registry.n_nodes(registry.model_metadata(d1_uri)), [night], log)
-    table = write_assignments(spark, lake, d2_uri, d2_meta, d2_version, [night], log)
+    write_histovectors(spark, lake, d1_uri, d1_version, registry.n_nodes(registry.model_metadata(d1_uri)), [night])
+    table = write_assignments(spark, lake, d2_uri, d2_meta, d2_version, [night])
     labels = table["label"].fillna("(unlabelled)").value_counts().to_dict()
     novel = table.sort_values("distance", ascending=False).head(5)
     result = NightlySummary(night=night, exposures=len(table), rejected_files=summary.rejected,
@@ -72,5 +76,5 @@ def nightly(spark, input_spec: str, lake: Lake, night: str, cfg: Config, log=pri
                             most_novel=[(r.exposure_id, float(r.distance), int(r.cell_x), int(r.cell_y))
                                         for r in novel.itertuples()])
     for line in result.lines():
-        log(line)
+        _LOG.info(line)
     return result

@@ -16,11 +16,13 @@ on a fresh lake), loading a served model once per worker
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
 import tempfile
 from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import yaml
@@ -28,6 +30,9 @@ import yaml
 from .config import Config, MlflowConfig
 from .errors import DesomsparkError, UserError
 from .lake import Lake
+
+_LOG = logging.getLogger(__name__)
+
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -176,30 +181,51 @@ def night_span(nights: list[str]) -> str:
     return f"{first}-{last[6:]}" if first[:6] == last[:6] else f"{first}-{last}"
 
 
-def log_training_data(name: str, path: str, nights: list[str], rows: int, digest: str) -> None:
-    """Record what a model was trained on as an MLflow dataset input, with the code's commit as a tag."""
+@dataclass(frozen=True)
+class TrainingData:
+    """What a model is trained on, as MLflow records it (a dataset input of the run)."""
+
+    name: str
+    path: str
+    nights: list[str]
+    rows: int
+    digest: str
+
+
+def log_training_inputs(kind: str, settings, run_params: dict, data: TrainingData) -> None:
+    """A training run's inputs, logged once: its settings (``kind.*``), what only the run knows, its data.
+
+    The code's commit, the training nights and rows become run tags.
+    """
     import warnings
 
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
+    mlflow.log_params(flatten(kind, asdict(settings)) | run_params)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "can be interpreted in multiple ways": a local folder it is
-        source = resolve_dataset_source(path)
-    mlflow.log_input(MetaDataset(source, name=name, digest=digest[:36]), context="training",
-                     tags={"nights": ",".join(sorted(nights)), "rows": str(rows)})
-    mlflow.set_tags({"git_commit": code_version(), "training_nights": night_span(nights),
-                     "training_rows": str(rows)})
+        source = resolve_dataset_source(data.path)
+    mlflow.log_input(MetaDataset(source, name=data.name, digest=data.digest[:36]), context="training",
+                     tags={"nights": ",".join(sorted(data.nights)), "rows": str(data.rows)})
+    mlflow.set_tags({"git_commit": code_version(), "training_nights": night_span(data.nights),
+                     "training_rows": str(data.rows)})
 
 
-def log_history(history: list[dict]) -> None:
-    """Metric curves: one MLflow step per logged iteration."""
+def log_training_outcome(history: list[dict], metrics: dict | None = None, files: list[str | Path] = (),
+                         dicts: dict[str, dict] | None = None) -> None:
+    """A training run's results: metric curves (one step per logged iteration), final metrics, files, JSON."""
     import mlflow
 
     for row in history:
-        step = int(row["iteration"])
-        mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "iteration"}, step=step)
+        mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "iteration"}, step=int(row["iteration"]))
+    if metrics:
+        mlflow.log_metrics(metrics)
+    for path in files:
+        mlflow.log_artifact(str(path))
+    for name, value in (dicts or {}).items():
+        mlflow.log_dict(value, name)
 
 
 def flatten(prefix: str, values: dict) -> dict[str, str]:
@@ -394,7 +420,7 @@ def models_dir() -> Path:
     raise FileNotFoundError("the default models (models/desom1, models/desom2) are not installed")
 
 
-def bootstrap_defaults(lake: Lake, cfg: Config, log=print) -> None:
+def bootstrap_defaults(lake: Lake, cfg: Config) -> None:
     """Register the shipped DESOM-1 and DESOM-2 as champions of an empty registry."""
     import mlflow
     from mlflow import MlflowClient
@@ -419,15 +445,15 @@ def bootstrap_defaults(lake: Lake, cfg: Config, log=print) -> None:
             v2 = register_model_dir(str(d2), "desom2", tags={"default": "true", "desom1_version": v1})
     client.set_registered_model_alias("desom1", CHAMPION, v1)
     client.set_registered_model_alias("desom2", CHAMPION, v2)
-    log(f"registry: no models yet; registered the default models as desom1 v{v1} and desom2 v{v2} (champion)")
+    _LOG.info(f"registry: no models yet; registered the default models as desom1 v{v1} and desom2 v{v2} (champion)")
 
 
-def resolve_model(lake: Lake, cfg: Config, name: str, uri: str | None = None, log=print) -> tuple[str, str]:
+def resolve_model(lake: Lake, cfg: Config, name: str, uri: str | None = None) -> tuple[str, str]:
     """(artifact URI a worker can load without the tracking server, version) of a model."""
     connect(lake, cfg.mlflow)
     uri = uri or DEFAULT_URIS[name]
     if uri == DEFAULT_URIS[name]:
-        bootstrap_defaults(lake, cfg, log)
+        bootstrap_defaults(lake, cfg)
     model_name, version = resolve(uri)
     if model_name != name:
         raise UserError(f"{uri} is a {model_name} model, not {name}")
@@ -442,5 +468,5 @@ def n_nodes(metadata: dict) -> int:
 
 def champion_metadata(lake: Lake, cfg, name: str) -> tuple[str, str, dict]:
     """(artifact URI, version, metadata) of a model's champion (the defaults on a fresh lake)."""
-    uri, version = resolve_model(lake, cfg, name, log=lambda m: None)
+    uri, version = resolve_model(lake, cfg, name)
     return uri, version, model_metadata(uri)

@@ -17,8 +17,9 @@ Every string that comes from a FITS header, a path or a label is escaped
 """
 from __future__ import annotations
 
-
 import html
+import logging
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from .errors import UserError
 from .lake import Lake
 from .model import ModelSpec
 from .queries import current_labels, exposure_views, map_members, night_summaries
+
+_LOG = logging.getLogger(__name__)
+
 
 GALLERY_SIZE = 9
 MAX_LISTED = 500  # members listed per cell in the page; `desomspark export` has them all
@@ -109,101 +113,65 @@ if (location.hash) { const b = document.querySelector(location.hash); if (b) b.c
 """
 
 
-def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> Path:
-    """Write the site for the champion DESOM-2 into ``out``; returns the path of ``index.html``."""
-    out = Path(out)
-    (out / "img").mkdir(parents=True, exist_ok=True)
+@dataclass
+class MapState:
+    """The champion map as it stands: its models and its members with their current labels."""
+
+    d1_uri: str
+    d1_version: str
+    d1_shape: tuple[int, int]
+    d2_version: str
+    shape: tuple[int, int]
+    members: pd.DataFrame  # one row per exposure assigned by the champion DESOM-2
+    cells: pd.DataFrame    # one row per occupied cell (cell_summary)
+
+    def cell_members(self) -> dict[tuple[int, int], pd.DataFrame]:
+        """Each occupied cell's members, in night and exposure order."""
+        return {(int(x), int(y)): group.sort_values(["night", "exposure_id"])
+                for (x, y), group in self.members.groupby(["cell_x", "cell_y"])}
+
+
+def map_state(lake: Lake, cfg) -> MapState:
+    """Read the champion models' map from the lake (the defaults on a fresh lake)."""
     d1_uri, d1_version, d1_meta = registry.champion_metadata(lake, cfg, "desom1")
-    d2_uri, d2_version, d2_meta = registry.champion_metadata(lake, cfg, "desom2")
+    _, d2_version, d2_meta = registry.champion_metadata(lake, cfg, "desom2")
     members = map_members(lake, d2_version)
     if members.empty:
         raise UserError(f"no exposure of {lake.root} is assigned by desom2 v{d2_version}: run assign first")
     # the label as it stands now (a cell labelled after the last assign shows it already)
-    labels = current_labels(lake, d2_version)
-    members = members.drop(columns="label").merge(labels, on=["cell_x", "cell_y"], how="left")
-    cells = cell_summary(members)
-    shape = ModelSpec.from_dict(d2_meta).map_shape
+    members = members.drop(columns="label").merge(current_labels(lake, d2_version), on=["cell_x", "cell_y"],
+                                                  how="left")
+    return MapState(d1_uri, d1_version, ModelSpec.from_dict(d1_meta).map_shape, d2_version,
+                    ModelSpec.from_dict(d2_meta).map_shape, members, cell_summary(members))
+
+
+def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0) -> Path:
+    """Write the site for the champion DESOM-2 into ``out``; returns the path of ``index.html``."""
+    out = Path(out)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    state = map_state(lake, cfg)
+    in_cell = state.cell_members()
     rng = np.random.default_rng(seed)
-
-    figures = []
-    d1_shape = ModelSpec.from_dict(d1_meta).map_shape
-    decoded = registry.model_extra(d1_uri).get("decoded_prototypes")
-    if decoded is not None:
-        plots.prototype_map(decoded, d1_shape, out / "img" / "prototype_map.png",
-                            title=f"DESOM-1 v{d1_version} prototypes")
-        figures.append(("DESOM-1 prototypes (Figure 6)", "img/prototype_map.png"))
-    plots.desom2_map(cells, shape, out / "img" / "desom2_labels.png", by="label")
-    figures.append(("DESOM-2 map by expert label and count (Figure 10)", "img/desom2_labels.png"))
-    if cells["truth"].notna().any():
-        plots.desom2_map(cells, shape, out / "img" / "desom2_truth.png", by="truth")
-        figures.append(("DESOM-2 map by majority true class (simulated data)", "img/desom2_truth.png"))
-
-    in_cell = {(int(x), int(y)): group.sort_values(["night", "exposure_id"])
-               for (x, y), group in members.groupby(["cell_x", "cell_y"])}
-    # Figure 8: the most populated cells' first exposures
-    examples_ids = [in_cell[(int(c.cell_x), int(c.cell_y))]["exposure_id"].iloc[0]
-                    for c in cells.sort_values("count", ascending=False).head(4).itertuples()]
-    vectors = lake.read("histovectors", where=ds.field("exposure_id").isin(examples_ids)).to_pandas()
-    vectors = vectors[vectors["desom1_version"] == str(d1_version)].drop_duplicates("exposure_id")
-    chosen = {eid: members[members.exposure_id == eid].iloc[0] for eid in examples_ids}
     galleries = {key: group.iloc[np.sort(rng.choice(len(group), size=min(GALLERY_SIZE, len(group)), replace=False))]
                  for key, group in in_cell.items()}
-    views = exposure_views(lake, sorted({e for g in galleries.values() for e in g["exposure_id"]}
-                                        | set(vectors["exposure_id"])))
-    if len(vectors):
-        plots.histovector_figure([{"exposure_id": f"{r.exposure_id} ({chosen[r.exposure_id].truth_label or ''})",
-                                   "window": views.get(r.exposure_id, {}).get("window"), "counts": r.counts}
-                                  for r in vectors.itertuples()], d1_shape,
-                                 out / "img" / "histovectors.png")
-        figures.append(("Full-resolution windows, density maps and histo-vectors (Figure 8)",
-                        "img/histovectors.png"))
-
-    sections = []
-    for (x, y), pick in galleries.items():
-        cell = cells[(cells.cell_x == x) & (cells.cell_y == y)].iloc[0]
-        name = f"img/cell_{x}_{y}.png"
-        plots.cell_gallery([{"caption": f"{r.exposure_id} {r.truth_label or ''} {_seeing(r)}".strip(),
-                             "mosaic": views.get(r.exposure_id, {}).get("mosaic", np.full((2, 2), np.nan)),
-                             "window": views.get(r.exposure_id, {}).get("window")} for r in pick.itertuples()],
-                           out / name, title=f"cell ({x}, {y}): {len(pick)} of {int(cell['count'])} exposures")
-        listed = in_cell[(x, y)]
-        columns = [c for c in MEMBER_COLUMNS if c in listed and (c != "truth_label" or listed[c].notna().any())]
-        more = (f"<p>... and {len(listed) - MAX_LISTED} more: <code>desomspark export</code> lists every one.</p>"
-                if len(listed) > MAX_LISTED else "")
-        sections.append(
-            f'<section class="gallery" id="gallery-{x}-{y}" hidden><h3>Cell ({x}, {y})</h3>'
-            f'<p>Label: <b class="label">{_e(cell["label"]) or "(none)"}</b> &middot; {int(cell["count"])} exposures'
-            f' &middot; label it: <code>desomspark label --lake {_e(lake.root)} --cell {x},{y} --label NAME</code></p>'
-            f'<img src="{name}" alt="gallery of cell ({x}, {y})">'
-            f'{_table(listed.head(MAX_LISTED), columns, "list members")}{more}</section>')
-
-    top = int(cells["count"].max())
-    by_cell = {(int(c.cell_x), int(c.cell_y)): c for c in cells.itertuples()}
-    grid = []
-    for y in range(shape[0]):
-        tds = []
-        for x in range(shape[1]):
-            c = by_cell.get((x, y))
-            if c is None:
-                tds.append('<td><button class="cell empty" disabled></button></td>')
-                continue
-            label = c.label if isinstance(c.label, str) else None
-            tds.append(f'<td><button class="cell" id="cell-{x}-{y}" data-gallery="gallery-{x}-{y}" '
-                       f'style="background:{_colour(label, c.count, top)}" title="cell ({x}, {y})">'
-                       f'{c.count}<br>{_e(label)}</button></td>')
-        grid.append("<tr>" + "".join(tds) + "</tr>")
-
+    # Figure 8: the most populated cells' first exposures
+    examples = [in_cell[(int(c.cell_x), int(c.cell_y))]["exposure_id"].iloc[0]
+                for c in state.cells.sort_values("count", ascending=False).head(4).itertuples()]
+    views = exposure_views(lake, sorted({e for g in galleries.values() for e in g["exposure_id"]} | set(examples)))
+    figures = _figures(lake, state, examples, views, out)
+    sections = [_cell_section(lake, state, x, y, pick, in_cell[(x, y)], views, out)
+                for (x, y), pick in galleries.items()]
     nights = night_summaries(lake)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>desomspark report</title><style>{STYLE}</style></head>
 <body>
 <h1>Exposures on the DESOM-2 map</h1>
-<p>desom2 v{_e(d2_version)} on desom1 v{_e(d1_version)} &middot; {len(members)} exposures in {len(cells)} cells
-&middot; lake <code>{_e(lake.root)}</code> &middot; written {stamp}</p>
+<p>desom2 v{_e(state.d2_version)} on desom1 v{_e(state.d1_version)} &middot; {len(state.members)} exposures in
+{len(state.cells)} cells &middot; lake <code>{_e(lake.root)}</code> &middot; written {stamp}</p>
 <h2>The map</h2>
 <p>Each button is a cell (x to the right, y down): its number of exposures and its label. Click one to see it.</p>
-<table class="map">{''.join(grid)}</table>
+<table class="map">{_map_grid(state)}</table>
 <div id="galleries">{''.join(sections)}</div>
 <h2>Nights</h2>
 {_table(nights, list(nights.columns), "list nights")}
@@ -214,5 +182,70 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0, log=print) -> 
 """
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
-    log(f"report: {len(cells)} cells, {len(members)} exposures, {len(nights)} nights -> {index}")
+    _LOG.info(f"report: {len(state.cells)} cells, {len(state.members)} exposures, {len(nights)} nights -> {index}")
     return index
+
+
+def _figures(lake: Lake, state: MapState, examples: list[str], views: dict, out: Path) -> list[tuple[str, str]]:
+    """The paper's figures for this map, written under ``out/img``: (caption, relative path)."""
+    figures = []
+    decoded = registry.model_extra(state.d1_uri).get("decoded_prototypes")
+    if decoded is not None:
+        plots.prototype_map(decoded, state.d1_shape, out / "img" / "prototype_map.png",
+                            title=f"DESOM-1 v{state.d1_version} prototypes")
+        figures.append(("DESOM-1 prototypes (Figure 6)", "img/prototype_map.png"))
+    plots.desom2_map(state.cells, state.shape, out / "img" / "desom2_labels.png", by="label")
+    figures.append(("DESOM-2 map by expert label and count (Figure 10)", "img/desom2_labels.png"))
+    if state.cells["truth"].notna().any():
+        plots.desom2_map(state.cells, state.shape, out / "img" / "desom2_truth.png", by="truth")
+        figures.append(("DESOM-2 map by majority true class (simulated data)", "img/desom2_truth.png"))
+    vectors = lake.read("histovectors", where=ds.field("exposure_id").isin(examples)).to_pandas()
+    vectors = vectors[vectors["desom1_version"] == str(state.d1_version)].drop_duplicates("exposure_id")
+    if len(vectors):
+        truth = state.members.drop_duplicates("exposure_id").set_index("exposure_id")["truth_label"]
+        plots.histovector_figure([{"exposure_id": f"{r.exposure_id} ({truth.get(r.exposure_id) or ''})",
+                                   "window": views.get(r.exposure_id, {}).get("window"), "counts": r.counts}
+                                  for r in vectors.itertuples()], state.d1_shape,
+                                 out / "img" / "histovectors.png")
+        figures.append(("Full-resolution windows, density maps and histo-vectors (Figure 8)",
+                        "img/histovectors.png"))
+    return figures
+
+
+def _cell_section(lake: Lake, state: MapState, x: int, y: int, pick: pd.DataFrame, listed: pd.DataFrame,
+                  views: dict, out: Path) -> str:
+    """A cell's hidden section: its gallery (written under ``out/img``), label and member table."""
+    cell = state.cells[(state.cells.cell_x == x) & (state.cells.cell_y == y)].iloc[0]
+    name = f"img/cell_{x}_{y}.png"
+    plots.cell_gallery([{"caption": f"{r.exposure_id} {r.truth_label or ''} {_seeing(r)}".strip(),
+                         "mosaic": views.get(r.exposure_id, {}).get("mosaic", np.full((2, 2), np.nan)),
+                         "window": views.get(r.exposure_id, {}).get("window")} for r in pick.itertuples()],
+                       out / name, title=f"cell ({x}, {y}): {len(pick)} of {int(cell['count'])} exposures")
+    columns = [c for c in MEMBER_COLUMNS if c in listed and (c != "truth_label" or listed[c].notna().any())]
+    more = (f"<p>... and {len(listed) - MAX_LISTED} more: <code>desomspark export</code> lists every one.</p>"
+            if len(listed) > MAX_LISTED else "")
+    return (f'<section class="gallery" id="gallery-{x}-{y}" hidden><h3>Cell ({x}, {y})</h3>'
+            f'<p>Label: <b class="label">{_e(cell["label"]) or "(none)"}</b> &middot; {int(cell["count"])} exposures'
+            f' &middot; label it: <code>desomspark label --lake {_e(lake.root)} --cell {x},{y} --label NAME</code></p>'
+            f'<img src="{name}" alt="gallery of cell ({x}, {y})">'
+            f'{_table(listed.head(MAX_LISTED), columns, "list members")}{more}</section>')
+
+
+def _map_grid(state: MapState) -> str:
+    """The map as table rows of buttons, one per cell, coloured by label and count."""
+    top = int(state.cells["count"].max())
+    by_cell = {(int(c.cell_x), int(c.cell_y)): c for c in state.cells.itertuples()}
+    grid = []
+    for y in range(state.shape[0]):
+        tds = []
+        for x in range(state.shape[1]):
+            c = by_cell.get((x, y))
+            if c is None:
+                tds.append('<td><button class="cell empty" disabled></button></td>')
+                continue
+            label = c.label if isinstance(c.label, str) else None
+            tds.append(f'<td><button class="cell" id="cell-{x}-{y}" data-gallery="gallery-{x}-{y}" '
+                       f'style="background:{_colour(label, c.count, top)}" title="cell ({x}, {y})">'
+                       f'{c.count}<br>{_e(label)}</button></td>')
+        grid.append("<tr>" + "".join(tds) + "</tr>")
+    return "".join(grid)

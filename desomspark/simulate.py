@@ -218,24 +218,18 @@ def _add_streaks(image: np.ndarray, spec: ExposureSpec, y_off: int, x_off: int, 
 
 
 def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.ndarray, fits.Header]:
-    """Pixels (uint16) and header cards of one CCD of an exposure."""
+    """Pixels (uint16) and header cards of one CCD of an exposure.
+
+    The sky (with the exposure's background problem), stars and galaxies
+    through the exposure's PSF, streaks, then the detector: noise, bleeding
+    saturated stars, cosmic rays, a hot column.  One generator seeded by
+    (exposure, CCD) draws everything in that order, so a CCD is the same
+    whichever process writes it.
+    """
     rng = np.random.default_rng([spec.seed, ccd])
     h, w = cfg.ccd_shape
-    scale = cfg.pixel_scale
-    area = h * w / FULL_CCD_PIXELS
     ccd_row, ccd_col = divmod(ccd, cfg.ccd_columns)
-    hdr = fits.Header()
-    hdr["EXTNAME"] = f"ccd{ccd:02d}"
-    hdr["CCDNUM"] = (ccd, "CCD number")
-    hdr["CCDROW"] = (ccd_row, "focal-plane row of the CCD")
-    hdr["CCDCOL"] = (ccd_col, "focal-plane column of the CCD")
-    hdr["DETSEC"] = f"[{ccd_col * w + 1}:{(ccd_col + 1) * w},{ccd_row * h + 1}:{(ccd_row + 1) * h}]"
-    hdr["PIXSCAL1"] = (cfg.pixel_scale, "arcsec / pixel")
-    hdr["PIXSCAL2"] = (cfg.pixel_scale, "arcsec / pixel")
-    hdr["SATURATE"] = (cfg.saturation, "ADU")
-    hdr["GAIN"] = (cfg.gain, "e-/ADU")
-    hdr["RDNOISE"] = (cfg.read_noise, "e-")
-
+    hdr = _ccd_header(ccd, cfg)
     if rng.uniform() < cfg.p_dead_ccd:
         hdr["SIMDEAD"] = (True, "simulated dead CCD")
         return np.zeros((h, w), dtype=np.uint16), hdr
@@ -248,10 +242,41 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
     hdr["DONUTRAD"] = (round(spec.donut_radius, 4), "simulated defocus donut radius (arcsec)")
 
     sky = cfg.sky_rate * spec.exptime
+    image = _sky(spec, ccd_row, ccd_col, sky, rng, cfg, hdr)
+    stars = _add_sources(image, spec, psf, fwhm, rng, cfg)
+    if spec.quality == "Streak":
+        n_streaks = _add_streaks(image, spec, ccd_row * h, ccd_col * w, fwhm / cfg.pixel_scale, sky, cfg)
+        hdr["SIMSTRK"] = (n_streaks, "simulated satellite trails crossing this CCD")
+    image = _detector(image, stars, fwhm, spec, rng, cfg, hdr)
+    return np.clip(np.rint(image), 0, cfg.saturation).astype(np.uint16), hdr
+
+
+def _ccd_header(ccd: int, cfg: SimulateConfig) -> fits.Header:
+    """The cards every CCD carries: name, focal-plane place, scale and detector constants."""
+    h, w = cfg.ccd_shape
+    ccd_row, ccd_col = divmod(ccd, cfg.ccd_columns)
+    hdr = fits.Header()
+    hdr["EXTNAME"] = f"ccd{ccd:02d}"
+    hdr["CCDNUM"] = (ccd, "CCD number")
+    hdr["CCDROW"] = (ccd_row, "focal-plane row of the CCD")
+    hdr["CCDCOL"] = (ccd_col, "focal-plane column of the CCD")
+    hdr["DETSEC"] = f"[{ccd_col * w + 1}:{(ccd_col + 1) * w},{ccd_row * h + 1}:{(ccd_row + 1) * h}]"
+    hdr["PIXSCAL1"] = (cfg.pixel_scale, "arcsec / pixel")
+    hdr["PIXSCAL2"] = (cfg.pixel_scale, "arcsec / pixel")
+    hdr["SATURATE"] = (cfg.saturation, "ADU")
+    hdr["GAIN"] = (cfg.gain, "e-/ADU")
+    hdr["RDNOISE"] = (cfg.read_noise, "e-")
+    return hdr
+
+
+def _sky(spec: ExposureSpec, ccd_row: int, ccd_col: int, sky: float, rng: np.random.Generator,
+         cfg: SimulateConfig, hdr: fits.Header) -> np.ndarray:
+    """The sky level in ADU, with a gradient and fringes or a scattered-light glow for those kinds."""
+    h, w = cfg.ccd_shape
     image = np.full((h, w), sky, dtype=np.float32)
-    yy = xx = None
-    if spec.kind in ("gradient", "scattered"):
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if spec.kind not in ("gradient", "scattered"):
+        return image
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     if spec.kind == "gradient":
         amp = sky * rng.uniform(1.0, 2.5)
         ang = rng.uniform(0, 2 * np.pi)
@@ -260,14 +285,22 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
         fringes = np.sin(2 * np.pi * (xx * np.cos(ang + 1) + yy * np.sin(ang + 1)) / period)
         image += amp * ramp + 0.25 * sky * fringes
         hdr["SIMBGP"] = "gradient"
-    elif spec.kind == "scattered":
+    else:
         # a glow centred off the focal plane, continuous from CCD to CCD
         gx = (ccd_col * w + xx) - (cfg.ccd_columns * w) * 1.1
         gy = (ccd_row * h + yy) - (4 * h) * 0.5
         r = np.hypot(gx, gy) / (cfg.ccd_columns * w)
         image += sky * rng.uniform(2.0, 4.0) * np.exp(-((r - 0.35) / 0.12) ** 2)
         hdr["SIMBGP"] = "scattered"
+    return image
 
+
+def _add_sources(image: np.ndarray, spec: ExposureSpec, psf, fwhm: float, rng: np.random.Generator,
+                 cfg: SimulateConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add stars and galaxies through the PSF; returns the stars' (x, y, flux) for the detector's bleeding."""
+    h, w = cfg.ccd_shape
+    scale = cfg.pixel_scale
+    area = h * w / FULL_CCD_PIXELS
     crowd = 8.0 if spec.kind == "crowded" else 1.0
     n_star = rng.poisson(cfg.star_density * area * crowd)
     n_gal = rng.poisson(cfg.galaxy_density * area)
@@ -296,11 +329,13 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
     for t in range(n_templates):
         sel = which == t
         _add_stamps(image, [gal_stamps[t]], gx_[sel], gy_[sel], gflux[sel], phases=1)
+    return sx, sy, sflux
 
-    if spec.quality == "Streak":
-        n_streaks = _add_streaks(image, spec, ccd_row * h, ccd_col * w, fwhm / scale, sky, cfg)
-        hdr["SIMSTRK"] = (n_streaks, "simulated satellite trails crossing this CCD")
 
+def _detector(image: np.ndarray, stars: tuple[np.ndarray, np.ndarray, np.ndarray], fwhm: float,
+              spec: ExposureSpec, rng: np.random.Generator, cfg: SimulateConfig, hdr: fits.Header) -> np.ndarray:
+    """What the detector adds: photon and read noise, saturated stars bleeding, cosmic rays, a hot column."""
+    h, w = cfg.ccd_shape
     # photon and read noise, in electrons
     electrons = rng.poisson(np.clip(image, 0, None) * cfg.gain).astype(np.float32)
     electrons += rng.normal(0.0, cfg.read_noise, size=image.shape).astype(np.float32)
@@ -308,8 +343,8 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
 
     # saturated stars bleed along columns
     sat = cfg.saturation
-    for x0, y0, f in zip(sx, sy, sflux):
-        peak = f / (2 * np.pi * (fwhm / scale / 2.3548) ** 2)
+    for x0, y0, f in zip(*stars):
+        peak = f / (2 * np.pi * (fwhm / cfg.pixel_scale / 2.3548) ** 2)
         if peak > 2 * sat and 0 <= x0 < w and 0 <= y0 < h:
             length = int(min(h // 4, 20 * np.log2(peak / sat)))
             xi, yi = int(x0), int(y0)
@@ -327,8 +362,7 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
         col = int(rng.integers(w))
         image[:, col] += rng.uniform(500, 5000)
         hdr["SIMHOTC"] = (col, "simulated hot column")
-
-    return np.clip(np.rint(image), 0, sat).astype(np.uint16), hdr
+    return image
 
 
 def _primary_header(spec: ExposureSpec, cfg: SimulateConfig) -> fits.Header:

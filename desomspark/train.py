@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -30,6 +31,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .model import DESOM, ModelSpec, joint_loss, temperature
+
+_LOG = logging.getLogger("desomspark.train")  # not __name__: under torchrun this module is __main__
 
 
 @dataclass
@@ -186,8 +189,7 @@ def prototype_checksum(model: DESOM) -> str:
 
 # --- the loop -----------------------------------------------------------------------
 
-def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1,
-        log=print) -> dict:
+def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1) -> dict:
     """Train ``model`` for ``job.iterations`` (DDP-wrapped when ``world > 1``).
 
     Returns ``{"history": [...], "iteration": n}``; the history holds, every
@@ -211,7 +213,7 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
     optimizer = torch.optim.Adam(net.parameters(), lr=job.learning_rate)
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
-        log(f"[rank {rank}] resumed at iteration {start}")
+        _LOG.info(f"[rank {rank}] resumed at iteration {start}")
     # batches differ per rank and per (re)start, but are fixed by the seed
     shard.generator.manual_seed(job.seed * 1000 + rank + 7919 * start)
     local_batch = math.ceil(job.batch_size / world)
@@ -244,7 +246,7 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
             history.append(row)
             if rank == 0:
                 eta = (job.iterations - done) * local_batch * world / max(rate, 1e-9)
-                log(f"[{job.kind}] it {done}/{job.iterations}  {rate:8.0f} samples/s  loss {row['loss']:.5f}  "
+                _LOG.info(f"[{job.kind}] it {done}/{job.iterations}  {rate:8.0f} samples/s  loss {row['loss']:.5f}  "
                     f"rec {row['reconstruction']:.5f}  som {row['som_loss']:.3f}  T {t:.3f}  "
                     f"QE {row['quantization_error']:.3f}  TE {row['topographic_error']:.3f}  ETA {eta:5.0f} s")
         if job.checkpoint_every and done % job.checkpoint_every == 0 and done < job.iterations:
@@ -258,8 +260,29 @@ def build_model(job: TrainJob) -> DESOM:
     return ModelSpec.from_dict(job.spec).build()
 
 
+def _die_with_parent() -> None:
+    """Make this rank die with the process that launched it (Linux).
+
+    A rank left behind by a killed launcher would go on training and write
+    the checkpoint that ``--resume`` reads, from under the resumed run.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher died before the call above
+        os._exit(1)
+
+
 def train_worker(job: TrainJob) -> dict:
     """One rank of a (distributed) training run; returns the history and prototype checksums."""
+    from .logs import to_stdout
+
+    _die_with_parent()
+    to_stdout()  # a rank is its own process: TorchDistributor or torchrun relays its stdout
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -284,9 +307,9 @@ def train_worker(job: TrainJob) -> dict:
         shard = Shard(job.sample_path, groups, job.column, device, job.max_in_memory_bytes,
                       torch.Generator().manual_seed(job.seed + rank))
         if rank == 0:
-            print(f"[{job.kind}] {world} rank(s) on {device}; rank 0 holds {shard.n} samples "
-                  f"({'in memory' if shard.in_memory else 'streamed'})", flush=True)
-        result = fit(model, shard, job, rank, world, log=lambda m: print(m, flush=True))
+            _LOG.info(f"[{job.kind}] {world} rank(s) on {device}; rank 0 holds {shard.n} samples "
+                      f"({'in memory' if shard.in_memory else 'streamed'})")
+        result = fit(model, shard, job, rank, world)
         checksum = prototype_checksum(model)
         if world > 1:
             sums = [None] * world

@@ -51,7 +51,7 @@ def _submit(cluster, server, job: str, *args: str, timeout: float = 600) -> subp
 def local_reference(spark, night_dir, tmp_path_factory, config):
     """The same night through nightly in local mode (embedded sqlite MLflow)."""
     lake = Lake(str(tmp_path_factory.mktemp("local-lake")))
-    nightly(spark, str(night_dir), lake, NIGHT, config, log=lambda m: None)
+    nightly(spark, str(night_dir), lake, NIGHT, config)
     return lake
 
 

@@ -14,7 +14,7 @@ from desomspark.lake import Lake
 @pytest.fixture(scope="module")
 def lake(spark, night_dir, tmp_path_factory, config):
     lake = Lake(str(tmp_path_factory.mktemp("lake1")))
-    ingest(spark, str(night_dir), lake, cfg=config.ingest, log=lambda m: None)
+    ingest(spark, str(night_dir), lake, cfg=config.ingest)
     return lake
 
 
@@ -29,7 +29,7 @@ def small_config(config):
 def trained(spark, lake, small_config):
     from desomspark.desom1 import train_desom1
 
-    return train_desom1(spark, lake, small_config, processes=2, sample_size=800, log=lambda m: None)
+    return train_desom1(spark, lake, small_config, processes=2, sample_size=800)
 
 
 def test_ddp_ranks_end_with_identical_prototypes(trained):

@@ -19,9 +19,9 @@ from desomspark.registry import resolve_model
 def lake(spark, night_dir, tmp_path_factory, config):
     """The test night mapped with the default models (a fresh install)."""
     lake = Lake(str(tmp_path_factory.mktemp("explore")))
-    ingest(spark, str(night_dir), lake, cfg=config.ingest, log=lambda m: None)
-    run_histovectors(spark, lake, config, log=lambda m: None)
-    run_assign(spark, lake, config, log=lambda m: None)
+    ingest(spark, str(night_dir), lake, cfg=config.ingest)
+    run_histovectors(spark, lake, config)
+    run_assign(spark, lake, config)
     return lake
 
 
@@ -34,16 +34,16 @@ def test_a_label_reaches_every_exposure_of_its_cell(spark, lake, config, monkeyp
     before = lake.read("assignments").to_pandas()
     cell = before.iloc[0]
     monkeypatch.setenv("DESOMSPARK_AUTHOR", "night-astronomer")
-    uri, version = resolve_model(lake, config, "desom2", log=lambda m: None)
+    uri, version = resolve_model(lake, config, "desom2")
     shape = tuple(registry.model_metadata(uri)["map_shape"])
     row = label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), "BadFocus", shape)
     assert row["author"] == "night-astronomer"
-    after = run_assign(spark, lake, config, log=lambda m: None)
+    after = run_assign(spark, lake, config)
     members = (after["cell_x"] == cell.cell_x) & (after["cell_y"] == cell.cell_y)
     assert (after.loc[members, "label"] == "BadFocus").all() and after.loc[~members, "label"].isna().all()
     # the last word wins: unlabel
     label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), None, shape)
-    assert run_assign(spark, lake, config, log=lambda m: None)["label"].isna().all()
+    assert run_assign(spark, lake, config)["label"].isna().all()
     with pytest.raises(ValueError, match="outside"):
         label_cell(lake, version, (shape[1], 0), "x", shape)
 
@@ -52,7 +52,7 @@ def test_a_label_shows_at_once_where_results_are_read(lake, config, tmp_path):
     """No assign needed: export and similar read the labels as they are now."""
     table = lake.read("assignments").to_pandas()
     cell = table.iloc[0]
-    uri, version = resolve_model(lake, config, "desom2", log=lambda m: None)
+    uri, version = resolve_model(lake, config, "desom2")
     meta = registry.model_metadata(uri)
     members = table[(table["cell_x"] == cell.cell_x) & (table["cell_y"] == cell.cell_y)]["exposure_id"]
     label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), "Ghost", tuple(meta["map_shape"]))
@@ -113,7 +113,7 @@ def test_export_csv_and_parquet(lake, tmp_path):
 
 
 def test_similar_returns_the_exposure_itself_first(lake, config):
-    uri, _ = resolve_model(lake, config, "desom2", log=lambda m: None)
+    uri, _ = resolve_model(lake, config, "desom2")
     meta = registry.model_metadata(uri)
     exposures = lake.read("assignments").to_pandas()["exposure_id"]
     table = similar(lake, uri, meta, exposures.iloc[3], k=5)

@@ -29,7 +29,7 @@ def small_night(night_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(spark, small_night, tmp_path_factory, config):
     lake = Lake(str(tmp_path_factory.mktemp("faults-ref")))
-    ingest(spark, str(small_night), lake, cfg=config.ingest, log=lambda m: None)
+    ingest(spark, str(small_night), lake, cfg=config.ingest)
     return {t: _table(lake, t) for t in TABLES}
 
 
@@ -45,7 +45,7 @@ def test_a_crash_before_the_commit_leaves_nothing_visible(spark, small_night, tm
 
     monkeypatch.setattr(Lake, "commit_nights", crash)
     with pytest.raises(Crash):
-        ingest(spark, str(small_night), lake, cfg=config.ingest, log=lambda m: None)
+        ingest(spark, str(small_night), lake, cfg=config.ingest)
     monkeypatch.undo()
     for table in TABLES:
         assert lake.read(table).num_rows == 0 and lake.nights(table) == []
@@ -67,7 +67,7 @@ def test_a_crash_inside_the_commit_is_rolled_forward(spark, small_night, tmp_pat
 
     monkeypatch.setattr(local_fs.LocalFileSystem, "mv", mv_then_crash)
     with pytest.raises(Crash):
-        ingest(spark, str(small_night), lake, cfg=config.ingest, log=lambda m: None)
+        ingest(spark, str(small_night), lake, cfg=config.ingest)
     monkeypatch.undo()
     assert lake.read("exposures").num_rows > 0 and lake.read("cutouts").num_rows == 0   # half committed ...
     recovered = Lake(lake.root).recover()                                                  # ... until the next writer
@@ -76,6 +76,6 @@ def test_a_crash_inside_the_commit_is_rolled_forward(spark, small_night, tmp_pat
         assert _table(lake, table).equals(reference[table]), table
     assert not any((tmp_path / "lake" / "_staging").iterdir())
     # and a re-run over the recovered night still gives the same rows
-    ingest(spark, str(small_night), lake, cfg=config.ingest, log=lambda m: None)
+    ingest(spark, str(small_night), lake, cfg=config.ingest)
     for table in TABLES:
         assert _table(lake, table).equals(reference[table]), table

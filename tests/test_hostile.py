@@ -104,7 +104,7 @@ def corpus(tmp_path_factory, night_dir, small_sim):
 def test_every_hostile_input_is_a_reject_and_the_rest_is_processed(spark, corpus, tmp_path, config):
     d, expected = corpus
     lake = Lake(str(tmp_path / "lake"))
-    summary = ingest(spark, str(d), lake, cfg=config.ingest, log=lambda m: None)
+    summary = ingest(spark, str(d), lake, cfg=config.ingest)
     exposures = lake.read("exposures").to_pandas()
     rejects = lake.read("rejects").to_pandas()
     by_file = rejects[rejects["hdu_index"].isna()].set_index("path")["reason"]
@@ -162,7 +162,7 @@ def test_fuzzed_fits_never_escapes_the_reject_path(tmp_path_factory, flips, cut,
     path.write_bytes(bytes(data))
     scan = scan_file(str(path), min_side=64)            # must not raise
     if scan.file_reject is not None:
-        assert scan.file_reject[0] in REJECT_REASONS
+        assert scan.file_reject.reason in REJECT_REASONS
         return
     cfg = IngestConfig(min_ccd_side=64, edge_margin=20)
     for hdu in scan.hdus:

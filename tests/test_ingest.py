@@ -72,7 +72,7 @@ def mixed_night(tmp_path_factory, night_dir):
 def ingested(spark, mixed_night, tmp_path_factory, config):
     d, expected = mixed_night
     lake = Lake(str(tmp_path_factory.mktemp("lake")))
-    summary = ingest(spark, str(d), lake, cfg=config.ingest, log=lambda m: None)
+    summary = ingest(spark, str(d), lake, cfg=config.ingest)
     return lake, summary, d, expected
 
 
@@ -169,7 +169,7 @@ def test_quality_numbers_are_in_the_tables(ingested):
 def test_rerun_gives_identical_tables(spark, ingested, config):
     lake, _, d, _ = ingested
     before = {t: lake.read(t).to_pandas() for t in ("exposures", "ccds", "cutouts", "rejects")}
-    ingest(spark, str(d), lake, cfg=config.ingest, log=lambda m: None)
+    ingest(spark, str(d), lake, cfg=config.ingest)
     keys = {"exposures": ["exposure_id"], "ccds": ["exposure_id", "hdu_index"],
             "cutouts": ["exposure_id", "hdu_index", "source_index"], "rejects": ["path", "hdu_index"]}
     for table, k in keys.items():
@@ -180,8 +180,7 @@ def test_rerun_gives_identical_tables(spark, ingested, config):
 
 def test_file_url_and_night_override(spark, night_dir, tmp_path, config):
     lake = Lake(str(tmp_path / "lake"))
-    summary = ingest(spark, f"file://{night_dir}/sim*.fits", lake, night="20260101", cfg=config.ingest,
-                     log=lambda m: None)
+    summary = ingest(spark, f"file://{night_dir}/sim*.fits", lake, night="20260101", cfg=config.ingest)
     assert summary.ok == 12 and summary.nights == ["20260101"]
     assert lake.nights("cutouts") == ["20260101"]
     direct = lake.read("cutouts").to_pandas()

@@ -34,11 +34,11 @@ def mapped(spark, night_dir, tmp_path_factory, config):
     cfg = replace(config, desom1=replace(config.desom1, map_shape=(5, 5), iterations=30, batch_size=64,
                                          checkpoint_every=0, log_every=10),
                   desom2=replace(config.desom2, map_shape=None, iterations=200, batch_size=12, log_every=100))
-    ingest(spark, str(night_dir), lake, cfg=cfg.ingest, log=lambda m: None)
-    d1 = train_desom1(spark, lake, cfg, processes=1, sample_size=2000, log=lambda m: None)
-    run_histovectors(spark, lake, cfg, desom1_uri=f"models:/desom1/{d1['version']}", log=lambda m: None)
-    d2 = train_desom2(lake, cfg, log=lambda m: None)
-    table = run_assign(spark, lake, cfg, desom2_uri=f"models:/desom2/{d2['version']}", log=lambda m: None)
+    ingest(spark, str(night_dir), lake, cfg=cfg.ingest)
+    d1 = train_desom1(spark, lake, cfg, processes=1, sample_size=2000)
+    run_histovectors(spark, lake, cfg, desom1_uri=f"models:/desom1/{d1['version']}")
+    d2 = train_desom2(lake, cfg)
+    table = run_assign(spark, lake, cfg, desom2_uri=f"models:/desom2/{d2['version']}")
     return lake, cfg, d1, d2, table
 
 
@@ -94,7 +94,7 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     lake, cfg, _, _, _ = mapped
     features = ("fwhm", "elongation_median", "sky_spread")
     c = replace(cfg.desom2, qa_inputs=features, qa_weight=1.0)
-    d2 = train_desom2(lake, replace(cfg, desom2=c), log=lambda m: None)
+    d2 = train_desom2(lake, replace(cfg, desom2=c))
     uri = registry.download_uri("desom2", d2["version"])
     meta = registry.model_metadata(uri)
     assert meta["qa_inputs"] == list(features) and meta["transform"] == "hellinger" and meta["n_bins"] == 25
@@ -114,16 +114,14 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     moved[:, 25] += 5 * float(d2["mapper"].qa_scale[0])
     assert not np.allclose(map_inputs(served, moved)[2], z, atol=1e-4)
     # assign joins the exposures' numbers and gives what the served model gives
-    out = run_assign(spark, lake, replace(cfg, desom2=c), desom2_uri=f"models:/desom2/{d2['version']}",
-                     log=lambda m: None).set_index("exposure_id")
+    out = run_assign(spark, lake, replace(cfg, desom2=c), desom2_uri=f"models:/desom2/{d2['version']}").set_index("exposure_id")
     expected = map_inputs(served, input_matrix(table["counts"], table, features))[0]
     assert list(out.loc[table["exposure_id"], "cell"]) == list(expected)
     # a model trained on the histo-vectors alone still serves, through the same assign
     plain = replace(cfg.desom2, qa_inputs=())
-    d2_alone = train_desom2(lake, replace(cfg, desom2=plain), log=lambda m: None)
+    d2_alone = train_desom2(lake, replace(cfg, desom2=plain))
     assert not registry.model_metadata(registry.download_uri("desom2", d2_alone["version"])).get("qa_inputs")
-    alone = run_assign(spark, lake, replace(cfg, desom2=plain), desom2_uri=f"models:/desom2/{d2_alone['version']}",
-                       log=lambda m: None)
+    alone = run_assign(spark, lake, replace(cfg, desom2=plain), desom2_uri=f"models:/desom2/{d2_alone['version']}")
     assert len(alone) == 12 and set(alone["desom2_version"]) == {d2_alone["version"]}
 
 
@@ -136,7 +134,7 @@ def test_version_mismatch_is_refused(spark, mapped):
     uri = registry.download_uri("desom2", d2["version"])
     meta = dict(registry.model_metadata(uri), desom1_version="999")
     with pytest.raises(ModelMismatch, match="v999"):
-        write_assignments(spark, lake, uri, meta, d2["version"], log=lambda m: None)
+        write_assignments(spark, lake, uri, meta, d2["version"])
 
 
 def _same_class_closeness(table: pd.DataFrame) -> tuple[float, float]:
@@ -161,9 +159,9 @@ def fresh_nightly(spark, tmp_path_factory, small_sim, config):
     simulate_night(raw, 30, replace(small_sim, ccd_shape=(1024, 1024)), seed=99, mix="balanced",
                    progress=False)
     lake = Lake(str(tmp_path_factory.mktemp("nightlake")))
-    first = nightly(spark, str(raw), lake, "20260301", config, log=lambda m: None)
+    first = nightly(spark, str(raw), lake, "20260301", config)
     snapshot = {t: lake.read(t).to_pandas() for t in TABLES}
-    second = nightly(spark, str(raw), lake, "20260301", config, log=lambda m: None)
+    second = nightly(spark, str(raw), lake, "20260301", config)
     return lake, raw, first, second, snapshot
 
 

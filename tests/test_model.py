@@ -85,7 +85,7 @@ def digits_model(tmp_path_factory):
     torch.manual_seed(job.seed)
     model = build_model(job)
     shard = Shard(sample, row_groups(sample), "x", torch.device("cpu"), 1e9, torch.Generator().manual_seed(0))
-    result = fit(model, shard, job, log=lambda m: None)
+    result = fit(model, shard, job)
     nodes, _ = model.predict(torch.tensor(x, dtype=torch.float32))
     return model, result, digits.target, nodes.numpy()
 

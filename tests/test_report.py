@@ -33,9 +33,9 @@ def lake(spark, small_sim, tmp_path_factory, config):
     fits.setval(files[0], "OBJECT", value=HOSTILE_OBJECT, ext=0)
     (raw / "notes.fits").write_text("an observer's notes saved with the wrong name")
     lake = Lake(str(tmp_path_factory.mktemp("report-lake")))
-    ingest(spark, str(raw), lake, cfg=config.ingest, log=lambda m: None)
-    run_histovectors(spark, lake, config, log=lambda m: None)
-    run_assign(spark, lake, config, log=lambda m: None)
+    ingest(spark, str(raw), lake, cfg=config.ingest)
+    run_histovectors(spark, lake, config)
+    run_assign(spark, lake, config)
     return lake
 
 
@@ -114,7 +114,7 @@ def test_report_opens_a_cell_gallery_in_a_browser_and_shows_headers_as_text(lake
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    index = write_report(lake, config, tmp_path / "site", log=lambda m: None)
+    index = write_report(lake, config, tmp_path / "site")
     assert HOSTILE_OBJECT not in index.read_text()          # escaped in the file itself
     assert "notes.fits (not_fits)" in index.read_text()     # the night's summary names its rejected files
     assignments = lake.read("assignments").to_pandas()
@@ -147,7 +147,7 @@ def test_report_opens_a_cell_gallery_in_a_browser_and_shows_headers_as_text(lake
 def test_evaluate_scores_desom_and_the_baselines(lake, config, tmp_path):
     from desomspark.baselines import BaselineConfig
 
-    table = evaluate(lake, config, tmp_path, BaselineConfig(epochs=3), log=lambda m: None)
+    table = evaluate(lake, config, tmp_path, BaselineConfig(epochs=3))
     assert list(table["method"]) == ["DESOM-1 + DESOM-2 (cells)", "5-NN on QA numbers (classical)",
                                      "k-means on QA numbers", "5-NN on histo-vectors (Hellinger)",
                                      "pixel PCA + k-means", "PCA + agglomerative (Ward)",
