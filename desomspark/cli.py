@@ -354,7 +354,7 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
     import os
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logs.to_stdout(logging.WARNING if quiet else logging.INFO)
+    logs.to_stdout(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
     # MLflow configures its own logger when imported ("Creating initial MLflow database tables..."):

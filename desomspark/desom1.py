@@ -94,7 +94,10 @@ def run_distributed(job: TrainJob, processes: int, local_mode: bool = True) -> d
 
     from .train import train_worker
 
+    wanted = logging.getLogger("TorchDistributor").level
     distributor = TorchDistributor(num_processes=processes, local_mode=local_mode, use_gpu=job.use_gpu)
+    if wanted:  # the distributor sets its logger to INFO; the command line's level (-v or not) stands
+        distributor.logger.setLevel(wanted)
     return distributor.run(train_worker, job)
 
 

@@ -126,6 +126,8 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     d1_uri, d1_version, _ = registry.champion_metadata(lake, cfg, "desom1")
     _, d2_version, _ = registry.champion_metadata(lake, cfg, "desom2")
     members = map_members(lake, d2_version)
+    if members.empty:
+        raise UserError(f"no exposure of {lake.root} is assigned by desom2 v{d2_version}: run assign first")
     members = members[members["truth_label"].notna()].reset_index(drop=True)
     if len(members) > max_exposures:
         _LOG.info(f"evaluate: scoring a random {max_exposures} of {len(members)} exposures")

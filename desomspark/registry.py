@@ -240,6 +240,21 @@ def flatten(prefix: str, values: dict) -> dict[str, str]:
     return out
 
 
+def _register(model_uri: str, name: str, tags: dict[str, str] | None):
+    """``mlflow.register_model``, its lines to stderr ("Successfully registered ...") kept for ``-v`` only."""
+    import contextlib
+    import io
+
+    import mlflow
+
+    said = io.StringIO()
+    with contextlib.redirect_stderr(said):  # MLflow prints these, bypassing its logger
+        version = mlflow.register_model(model_uri, name, tags=tags or {})
+    for line in said.getvalue().splitlines():
+        _LOG.debug(line)
+    return version
+
+
 def register_model(module, name: str, input_example, metadata: dict, tags: dict[str, str] | None = None,
                    extra: dict | None = None, description: str | None = None) -> str:
     """Log ``module`` in the active run, register it as ``name`` and point ``challenger`` at it.
@@ -281,7 +296,7 @@ def register_model(module, name: str, input_example, metadata: dict, tags: dict[
                                         serialization_format="pt2", signature=signature,
                                         pip_requirements=PIP_REQUIREMENTS,
                                         metadata=metadata, extra_files=extra_files or None)
-    version = mlflow.register_model(info.model_uri, name, tags=tags or {})
+    version = _register(info.model_uri, name, tags)
     client = MlflowClient()
     if description:
         client.update_model_version(name, version.version, description=description)
@@ -295,7 +310,7 @@ def register_model_dir(path: str, name: str, tags: dict[str, str] | None = None)
     from mlflow import MlflowClient
 
     mlflow.log_artifacts(path, "model")
-    version = mlflow.register_model(f"runs:/{mlflow.active_run().info.run_id}/model", name, tags=tags or {})
+    version = _register(f"runs:/{mlflow.active_run().info.run_id}/model", name, tags)
     MlflowClient().set_registered_model_alias(name, CHALLENGER, version.version)
     return str(version.version)
 

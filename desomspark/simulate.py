@@ -30,6 +30,7 @@ in each CCD header.  The same seed gives byte-identical files.
 from __future__ import annotations
 
 import csv
+import logging
 import math
 import os
 import sys
@@ -44,6 +45,8 @@ from astropy.time import Time
 
 from .config import SimulateConfig
 from .errors import UserError
+
+_LOG = logging.getLogger(__name__)
 
 CLASSES = ("Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP", "Streak")
 BGP_KINDS = ("gradient", "scattered", "crowded", "lowexp")
@@ -522,9 +525,9 @@ def _progress(done: int, total: int) -> None:
         sys.stderr.write(f"\rsimulate [{'#' * filled}{'.' * (width - filled)}] {done}/{total} exposures")
         if done == total:
             sys.stderr.write("\n")
+        sys.stderr.flush()
     elif done == total or done * 4 // total != (done - 1) * 4 // total:
-        sys.stderr.write(f"simulate: {done}/{total} exposures\n")
-    sys.stderr.flush()
+        _LOG.info(f"simulate: {done}/{total} exposures")
 
 
 def simulate_night(out_dir: str | os.PathLike, n_exposures: int, cfg: SimulateConfig = SimulateConfig(),

@@ -7,10 +7,10 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 from desomspark.cli import build_parser
+from tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -142,8 +142,7 @@ def test_crontab_runs_the_nightly_script():
 
 def test_airflow_dag_imports(airflow_python):
     """The DAG file loads in a real Airflow (its own environment, see scripts/install_test_tools.sh)."""
-    if airflow_python is None:
-        pytest.skip("no Airflow environment: scripts/install_test_tools.sh builds .venv-airflow")
+    require_tool(airflow_python is not None, "no Airflow environment: scripts/install_test_tools.sh builds .venv-airflow")
     code = (
         "import datetime, jinja2\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
@@ -165,3 +164,18 @@ def test_airflow_dag_imports(airflow_python):
     # the same time as the cron entry
     cron = next(line for line in (DEPLOY / "schedule" / "crontab").read_text().splitlines() if line[:1].isdigit())
     assert " ".join(cron.split()[:5]) == "30 18 * * *"
+
+
+def test_a_required_tool_that_is_missing_fails_the_run(tmp_path):
+    """With DESOMSPARK_REQUIRE_TOOLS=1 (as .ci/run sets) a missing SExtractor fails its tests; without, they skip."""
+    import sys
+
+    tests = Path(__file__).parent
+    no_tools = dict(os.environ, PATH=str(tmp_path))  # nothing on PATH: no source-extractor
+    run = lambda env: subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests / "test_sextractor_peer.py")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tests.parent)
+    required = run(no_tools | {"DESOMSPARK_REQUIRE_TOOLS": "1"})
+    assert required.returncode == 1 and "requires it" in required.stdout and " passed" not in required.stdout
+    relaxed = run({k: v for k, v in no_tools.items() if k != "DESOMSPARK_REQUIRE_TOOLS"})
+    assert relaxed.returncode == 0 and " skipped" in relaxed.stdout and " failed" not in relaxed.stdout

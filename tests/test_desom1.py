@@ -5,6 +5,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from desomspark.ingest import ingest
@@ -29,7 +30,11 @@ def small_config(config):
 def trained(spark, lake, small_config):
     from desomspark.desom1 import train_desom1
 
-    return train_desom1(spark, lake, small_config, processes=2, sample_size=800)
+    from desomspark.train import load_checkpoint
+
+    result = train_desom1(spark, lake, small_config, processes=2, sample_size=800)
+    # the trained weights as they were (a later test trains again in this lake)
+    return result | {"state": load_checkpoint(lake.path("checkpoints/desom1/last.pt"))}
 
 
 def test_ddp_ranks_end_with_identical_prototypes(trained):
@@ -45,14 +50,25 @@ def test_loss_curve_and_metrics(trained):
 
 
 def test_sample_is_uniform_and_fixed(spark, lake, small_config):
-    from desomspark.desom1 import training_sample
+    """The seed fixes the sample: drawn again from scratch it is the same rows; another seed, others."""
+    import shutil
 
-    a = training_sample(spark, lake, 800, seed=5)
-    b = training_sample(spark, lake, 800, seed=5)
-    total = a.total_cutouts
-    assert a == b and 0.8 * 800 < a.rows <= total and a.rows < 1.2 * 800
     import pyarrow.dataset as ds
 
+    from desomspark.desom1 import training_sample
+
+    keys = lambda s: sorted(map(tuple, ds.dataset(s.path).to_table(
+        columns=["exposure_id", "hdu_index", "source_index"]).to_pandas().to_numpy().tolist()))
+    a = training_sample(spark, lake, 800, seed=5)
+    first = keys(a)
+    assert training_sample(spark, lake, 800, seed=5) == a            # reused, not drawn again
+    shutil.rmtree(a.path)
+    b = training_sample(spark, lake, 800, seed=5)                    # drawn again from the cutouts
+    assert b == a and keys(b) == first and len(first) == a.rows
+    other = keys(training_sample(spark, lake, 800, seed=6))
+    assert other != first and len(set(other) & set(first)) < 0.5 * len(first)
+    total = a.total_cutouts
+    assert 0.8 * 800 < a.rows <= total and a.rows < 1.2 * 800
     sample = ds.dataset(a.path).to_table(columns=["exposure_id"]).to_pandas()
     cutouts = lake.read("cutouts", columns=["exposure_id"]).to_pandas()
     # every exposure is represented roughly in proportion to its cutouts
@@ -100,12 +116,23 @@ def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
     uri = f"models:/desom1/{trained['version']}"
     assert registry.model_metadata(uri)["map_shape"] == [6, 6]
     assert registry.model_extra(uri)["decoded_prototypes"].shape == (36, 32, 32)
+    # the served graph (pt2) is the trained model: same nodes, distances and latent vectors on real cutouts
     import torch
 
-    from desomspark.model import split_inference
-
-    node, dist, z = split_inference(registry.load_model(uri)(torch.rand(5, 1, 32, 32)))
-    assert node.shape == (5,) and 0 <= int(node.min()) and int(node.max()) < 36 and z.shape == (5, 160)
+    from desomspark.cutout import decode_pixels
+    from desomspark.model import DesomInference, ModelSpec, split_inference
+    state = trained["state"]
+    trained_model = ModelSpec.from_dict(state["spec"]).build()
+    trained_model.load_state_dict(state["model"])
+    pixels = lake.read("cutouts", columns=["pixels"]).to_pandas()["pixels"].head(64).tolist()
+    x = torch.as_tensor(decode_pixels(pixels)).unsqueeze(1)
+    with torch.no_grad():
+        served = split_inference(registry.load_model(uri)(x))
+        mine = split_inference(DesomInference(trained_model.eval())(x))
+    np.testing.assert_array_equal(served[0].numpy(), mine[0].numpy())
+    np.testing.assert_allclose(served[1].numpy(), mine[1].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served[2].numpy(), mine[2].numpy(), rtol=1e-5, atol=1e-5)
+    assert len(np.unique(served[0].numpy())) > 1 and served[2].shape == (64, 160)
 
 
 def test_promote_moves_champion(lake, trained):

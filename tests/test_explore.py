@@ -71,7 +71,7 @@ def test_a_label_shows_at_once_where_results_are_read(lake, config, tmp_path):
     assert pd.read_csv(tmp_path / "after.csv")["label"].isna().all()
 
 
-def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path):
+def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path, config):
     """A lake copied elsewhere (shared storage) serves its models from its own mlartifacts/, not the old place."""
     import os
     import shutil
@@ -79,6 +79,10 @@ def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path):
 
     moved = tmp_path / "shared" / "lake"
     shutil.copytree(lake.root, moved)
+    # a cell labelled before the night: the new night's exposures that land there carry the label
+    first = lake.read("assignments").to_pandas().sort_values("exposure_id").iloc[0]
+    shape = tuple(registry.model_metadata(resolve_model(lake, config, "desom2")[0])["map_shape"])
+    label_cell(Lake(str(moved)), first.desom2_version, (int(first.cell_x), int(first.cell_y)), "Ghost", shape)
     hidden = lake.path("mlartifacts") + ".hidden"
     os.rename(lake.path("mlartifacts"), hidden)  # the old place is gone: nothing may be read from it
     try:
@@ -89,6 +93,9 @@ def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assigned = Lake(str(moved)).read("assignments", nights=["20251122"]).to_pandas()
     assert len(assigned) == 12 and assigned["cell_x"].notna().all()
+    in_cell = (assigned["cell_x"] == first.cell_x) & (assigned["cell_y"] == first.cell_y)
+    assert in_cell.any() and (assigned.loc[in_cell, "label"] == "Ghost").all()
+    assert assigned.loc[~in_cell, "label"].isna().all()
     with sqlite3.connect(moved / "mlflow.db") as db:
         locations = [loc for (loc,) in db.execute("SELECT storage_location FROM model_versions")]
         # no experiment of the store points outside the lake (MLflow's Default one included)
@@ -168,5 +175,44 @@ def test_command_line(lake, tmp_path):
     exposure = lake.read("assignments").to_pandas()["exposure_id"].iloc[0]
     done = _cli("similar", "--lake", lake.root, "--exposure", exposure, "-k", "3")
     assert done.returncode == 0 and exposure in done.stdout.splitlines()[2]
-    done = _cli("filter", "--lake", lake.root, "--node", "3,4", "--min-fraction", "0.0")
-    assert done.returncode == 0 and "12 exposures" in done.stdout
+    # filter: the exposures with at least this share of their detections on the busiest node
+    import numpy as np
+
+    counts = np.stack(lake.read("histovectors").to_pandas()["counts"])
+    node = int(counts.sum(0).argmax())
+    share = counts[:, node] / counts.sum(1)
+    threshold = float(np.round(share.max() / 2, 3))  # some exposures above, others below
+    done = _cli("filter", "--lake", lake.root, "--node", f"{node % 25},{node // 25}", "--min-fraction", str(threshold))
+    expected = int((share >= threshold).sum())
+    assert done.returncode == 0 and f"\n{expected} exposures with >= " in "\n" + done.stdout, done.stdout + done.stderr
+    assert 0 < expected < len(share)
+
+
+def test_a_label_belongs_to_its_map_version(spark, lake, config, tmp_path):
+    """Cells of a new DESOM-2 are other cells: once it is promoted an old label labels nothing, in assign
+    and in export; promoted back, the old map has its label again."""
+    from dataclasses import replace
+
+    from desomspark.desom2 import train_desom2
+
+    uri, old = resolve_model(lake, config, "desom2")
+    shape = tuple(registry.model_metadata(uri)["map_shape"])
+    first = lake.read("assignments").to_pandas().iloc[0]
+    cell = (int(first.cell_x), int(first.cell_y))
+    label_cell(lake, old, cell, "BadFocus", shape)
+    short = replace(config, desom2=replace(config.desom2, map_shape=None, iterations=100, batch_size=12))
+    try:
+        new = train_desom2(lake, short)["version"]
+        registry.promote(lake, config.mlflow, "desom2", new)
+        after = run_assign(spark, lake, config)
+        assert set(after["desom2_version"]) == {new} and after["label"].isna().all()
+        export(lake, str(tmp_path / "new.csv"), "csv")
+        assert pd.read_csv(tmp_path / "new.csv")["label"].isna().all()
+        registry.promote(lake, config.mlflow, "desom2", old)
+        back = run_assign(spark, lake, config)
+        members = (back["cell_x"] == cell[0]) & (back["cell_y"] == cell[1])
+        assert set(back["desom2_version"]) == {old} and (back.loc[members, "label"] == "BadFocus").all()
+    finally:
+        registry.promote(lake, config.mlflow, "desom2", old)
+        label_cell(lake, old, cell, None, shape)
+        run_assign(spark, lake, config)

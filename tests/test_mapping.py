@@ -110,6 +110,13 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     np.testing.assert_array_equal(node, ref_node)
     np.testing.assert_allclose(dist, ref_dist, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(z, ref_z, rtol=1e-5, atol=1e-5)
+    # the normalisation runs inside the served graph: raw counts in give what normalising first gives,
+    # and not what the bare network gives on raw counts
+    with torch.no_grad():
+        first = split_inference(mine.inference(mine.normalise(torch.as_tensor(x))))[2].numpy()
+        bare = split_inference(mine.inference(torch.as_tensor(np.nan_to_num(x))))[2].numpy()
+    np.testing.assert_allclose(first, z, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(bare, z, atol=1e-2)
     moved = x.copy()
     moved[:, 25] += 5 * float(d2["mapper"].qa_scale[0])
     assert not np.allclose(map_inputs(served, moved)[2], z, atol=1e-4)
@@ -197,3 +204,24 @@ def test_alike_exposures_land_together(fresh_nightly):
     observed, chance = _same_class_closeness(cells.merge(truth, on="exposure_id"))
     print(f"same-class pairs in the same or a neighbouring cell: {observed:.3f} (chance {chance:.3f})")
     assert observed > chance + 0.05
+
+
+def test_nightly_refuses_a_champion_pair_that_does_not_belong_together(spark, fresh_nightly, config):
+    """A DESOM-1 promoted without a DESOM-2 trained on it: nightly stops before it writes anything."""
+    from mlflow import MlflowClient
+
+    lake, raw, _, _, snapshot = fresh_nightly
+    client = MlflowClient()
+    registry.connect(lake, config.mlflow)
+    before = client.get_model_version_by_alias("desom1", "champion").version
+    with registry.run(lake, config.mlflow, "another desom1"):
+        other = registry.register_model_dir(str(registry.models_dir() / "desom1"), "desom1")
+    registry.promote(lake, config.mlflow, "desom1", other)
+    try:
+        with pytest.raises(ModelMismatch, match="promote a matching pair"):
+            nightly(spark, str(raw), lake, "20260302", config)
+    finally:
+        registry.promote(lake, config.mlflow, "desom1", str(before))
+    assert "20260302" not in lake.nights("exposures") and "20260302" not in lake.nights("assignments")
+    for table, frame in snapshot.items():
+        assert len(lake.read(table).to_pandas()) == len(frame)

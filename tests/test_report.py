@@ -17,6 +17,7 @@ from desomspark.pipeline import run_assign, run_histovectors
 from desomspark.queries import exposure_views
 from desomspark.report import write_report
 from desomspark.simulate import simulate_night
+from tools import require_tool
 
 HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
 
@@ -55,18 +56,35 @@ def test_ingest_keeps_a_mosaic_and_one_full_resolution_window_per_exposure(lake,
         assert view["window"].shape == (side, side) and view["window"].dtype == np.uint8
 
 
-def test_plots_have_the_right_sizes(tmp_path):
+def test_plots_have_the_right_sizes_and_show_their_data(tmp_path):
     rng = np.random.default_rng(0)
-    path = plots.prototype_map(rng.random((625, 32, 32)), (25, 25), tmp_path / "p.png")
+    grey = lambda path: np.asarray(Image.open(path).convert("L"), dtype=float)
+    prototypes = np.zeros((625, 32, 32))
+    prototypes[0] = 1.0                                   # node (0, 0) bright, every other node dark
+    path = plots.prototype_map(prototypes, (25, 25), tmp_path / "p.png")
     assert Image.open(path).size == (1000, 1000)  # 25 nodes x 0.4 in x 100 dpi
+    image = grey(path)
+    dark = image < 60                                         # the map: 624 dark tiles and one bright
+    rows, cols = np.nonzero(dark.mean(axis=1) > 0.5)[0], np.nonzero(dark.mean(axis=0) > 0.5)[0]
+    top, left, bottom, right = rows.min(), cols.min(), rows.max(), cols.max()
+    tile = (bottom - top) / 25
+    assert 0.95 < (right - left) / (bottom - top) < 1.05 and tile > 20
+    first = image[int(top + tile / 2), int(left + tile / 2)]     # inside the tile of node (0, 0)
+    last = image[int(bottom - tile / 2), int(right - tile / 2)]  # inside the tile of node (24, 24)
+    assert first > 200 and last < 60, "the bright prototype is not drawn where its node is"
     examples = [{"exposure_id": str(i), "window": rng.integers(0, 255, (500, 500), dtype=np.uint8),
                  "counts": rng.random(625)} for i in range(4)]
-    w, h = Image.open(plots.histovector_figure(examples, (25, 25), tmp_path / "h.png")).size
-    assert (w, h) == (990, int(3.2 * 4 * 90))
+    path = plots.histovector_figure(examples, (25, 25), tmp_path / "h.png")
+    assert Image.open(path).size == (990, int(3.2 * 4 * 90)) and grey(path).std() > 20
     cells = pd.DataFrame({"cell_x": [0, 3], "cell_y": [0, 4], "count": [5, 2], "truth": ["Good", None]})
-    assert Image.open(plots.desom2_map(cells, (5, 5), tmp_path / "m.png", by="truth")).size == (990, 450)
+    path = plots.desom2_map(cells, (5, 5), tmp_path / "m.png", by="truth")
+    assert Image.open(path).size == (990, 450) and grey(path).std() > 10
     members = [{"caption": str(i), "mosaic": rng.random((40, 40)) * 255, "window": None} for i in range(9)]
-    assert Image.open(plots.cell_gallery(members, tmp_path / "g.png", "cell")).size == (918, round((1.9 * 3 + .5) * 90))
+    path = plots.cell_gallery(members, tmp_path / "g.png", "cell")
+    assert Image.open(path).size == (918, round((1.9 * 3 + .5) * 90)) and grey(path).std() > 20
+    # a blank picture of the same size would fail every check above
+    Image.new("L", (1000, 1000), 255).save(tmp_path / "blank.png")
+    assert grey(tmp_path / "blank.png").std() == 0
 
 
 def test_gallery_window_skips_a_dead_central_ccd():
@@ -99,8 +117,8 @@ def _browser(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("chromium / chromedriver not installed (scripts/install_test_tools.sh installs them)")
+    require_tool(bool(chromium and driver),
+                 "chromium / chromedriver not installed (scripts/install_test_tools.sh installs them)")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -25,10 +25,14 @@ from astropy.io import fits
 
 from desomspark.detect import detect_sources
 from desomspark.simulate import plan_night, simulate_ccd
+from tools import require_tool
 
 SEXTRACTOR = shutil.which("source-extractor") or shutil.which("sex")
-pytestmark = pytest.mark.skipif(SEXTRACTOR is None, reason="source-extractor is not on PATH "
-                                "(make test installs it with apt-get when run as root)")
+
+
+@pytest.fixture(autouse=True)
+def _sextractor_installed():
+    require_tool(SEXTRACTOR is not None, "source-extractor is not on PATH (scripts/install_test_tools.sh installs it)")
 CONV = Path("/usr/share/source-extractor/gauss_3.0_7x7.conv")
 
 
@@ -83,8 +87,8 @@ def test_sep_finds_what_sextractor_finds(ccds, quality, agreement, tmp_path, con
     assert abs(len(ours) - len(reference)) <= 0.02 * len(reference)
 
 
-@pytest.mark.skipif(not CONV.exists(), reason="SExtractor's filter files are not installed")
 def test_configured_alike_they_agree_on_every_source(ccds, tmp_path, config):
+    require_tool(CONV.exists(), f"SExtractor's filter file {CONV} is not installed")
     image = ccds["Good"]
     reference = _sextractor(image, tmp_path, config.ingest)
     kernel = np.loadtxt(CONV, skiprows=2, max_rows=7)
