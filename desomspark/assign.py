@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import registry, schema
 from .errors import UserError
-from .lake import Lake
+from .lake import Batch, Lake
 from .model import ModelSpec, map_inputs
 from .queries import current_labels, input_matrix
 
@@ -43,8 +43,12 @@ def assign_rows(batches: Iterator[pd.DataFrame], model_uri: str, metadata: dict,
 
 
 def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_version: str,
-                      nights: list[str] | None = None) -> pd.DataFrame:
-    """Assign every exposure of ``nights`` (default: all nights with histo-vectors) and commit."""
+                      nights: list[str] | None = None, batch: Batch | None = None) -> pd.DataFrame:
+    """Assign every exposure of ``nights`` (default: all nights with histo-vectors) and commit.
+
+    With ``batch`` (a live night's micro-batch) only its exposures, added to
+    their nights; the batch's rows are returned.
+    """
     from pyspark.sql import functions as F
 
     desom1_version = str(metadata["desom1_version"])
@@ -53,6 +57,8 @@ def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_
         raise UserError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
     vectors = (lake.spark_read(spark, "histovectors")
                .where(F.col("night").isin(nights) & (F.col("desom1_version") == str(desom1_version))))
+    if batch is not None:
+        vectors = vectors.where(F.concat_ws("/", "night", "exposure_id").isin(list(batch.exposures)))
     if vectors.limit(1).count() == 0:
         other = lake.read("histovectors", nights=nights, columns=["desom1_version"]).column("desom1_version")
         found = sorted(set(other.to_pylist()))
@@ -77,7 +83,13 @@ def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_
     staging = lake.new_staging()
     result.coalesce(max(1, len(nights))).write.mode("overwrite").partitionBy("night").parquet(
         lake.spark_path(staging, "assignments"))
-    lake.commit_nights(staging, ["assignments"], nights, summary={"desom2_version": str(desom2_version)})
-    table = lake.read("assignments", nights=nights).to_pandas()
+    summary = {"desom2_version": str(desom2_version)}
+    if batch is None:
+        lake.commit_nights(staging, ["assignments"], nights, summary=summary)
+        table = lake.read("assignments", nights=nights).to_pandas()
+    else:
+        lake.commit_batch(staging, ["assignments"], batch.id, summary=summary)
+        table = lake.read("assignments", nights=nights).to_pandas()
+        table = table[(table["night"] + "/" + table["exposure_id"]).isin(batch.exposures)]
     _LOG.info(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
     return table

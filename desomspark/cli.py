@@ -79,12 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "with overscan per CCD HDU, as MegaCam; 'segments' one HDU per amplifier, as LSST")
     p.add_argument("--processes", type=_positive, default=None)
 
+    def files_in(p, input_help: str) -> None:
+        """The arguments of the commands that read FITS files: where, which night, which camera."""
+        p.add_argument("--input", required=True, help=input_help)
+        p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD",
+                       help="night of every file (default: each file's DATE-OBS/MJD-OBS, dayobs convention)")
+        p.add_argument("--camera", type=_camera, default=None,
+                       help="camera profile of conf/cameras (default: from each file's INSTRUME)")
+
     p = command("ingest", "FITS exposures -> exposures/ ccds/ cutouts/ rejects/")
-    p.add_argument("--input", required=True, help="file, directory or glob (local or URL)")
-    p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD",
-                   help="night of every file (default: each file's DATE-OBS/MJD-OBS, dayobs convention)")
-    p.add_argument("--camera", type=_camera, default=None,
-                   help="camera profile of conf/cameras (default: from each file's INSTRUME)")
+    files_in(p, "file, directory or glob (local or URL)")
 
     p = command("train-desom1", "train DESOM-1 on the lake's cutouts (DDP via TorchDistributor)")
     p.add_argument("--iterations", type=_positive, default=None)
@@ -112,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--night", type=_night, required=True, metavar="YYYYMMDD", help="the night these files belong to")
     p.add_argument("--camera", type=_camera, default=None,
                    help="camera profile of conf/cameras (default: from each file's INSTRUME)")
+
+    p = command("watch", "sort each exposure as it lands in a folder (Spark Structured Streaming), with alerts")
+    files_in(p, "the arrival folder the camera writes to (README: the live night)")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (default: run until stopped)")
 
     p = command("report", "write the HTML report of the lake")
     p.add_argument("--out", required=True)
@@ -247,6 +255,17 @@ def cmd_nightly(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_watch(args, cfg: Config) -> int:
+    from .watch import watch
+
+    if not Path(args.input).is_dir():  # the stream needs its folder: say so before Spark starts
+        raise FileNotFoundError(f"{args.input} is not a folder")
+    lake = _lake(args, create=True)
+    watch(_spark(args, cfg), str(Path(args.input).resolve()), lake, cfg, night=args.night, camera=args.camera,
+          timeout=args.timeout)
+    return 0
+
+
 def cmd_demo(args, cfg: Config) -> int:
     from .demo import demo
 
@@ -334,6 +353,7 @@ COMMANDS = {
     "train-desom2": cmd_train_desom2,
     "assign": cmd_assign,
     "nightly": cmd_nightly,
+    "watch": cmd_watch,
     "demo": cmd_demo,
     "label": cmd_label,
     "export": cmd_export,

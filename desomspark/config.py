@@ -113,6 +113,17 @@ class Desom2Config:
 
 
 @dataclass(frozen=True)
+class WatchConfig:
+    trigger_seconds: float = 5.0
+    max_files_per_batch: int = 64
+    good_labels: tuple[str, ...] = ("Good",)
+    alert_window: int = 5
+    alert_min_bad: int = 3
+    webhook: str | None = None
+    webhook_timeout: float = 3.0
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -120,6 +131,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     desom1: Desom1Config = field(default_factory=Desom1Config)
     desom2: Desom2Config = field(default_factory=Desom2Config)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

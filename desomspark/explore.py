@@ -34,20 +34,25 @@ def author() -> str:
 def label_cell(lake: Lake, desom2_version: str, cell: tuple[int, int], label: str | None,
                map_shape: tuple[int, int]) -> dict:
     """Record ``label`` (None: remove the label) for cell (x, y) of a DESOM-2 version."""
-    x, y = cell
+    return label_cells(lake, desom2_version, [cell], label, map_shape)[0]
+
+
+def label_cells(lake: Lake, desom2_version: str, cells: list[tuple[int, int]], label: str | None,
+                map_shape: tuple[int, int]) -> list[dict]:
+    """Record ``label`` (None: remove it) for several cells of a DESOM-2 version at once (one file)."""
     rows, cols = map_shape
-    if not (0 <= x < cols and 0 <= y < rows):
-        raise UserError(f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{desom2_version}")
+    for x, y in cells:
+        if not (0 <= x < cols and 0 <= y < rows):
+            raise UserError(f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{desom2_version}")
     if label is not None and not label.strip():
         raise UserError("a label cannot be empty (use --unlabel to remove one)")
-    row = {"desom2_version": str(desom2_version), "cell_x": x, "cell_y": y,
-           "label": label.strip() if label else None, "author": author(),
-           "labelled_at": datetime.now(timezone.utc)}
-    table = schema.conform(pa.Table.from_pylist([row]), "labels")
-    stamp = row["labelled_at"].strftime("%Y%m%dT%H%M%S%f")
-    with lake.open("labels", f"part-{stamp}-{os.getpid()}.parquet", mode="wb") as fh:
+    now, who = datetime.now(timezone.utc), author()
+    labelled = [{"desom2_version": str(desom2_version), "cell_x": x, "cell_y": y,
+                 "label": label.strip() if label else None, "author": who, "labelled_at": now} for x, y in cells]
+    table = schema.conform(pa.Table.from_pylist(labelled), "labels")
+    with lake.open("labels", f"part-{now.strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}.parquet", mode="wb") as fh:
         pq.write_table(table, fh)
-    return row
+    return labelled
 
 
 def export(lake: Lake, out: str, fmt: str) -> int:

@@ -23,7 +23,7 @@ import torch
 from . import registry, schema
 from .cutout import decode_pixels
 from .errors import UserError
-from .lake import Lake
+from .lake import Batch, Lake
 from .model import split_inference
 
 _LOG = logging.getLogger(__name__)
@@ -55,13 +55,18 @@ def node_rows(batches: Iterator[pd.DataFrame], model_uri: str, threads: int | No
 
 
 def compute_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n_nodes: int,
-                         nights: list[str] | None = None):
-    """A Spark DataFrame of histo-vectors (schema ``HISTOVECTORS``) for the lake's cutouts."""
+                         nights: list[str] | None = None, exposures: list[str] | None = None):
+    """A Spark DataFrame of histo-vectors (schema ``HISTOVECTORS``) for the lake's cutouts.
+
+    ``exposures`` (``night/exposure_id`` keys) keeps only those exposures.
+    """
     from pyspark.sql import functions as F
 
     cutouts = lake.spark_read(spark, "cutouts")
     if nights is not None:
         cutouts = cutouts.where(F.col("night").isin(nights))
+    if exposures is not None:
+        cutouts = cutouts.where(F.concat_ws("/", "night", "exposure_id").isin(list(exposures)))
     cutouts = cutouts.select("night", "exposure_id", "weight", "pixels")
     slots = max(1, spark.sparkContext.defaultParallelism)
     threads = max(1, (os.cpu_count() or 1) // slots)
@@ -78,16 +83,25 @@ def compute_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str,
 
 
 def write_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n_nodes: int,
-                       nights: list[str] | None = None) -> int:
-    """Compute and commit the histo-vectors of ``nights`` (default: every night of cutouts/)."""
+                       nights: list[str] | None = None, batch: Batch | None = None) -> int:
+    """Compute and commit the histo-vectors of ``nights`` (default: every night of cutouts/).
+
+    With ``batch`` (a live night's micro-batch) only its exposures, added to their nights.
+    """
     nights = nights or lake.nights("cutouts")
     if not nights:
         raise UserError(f"the lake {lake.root} has no cutouts: run ingest first")
-    frame = compute_histovectors(spark, lake, model_uri, desom1_version, n_nodes, nights)
+    frame = compute_histovectors(spark, lake, model_uri, desom1_version, n_nodes, nights,
+                                 batch.exposures if batch else None)
     staging = lake.new_staging()
     (frame.select(*schema.HISTOVECTORS.names).coalesce(max(1, len(nights)))
      .write.mode("overwrite").partitionBy("night").parquet(lake.spark_path(staging, "histovectors")))
-    lake.commit_nights(staging, ["histovectors"], nights, summary={"desom1_version": desom1_version})
-    n = lake.read("histovectors", nights=nights, columns=["exposure_id"]).num_rows
+    summary = {"desom1_version": desom1_version}
+    if batch is None:
+        lake.commit_nights(staging, ["histovectors"], nights, summary=summary)
+        n = lake.read("histovectors", nights=nights, columns=["exposure_id"]).num_rows
+    else:
+        lake.commit_batch(staging, ["histovectors"], batch.id, summary=summary)
+        n = len(batch.exposures)
     _LOG.info(f"histovectors: {n} exposures over {len(nights)} night(s) with desom1 version {desom1_version}")
     return n

@@ -52,6 +52,7 @@ class IngestSummary:
     dead_ccds: int
     cutouts: int
     nights: list[str]
+    exposures: tuple[str, ...] = ()  # the exposures written, as night/exposure_id
 
     @classmethod
     def of(cls, files: list[str], exposure_df: pd.DataFrame, ccd_rows: pd.DataFrame,
@@ -64,7 +65,8 @@ class IngestSummary:
             rejected=sum(1 for r in rejects if r["hdu_index"] is None),
             ccds=int(len(used)), dead_ccds=int(used["dead"].sum()) if len(used) else 0,
             cutouts=int(used["n_sampled"].sum()) if len(used) else 0,
-            nights=sorted(set(exposure_df["night"]) | {r["night"] for r in rejects}))
+            nights=sorted(set(exposure_df["night"]) | {r["night"] for r in rejects}),
+            exposures=tuple(exposure_df["night"] + "/" + exposure_df["exposure_id"]))
         if summary.ok + summary.partial + summary.rejected != summary.files:  # a bug, never the input's fault
             raise RuntimeError(f"ingest lost input files: {summary.files} read, {summary.ok} ok + "
                                f"{summary.partial} partial + {summary.rejected} rejected")
@@ -276,7 +278,18 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
 
     if camera is not None:
         profile_for({}, camera)  # an unknown name fails here, before any work
-    files = list_inputs(input_spec)
+    return ingest_files(spark, list_inputs(input_spec), lake, night, cfg, camera)
+
+
+def ingest_files(spark, files: list[str], lake: Lake, night: str | None = None, cfg: IngestConfig = IngestConfig(),
+                 camera: str | None = None, batch: str | None = None) -> IngestSummary:
+    """Ingest ``files`` (see :func:`ingest`) and commit them.
+
+    Without ``batch`` the nights they belong to are replaced (a night run
+    again gives the same rows).  With ``batch`` (a live night's micro-batch)
+    their rows join their nights, replacing only an earlier try of the same
+    batch.
+    """
     _LOG.info(f"ingest: {len(files)} input files")
     exposures, tasks, rejects = plan_night(scan_files(spark, files, cfg, camera), night)
     _LOG.info(f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far")
@@ -292,7 +305,10 @@ def ingest(spark, input_spec: str, lake: Lake, night: str | None = None,
         stage_tables(spark, lake, staging, results, dropped, exposure_df, rejects, n_tasks=len(tasks))
         _LOG.info(f"ingest: tables written in {time.perf_counter() - t0:.1f} s")
         summary = IngestSummary.of(files, exposure_df, ccd_rows, rejects)
-        lake.commit_nights(staging, list(TABLES), summary.nights, summary={"files": summary.files})
+        if batch is None:
+            lake.commit_nights(staging, list(TABLES), summary.nights, summary={"files": summary.files})
+        else:
+            lake.commit_batch(staging, list(TABLES), batch, summary={"files": summary.files})
     finally:
         results.unpersist()
     _LOG.info(summary.line())

@@ -13,6 +13,11 @@ Layout under the lake root (a local path or an fsspec URL)::
 A stage writes a night to ``_staging`` first and then *commits* it: the old
 partition is removed and the staged one moved in, table by table.  Re-running
 a night therefore replaces its rows instead of adding to them.
+
+A live night (``watch``) commits *micro-batches* instead: a batch's files join
+their night's partition under names that carry the batch id
+(``part-b<id>-*``), and a batch run again (after a crash) replaces the files
+of its earlier try, so that each exposure is in the tables once.
 """
 from __future__ import annotations
 
@@ -31,6 +36,14 @@ from . import schema
 
 #: written into a staging folder once its tables are complete: the commit is decided
 COMMIT_FILE = "_COMMIT.json"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A micro-batch of a live night: its id (Spark's batch id) and its exposures as ``night/exposure_id``."""
+
+    id: str
+    exposures: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -124,11 +137,50 @@ class Lake:
             json.dump({"tables": list(tables), "nights": sorted(set(nights)), "summary": summary or {}}, fh)
         self._apply(staging)
 
+    def commit_batch(self, staging: str, tables: list[str], batch: str, summary: dict | None = None) -> None:
+        """Add a micro-batch's staged rows to their nights, replacing any earlier try of the same batch.
+
+        Decided and rolled forward as :meth:`commit_nights` is.
+        """
+        with self.fs.open(self._fs_path(self.path(staging, COMMIT_FILE)), "w") as fh:
+            json.dump({"tables": list(tables), "batch": str(batch), "summary": summary or {}}, fh)
+        self._apply(staging)
+
+    def _apply_batch(self, staging: str, plan: dict) -> None:
+        """Move a batch's staged files into their partitions; every step can be repeated after a crash."""
+        fs = self.fs
+        prefix = f"part-b{plan['batch']}-"
+        for table in plan["tables"]:
+            staged_table = self._fs_path(self.path(staging, table))
+            if not fs.exists(staged_table):
+                continue
+            for folder in sorted(fs.ls(staged_table, detail=False)):
+                part = posixpath.basename(folder.rstrip("/"))
+                if not part.startswith("night=") or part.endswith((".done", ".cleared")):
+                    continue
+                target = self._fs_path(self.path(table, part))
+                cleared = self._fs_path(self.path(staging, table, part + ".cleared"))
+                if not fs.exists(cleared):  # the earlier try's files go first, once
+                    if fs.exists(target):
+                        for old in fs.ls(target, detail=False):
+                            if posixpath.basename(old).startswith(prefix):
+                                fs.rm(old)
+                    fs.makedirs(target, exist_ok=True)
+                    fs.touch(cleared)
+                for staged in fs.ls(folder, detail=False):
+                    name = posixpath.basename(staged)
+                    if name.endswith(".parquet"):
+                        fs.mv(staged, posixpath.join(target, prefix + name))
+        fs.rm(self._fs_path(self.path(staging)), recursive=True)
+
     def _apply(self, staging: str) -> None:
         """Carry out a decided commit; every step can be repeated after a crash."""
         fs = self.fs
         with fs.open(self._fs_path(self.path(staging, COMMIT_FILE)), "r") as fh:
             plan = json.load(fh)
+        if "batch" in plan:
+            self._apply_batch(staging, plan)
+            return
         for table in plan["tables"]:
             for night in plan["nights"]:
                 part = f"night={night}"

@@ -18,7 +18,7 @@ from .assign import write_assignments
 from .config import Config
 from .errors import UserError
 from .histovector import write_histovectors
-from .lake import Lake
+from .lake import Batch, Lake
 from .registry import ModelMismatch
 
 _LOG = logging.getLogger(__name__)
@@ -53,22 +53,43 @@ class NightlySummary:
         return out
 
 
+@dataclass(frozen=True)
+class Champions:
+    """The champion pair, checked to belong together (DESOM-2 trained on DESOM-1's histo-vectors)."""
+
+    d1_uri: str
+    d1_version: str
+    d2_uri: str
+    d2_version: str
+    d2_meta: dict
+
+    @classmethod
+    def of(cls, lake: Lake, cfg: Config) -> "Champions":
+        d1_uri, d1_version = registry.resolve_model(lake, cfg, "desom1")
+        d2_uri, d2_version = registry.resolve_model(lake, cfg, "desom2")
+        d2_meta = registry.model_metadata(d2_uri)
+        if str(d2_meta["desom1_version"]) != d1_version:
+            raise ModelMismatch(f"champion desom2 v{d2_version} was trained on desom1 v{d2_meta['desom1_version']}, "
+                                f"but the champion desom1 is v{d1_version}: promote a matching pair")
+        return cls(d1_uri, d1_version, d2_uri, d2_version, d2_meta)
+
+    def map_exposures(self, spark, lake: Lake, nights: list[str], batch: Batch | None = None) -> pd.DataFrame:
+        """Histo-vectors then cells for ``nights`` (or only a batch's exposures); returns the assignments."""
+        write_histovectors(spark, lake, self.d1_uri, self.d1_version,
+                           registry.n_nodes(registry.model_metadata(self.d1_uri)), nights, batch)
+        return write_assignments(spark, lake, self.d2_uri, self.d2_meta, self.d2_version, nights, batch)
+
+
 def nightly(spark, input_spec: str, lake: Lake, night: str, cfg: Config,
             camera: str | None = None) -> NightlySummary:
     """One night: ingest -> histo-vectors -> assign with the champion models; touches only that night."""
     from .ingest import ingest
 
-    d1_uri, d1_version = registry.resolve_model(lake, cfg, "desom1")
-    d2_uri, d2_version = registry.resolve_model(lake, cfg, "desom2")
-    d2_meta = registry.model_metadata(d2_uri)
-    if str(d2_meta["desom1_version"]) != d1_version:
-        raise ModelMismatch(f"champion desom2 v{d2_version} was trained on desom1 v{d2_meta['desom1_version']}, "
-                            f"but the champion desom1 is v{d1_version}: promote a matching pair")
+    champions = Champions.of(lake, cfg)
     summary = ingest(spark, input_spec, lake, night=night, cfg=cfg.ingest, camera=camera)
     if summary.ok + summary.partial == 0:
         raise UserError(f"nightly {night}: no usable exposure (see rejects/)")
-    write_histovectors(spark, lake, d1_uri, d1_version, registry.n_nodes(registry.model_metadata(d1_uri)), [night])
-    table = write_assignments(spark, lake, d2_uri, d2_meta, d2_version, [night])
+    table = champions.map_exposures(spark, lake, [night])
     labels = table["label"].fillna("(unlabelled)").value_counts().to_dict()
     novel = table.sort_values("distance", ascending=False).head(5)
     result = NightlySummary(night=night, exposures=len(table), rejected_files=summary.rejected,

@@ -147,6 +147,17 @@ LABELS = pa.schema([
     ("labelled_at", pa.timestamp("us", tz="UTC")),
 ])
 
+#: alerts raised while a night is watched (``desomspark watch``): one row per alert, not per exposure
+ALERTS = pa.schema([
+    ("night", pa.string()),
+    ("alert_id", pa.string()),          # rule:night:first exposure of the run that raised it
+    ("rule", pa.string()),              # a rule of conf watch.alerts
+    ("raised_at", pa.timestamp("us", tz="UTC")),
+    ("exposures", pa.list_(pa.string())),  # the exposures that made the rule fire
+    ("cells", pa.list_(pa.string())),      # their DESOM-2 cells, "x,y"
+    ("detail", pa.string()),
+])
+
 TABLES: dict[str, pa.Schema] = {
     "exposures": EXPOSURES,
     "ccds": CCDS,
@@ -155,6 +166,7 @@ TABLES: dict[str, pa.Schema] = {
     "histovectors": HISTOVECTORS,
     "assignments": ASSIGNMENTS,
     "labels": LABELS,
+    "alerts": ALERTS,
 }
 
 #: reject codes and what they mean

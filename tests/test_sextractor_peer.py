@@ -1,6 +1,6 @@
 """Detection agrees with the original pipeline's detector, SExtractor 2.25 (Debian's source-extractor).
 
-SExtractor runs on the same CCD with the original settings of DESIGN.md.
+SExtractor runs on the same CCD with the original pipeline's settings (README, "Pipeline").
 With our own Gaussian filter (built like SExtractor's, see
 ``detect.gaussian_kernel``) >= 99 % of SExtractor's sources are found within
 1 px; given SExtractor's own filter file, the two lists are identical.
