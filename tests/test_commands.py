@@ -16,6 +16,7 @@ import yaml
 
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
+from tools import child_env
 
 #: the JVM's own start-up line: nothing in Spark can turn it off (README, "What an error looks like")
 JVM_LINE = "WARNING: Using incubator modules"
@@ -23,7 +24,7 @@ JVM_LINE = "WARNING: Using incubator modules"
 
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "desomspark.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, DESOMSPARK_AUTHOR="tests"))
+                          timeout=timeout, env=child_env(DESOMSPARK_AUTHOR="tests"))
 
 
 def _own_lines(stderr: str) -> list[str]:

@@ -30,6 +30,7 @@ from desomspark.explore import label_cells
 from desomspark.lake import Lake
 from desomspark.pipeline import nightly
 from desomspark.watch import Alert, bad_runs, post_webhook
+from tools import child_env
 
 NIGHT = "20251120"
 TABLES = ("exposures", "ccds", "cutouts", "rejects", "histovectors", "assignments")
@@ -45,7 +46,8 @@ class Watcher:
         args = [sys.executable, "-m", "desomspark.cli", "watch", "--lake", str(lake), "--input", str(arrivals),
                 "--night", NIGHT, "--master", "local[2]"] + (["--conf", str(conf)] if conf else [])
         self.log = log
-        self.proc = subprocess.Popen(args, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(args, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=child_env())
 
     def output(self) -> str:
         return self.log.read_text()

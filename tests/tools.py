@@ -21,3 +21,13 @@ def require_tool(found: bool, missing: str) -> None:
     if os.environ.get(REQUIRE_TOOLS) == "1":
         pytest.fail(f"{missing}, and {REQUIRE_TOOLS}=1 requires it", pytrace=False)
     pytest.skip(missing)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a command a test starts, without the MLflow store this process used last.
+
+    ``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI``; conftest removes it around each
+    test, but a module-scoped fixture runs before that, so its commands must drop it themselves.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return env | extra
