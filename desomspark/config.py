@@ -121,6 +121,8 @@ class WatchConfig:
     alert_min_bad: int = 3
     webhook: str | None = None
     webhook_timeout: float = 3.0
+    drift_window: int = 7
+    drift_threshold: float = 0.35
 
 
 @dataclass(frozen=True)

@@ -163,3 +163,33 @@ def cell_gallery(members: list[dict], path, title: str) -> str:
     fig.savefig(path)
     plt.close(fig)
     return str(path)
+
+
+def night_drift(drift: pd.DataFrame, threshold: float, path) -> str:
+    """Per night: label fractions (stacked bars), and the divergence from the reference window with
+    the median novelty; flagged nights marked in red.  ``drift`` is :func:`drift.night_drift`'s table."""
+    nights = list(drift["night"])
+    x = np.arange(len(nights))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(nights) + 2), 6), dpi=90, sharex=True)
+    bottom_of = np.zeros(len(nights))
+    for column in [c for c in drift.columns if c.startswith("label:")]:
+        values = drift[column].fillna(0).to_numpy()
+        top.bar(x, values, bottom=bottom_of, label=column.removeprefix("label:"))
+        bottom_of += values
+    top.set_ylabel("share of exposures")
+    top.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, 1.25))
+    bottom.plot(x, drift["divergence"], "o-", color="black", label="divergence from the reference nights")
+    bottom.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+    flagged = drift["flagged"].to_numpy(bool)
+    bottom.plot(x[flagged], drift["divergence"][flagged], "o", color="red", markersize=10, label="flagged")
+    bottom.set_ylabel("Jensen-Shannon divergence")
+    bottom.set_ylim(0, 1)
+    novelty = bottom.twinx()
+    novelty.plot(x, drift["median_novelty"], "s:", color="tab:blue", label="median novelty")
+    novelty.set_ylabel("median novelty", color="tab:blue")
+    bottom.legend(fontsize=7, loc="upper left")
+    bottom.set_xticks(x, nights, rotation=60, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)

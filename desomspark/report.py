@@ -162,6 +162,7 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0) -> Path:
     sections = [_cell_section(lake, state, x, y, pick, in_cell[(x, y)], views, out)
                 for (x, y), pick in galleries.items()]
     nights = night_summaries(lake)
+    flagged = _nights_page(lake, state, cfg, out)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>desomspark report</title><style>{STYLE}</style></head>
@@ -174,6 +175,8 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0) -> Path:
 <table class="map">{_map_grid(state)}</table>
 <div id="galleries">{''.join(sections)}</div>
 <h2>Nights</h2>
+<p><a href="nights.html">Nights over time</a>: label fractions, novelty, drift from the nights before
+({flagged} flagged), CCD health.</p>
 {_table(nights, list(nights.columns), "list nights")}
 <h2>Figures</h2>
 {''.join(f'<figure><img src="{src}" alt="{_e(t)}"><figcaption>{_e(t)}</figcaption></figure>' for t, src in figures)}
@@ -184,6 +187,34 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0) -> Path:
     index.write_text(page, encoding="utf-8")
     _LOG.info(f"report: {len(state.cells)} cells, {len(state.members)} exposures, {len(nights)} nights -> {index}")
     return index
+
+
+def _nights_page(lake: Lake, state: MapState, cfg, out: Path) -> int:
+    """Write ``nights.html``: drift per night (figure and table) and CCD health; returns the flagged nights."""
+    from .drift import ccd_health, night_drift
+
+    c = cfg.watch
+    drift = night_drift(state.members, state.shape[0] * state.shape[1], c.drift_window, c.drift_threshold)
+    plots.night_drift(drift, c.drift_threshold, out / "img" / "nights.png")
+    health = ccd_health(lake)
+    shown = drift.assign(divergence=drift["divergence"].round(3), median_novelty=drift["median_novelty"].round(3),
+                         flagged=drift["flagged"].map({True: "FLAGGED", False: ""}))
+    page = f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>desomspark nights</title><style>{STYLE}</style></head>
+<body>
+<h1>Nights on the DESOM-2 map</h1>
+<p><a href="index.html">The map</a> &middot; desom2 v{_e(state.d2_version)} &middot; a night is flagged when the
+Jensen-Shannon divergence of its cells from the {c.drift_window} nights before it exceeds {c.drift_threshold}
+(conf <code>watch.drift_window</code>, <code>watch.drift_threshold</code>).</p>
+<figure><img src="img/nights.png" alt="label fractions, divergence and novelty per night"></figure>
+{_table(shown, list(shown.columns), "list nights")}
+<h2>CCD health</h2>
+<p>Per night and CCD (HDU): median detections, sky (ADU), FWHM (arcsec) and the share of its rows rejected.</p>
+{_table(health.round(3), list(health.columns), "list CCDs")}
+</body></html>
+"""
+    (out / "nights.html").write_text(page, encoding="utf-8")
+    return int(drift["flagged"].sum())
 
 
 def _figures(lake: Lake, state: MapState, examples: list[str], views: dict, out: Path) -> list[tuple[str, str]]:

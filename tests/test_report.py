@@ -135,6 +135,10 @@ def test_report_opens_a_cell_gallery_in_a_browser_and_shows_headers_as_text(lake
     index = write_report(lake, config, tmp_path / "site")
     assert HOSTILE_OBJECT not in index.read_text()          # escaped in the file itself
     assert "notes.fits (not_fits)" in index.read_text()     # the night's summary names its rejected files
+    nights_page = (tmp_path / "site" / "nights.html").read_text()   # drift and CCD health, linked from the map
+    assert 'href="nights.html"' in index.read_text() and (tmp_path / "site" / "img" / "nights.png").is_file()
+    night = lake.nights("assignments")[0]
+    assert nights_page.count(f"<td>{night}</td>") >= 1 + lake.read("ccds").to_pandas()["hdu_index"].nunique()
     assignments = lake.read("assignments").to_pandas()
     hostile_id = lake.read("exposures").to_pandas().query("object == @HOSTILE_OBJECT")["exposure_id"].iloc[0]
     target = assignments[assignments["exposure_id"] == hostile_id].iloc[0]

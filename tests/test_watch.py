@@ -178,3 +178,25 @@ def test_the_rule_fires_once_per_run_and_a_dead_webhook_is_skipped():
     assert [a.exposures for a in bad_runs(table, NIGHT, cfg)] == [("e2", "e3", "e4"), ("e9", "e10", "e11")]
     down = Alert(NIGHT, "bad_run", ("e2",), ("0,0",), "test")
     assert post_webhook("http://127.0.0.1:9/alerts", down, timeout=2.0) is False   # logged, never raised
+
+
+def test_a_night_unlike_the_nights_before_it_is_flagged(tmp_path):
+    """Drift: three nights over the same cells, then one whose exposures fall elsewhere."""
+    import numpy as np
+
+    from desomspark import plots
+    from desomspark.drift import jensen_shannon, night_drift
+
+    rng = np.random.default_rng(0)
+    frames = [pd.DataFrame({"night": f"2025112{i}", "cell": rng.choice(4, 40), "distance": rng.random(40),
+                            "label": "Good"}) for i in range(3)]
+    frames.append(pd.DataFrame({"night": "20251123", "cell": rng.choice([8, 9], 40), "distance": 3 + rng.random(40),
+                                "label": ["BT"] * 30 + [None] * 10}))
+    drift = night_drift(pd.concat(frames, ignore_index=True), n_cells=16, window=7, threshold=0.35)
+    assert list(drift["flagged"]) == [False, False, False, True]
+    assert np.isnan(drift["divergence"].iloc[0]) and drift["divergence"].iloc[1:3].max() < 0.1
+    assert drift["label:BT"].iloc[3] == 0.75 and drift["median_novelty"].iloc[3] > 3
+    assert jensen_shannon(np.array([1.0, 0]), np.array([0, 1.0])) == 1.0
+    assert jensen_shannon(np.array([2.0, 1]), np.array([4.0, 2])) == 0.0
+    path = plots.night_drift(drift, 0.35, tmp_path / "nights.png")
+    assert Path(path).stat().st_size > 10_000
