@@ -128,10 +128,8 @@ def raise_alerts(lake: Lake, nights: list[str], batch_id: str, cfg: WatchConfig)
     if lake.nights("alerts"):
         known = set(lake.read("alerts", columns=["alert_id"]).column("alert_id").to_pylist())
     new = []
-    for night in nights:
+    for night in sorted(set(nights) & set(lake.nights("assignments"))):  # a batch of rejects only maps nothing
         assigned = lake.read("assignments", nights=[night]).to_pandas()
-        if assigned.empty:
-            continue
         times = lake.read("exposures", nights=[night], columns=["exposure_id", "mjd_obs"]).to_pandas()
         table = assigned.merge(times, on="exposure_id", how="left")
         new += [a for a in bad_runs(table, night, cfg) if a.alert_id not in known]
