@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as ds
 
 from . import registry, schema
 from .errors import UserError
@@ -58,7 +59,7 @@ def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_
     vectors = (lake.spark_read(spark, "histovectors")
                .where(F.col("night").isin(nights) & (F.col("desom1_version") == str(desom1_version))))
     if batch is not None:
-        vectors = vectors.where(F.concat_ws("/", "night", "exposure_id").isin(list(batch.exposures)))
+        vectors = vectors.where(batch.spark_filter())
     if vectors.limit(1).count() == 0:
         other = lake.read("histovectors", nights=nights, columns=["desom1_version"]).column("desom1_version")
         found = sorted(set(other.to_pylist()))
@@ -89,7 +90,8 @@ def write_assignments(spark, lake: Lake, model_uri: str, metadata: dict, desom2_
         table = lake.read("assignments", nights=nights).to_pandas()
     else:
         lake.commit_batch(staging, ["assignments"], batch.id, summary=summary)
-        table = lake.read("assignments", nights=nights).to_pandas()
-        table = table[(table["night"] + "/" + table["exposure_id"]).isin(batch.exposures)]
+        ids = sorted({key.split("/", 1)[1] for key in batch.exposures})
+        table = batch.keep(lake.read("assignments", nights=nights,
+                                     where=ds.field("exposure_id").isin(ids)).to_pandas())
     _LOG.info(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
     return table

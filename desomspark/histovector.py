@@ -55,18 +55,15 @@ def node_rows(batches: Iterator[pd.DataFrame], model_uri: str, threads: int | No
 
 
 def compute_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n_nodes: int,
-                         nights: list[str] | None = None, exposures: list[str] | None = None):
-    """A Spark DataFrame of histo-vectors (schema ``HISTOVECTORS``) for the lake's cutouts.
-
-    ``exposures`` (``night/exposure_id`` keys) keeps only those exposures.
-    """
+                         nights: list[str] | None = None, batch: Batch | None = None):
+    """A Spark DataFrame of histo-vectors (schema ``HISTOVECTORS``) for the lake's cutouts (or a batch's)."""
     from pyspark.sql import functions as F
 
     cutouts = lake.spark_read(spark, "cutouts")
     if nights is not None:
         cutouts = cutouts.where(F.col("night").isin(nights))
-    if exposures is not None:
-        cutouts = cutouts.where(F.concat_ws("/", "night", "exposure_id").isin(list(exposures)))
+    if batch is not None:
+        cutouts = cutouts.where(batch.spark_filter())
     cutouts = cutouts.select("night", "exposure_id", "weight", "pixels")
     slots = max(1, spark.sparkContext.defaultParallelism)
     threads = max(1, (os.cpu_count() or 1) // slots)
@@ -91,8 +88,7 @@ def write_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n
     nights = nights or lake.nights("cutouts")
     if not nights:
         raise UserError(f"the lake {lake.root} has no cutouts: run ingest first")
-    frame = compute_histovectors(spark, lake, model_uri, desom1_version, n_nodes, nights,
-                                 batch.exposures if batch else None)
+    frame = compute_histovectors(spark, lake, model_uri, desom1_version, n_nodes, nights, batch)
     staging = lake.new_staging()
     (frame.select(*schema.HISTOVECTORS.names).coalesce(max(1, len(nights)))
      .write.mode("overwrite").partitionBy("night").parquet(lake.spark_path(staging, "histovectors")))

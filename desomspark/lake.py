@@ -45,6 +45,16 @@ class Batch:
     id: str
     exposures: tuple[str, ...]
 
+    def spark_filter(self):
+        """A Spark condition keeping the batch's exposures (a frame with ``night`` and ``exposure_id``)."""
+        from pyspark.sql import functions as F
+
+        return F.concat_ws("/", "night", "exposure_id").isin(list(self.exposures))
+
+    def keep(self, frame):
+        """The rows of a pandas frame (``night``, ``exposure_id``) that belong to the batch."""
+        return frame[(frame["night"] + "/" + frame["exposure_id"]).isin(self.exposures)]
+
 
 @dataclass(frozen=True)
 class Lake:
