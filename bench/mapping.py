@@ -25,8 +25,9 @@ import torch
 
 from desomspark import registry
 from desomspark.config import load_config
-from desomspark.cutout import decode_pixels
-from desomspark.histovector import cutout_nodes, write_histovectors
+from desomspark.cutout import decode_uint8
+from desomspark.histovector import write_histovectors
+from desomspark.mapping import cutout_nodes
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
 from desomspark.pipeline import nightly
@@ -65,7 +66,7 @@ def main() -> None:
         n = len(pixels)
         t = time.perf_counter()
         model = cached_model(uri, "cpu", threads=os.cpu_count())
-        cutout_nodes(model, decode_pixels(pixels))
+        cutout_nodes(model, decode_uint8(pixels))
         bare = n / (time.perf_counter() - t)
 
         t = time.perf_counter()
@@ -78,7 +79,7 @@ def main() -> None:
         if torch.cuda.is_available():
             gpu_model = cached_model(uri, "cuda")
             t = time.perf_counter()
-            cutout_nodes(gpu_model, decode_pixels(pixels), batch_size=16384)
+            cutout_nodes(gpu_model, decode_uint8(pixels))
             torch.cuda.synchronize()
             print(f"GPU forward: {n / (time.perf_counter() - t):.0f} cutouts/s")
 

@@ -19,7 +19,8 @@ import pyarrow.dataset as ds
 from . import registry, schema
 from .errors import UserError
 from .lake import Batch, Lake
-from .model import ModelSpec, map_inputs
+from .mapping import map_inputs
+from .model import ModelSpec
 from .queries import current_labels, input_matrix
 
 _LOG = logging.getLogger(__name__)

@@ -89,6 +89,9 @@ class Desom1Config:
     checkpoint_every: int = 1000
     log_every: int = 100
     max_in_memory_bytes: float = 8e9
+    cuda_graph: bool = True
+    channels_last: bool = True
+    precision: str = "fp32"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from .errors import UserError
 from .lake import Lake
 from .model import DesomInference, desom1_spec
 from .schema import CUTOUT_SIZE
-from .train import TrainJob, build_model, load_checkpoint
+from .train import TrainJob, build_model, load_checkpoint, scaled_learning_rate
 
 _LOG = logging.getLogger(__name__)
 
@@ -83,9 +83,12 @@ def _job(cfg: Config, sample: TrainingSample, lake: Lake, iterations: int, batch
     c = cfg.desom1
     return TrainJob(kind="desom1", sample_path=sample.path, checkpoint_path=lake.path("checkpoints/desom1/last.pt"),
                     spec=desom1_spec(c).to_dict(), iterations=iterations, batch_size=batch_size,
-                    learning_rate=c.learning_rate, gamma=c.gamma, t_max=c.t_max, t_min=c.t_min, seed=c.seed,
+                    # the configured rate is tuned for the configured batch; --batch-size rescales it
+                    learning_rate=scaled_learning_rate(c.learning_rate, c.batch_size, batch_size),
+                    gamma=c.gamma, t_max=c.t_max, t_min=c.t_min, seed=c.seed,
                     checkpoint_every=c.checkpoint_every, log_every=c.log_every, resume=resume, use_gpu=gpu,
-                    max_in_memory_bytes=c.max_in_memory_bytes)
+                    max_in_memory_bytes=c.max_in_memory_bytes, cuda_graph=c.cuda_graph,
+                    channels_last=c.channels_last, precision=c.precision)
 
 
 def run_distributed(job: TrainJob, processes: int, local_mode: bool = True) -> dict:
@@ -131,7 +134,7 @@ def train_desom1(spark, lake: Lake, cfg: Config, iterations: int | None = None, 
                              "batch_size": batch_size}, run_file)
             # each parameter once: the settings as this run used them, then what only the run knows
             registry.log_training_inputs(
-                "desom1", replace(c, iterations=iterations, batch_size=batch_size),
+                "desom1", replace(c, iterations=iterations, batch_size=batch_size, learning_rate=job.learning_rate),
                 {"processes": processes, "gpu": gpu, "sample.requested": sample.requested,
                  "sample.total_cutouts": sample.total_cutouts},
                 registry.TrainingData("desom1 training cutouts", sample.path, nights, sample.rows,

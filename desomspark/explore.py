@@ -89,7 +89,7 @@ def export(lake: Lake, out: str, fmt: str) -> int:
 def latent_vectors(lake: Lake, model_uri: str, metadata: dict) -> pd.DataFrame:
     """Every exposure's DESOM-2 latent vector (from its histo-vector made by the model's DESOM-1,
     and its quality numbers where the model reads them)."""
-    from .model import map_inputs
+    from .mapping import map_inputs
     from .queries import desom2_inputs, input_matrix
 
     qa_inputs = tuple(metadata.get("qa_inputs") or ())

@@ -5,7 +5,7 @@ is the number of detections per node (row-major over the 25x25 map), each
 cutout counting for ``weight = n_detected / n_sampled`` of its CCD, so the
 vector sums to the detections it stands for (paper section 5.2).
 
-On Spark (``mapInPandas``): a Python worker loads DESOM-1 once, from the
+On Spark (``mapInArrow``): a Python worker loads DESOM-1 once, from the
 model's artifact location resolved on the driver, on the GPU when the
 executor has one; each batch of cutouts becomes (exposure, node, weight)
 rows, which Spark sums per exposure.
@@ -18,26 +18,13 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import registry, schema
-from .cutout import decode_pixels
 from .errors import UserError
 from .lake import Batch, Lake
-from .model import split_inference
+from .mapping import batch_nodes
 
 _LOG = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def cutout_nodes(model, pixels: np.ndarray, batch_size: int = 4096) -> np.ndarray:
-    """Best-matching DESOM-1 node of each cutout (pixels: (n, 32, 32) in [0, 1])."""
-    device = next(model.parameters()).device
-    nodes = []
-    for start in range(0, len(pixels), batch_size):
-        x = torch.from_numpy(pixels[start:start + batch_size]).unsqueeze(1).to(device)
-        nodes.append(split_inference(model(x))[0].cpu().numpy())
-    return np.concatenate(nodes) if nodes else np.zeros(0, np.int64)
 
 
 def histovector(nodes: np.ndarray, weights: np.ndarray, n_nodes: int) -> np.ndarray:
@@ -45,13 +32,20 @@ def histovector(nodes: np.ndarray, weights: np.ndarray, n_nodes: int) -> np.ndar
     return np.bincount(nodes, weights=weights, minlength=n_nodes).astype(np.float64)
 
 
-def node_rows(batches: Iterator[pd.DataFrame], model_uri: str, threads: int | None) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: cutouts -> (night, exposure_id, node, weight)."""
+def node_rows(batches: Iterator, model_uri: str, threads: int | None) -> Iterator:
+    """``mapInArrow`` body: Arrow batches of cutouts -> (night, exposure_id, node, weight) batches.
+
+    Arrow, not pandas: the pixels column reaches the model without a Python
+    bytes object per cutout (see :func:`mapping.batch_nodes`).
+    """
+    import pyarrow as pa
+
     model = registry.cached_model(model_uri, threads=threads)
     for batch in batches:
-        nodes = cutout_nodes(model, decode_pixels(batch["pixels"].tolist()))
-        yield pd.DataFrame({"night": batch["night"], "exposure_id": batch["exposure_id"],
-                            "node": nodes.astype(np.int32), "weight": batch["weight"].astype(np.float64)})
+        nodes = batch_nodes(model, batch)
+        yield pa.RecordBatch.from_arrays(
+            [batch.column("night"), batch.column("exposure_id"), pa.array(nodes.astype(np.int32)),
+             batch.column("weight").cast(pa.float64())], names=["night", "exposure_id", "node", "weight"])
 
 
 def compute_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str, n_nodes: int,
@@ -67,8 +61,8 @@ def compute_histovectors(spark, lake: Lake, model_uri: str, desom1_version: str,
     cutouts = cutouts.select("night", "exposure_id", "weight", "pixels")
     slots = max(1, spark.sparkContext.defaultParallelism)
     threads = max(1, (os.cpu_count() or 1) // slots)
-    per_node = cutouts.mapInPandas(lambda it: node_rows(it, model_uri, threads),
-                                   "night string, exposure_id string, node int, weight double")
+    per_node = cutouts.mapInArrow(lambda it: node_rows(it, model_uri, threads),
+                                  "night string, exposure_id string, node int, weight double")
 
     def one_exposure(rows: pd.DataFrame) -> pd.DataFrame:
         counts = histovector(rows["node"].to_numpy(), rows["weight"].to_numpy(), n_nodes)

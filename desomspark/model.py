@@ -163,14 +163,21 @@ class DESOM(nn.Module):
         self.som = SOM(map_shape, latent_dim)
         #: how to build this model again (None for a model assembled by hand)
         self.spec = spec
+        #: run the autoencoder in bfloat16 autocast in forward (a training setting, not saved)
+        self.bf16 = False
 
     @property
     def map_shape(self) -> tuple[int, int]:
         return self.som.map_shape
 
     def forward(self, x: torch.Tensor):
-        z = self.autoencoder.encode(x)
-        return z, self.autoencoder.decode(z), self.som.distances(z)
+        # the autoencoder may run in bfloat16 (training on a GPU, TrainJob.precision); the SOM's
+        # distances never do: |z|^2 - 2 z.m + |m|^2 cancels, and 8 bits of mantissa lose the nearest node
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.bf16, cache_enabled=False):
+            z = self.autoencoder.encode(x)
+            rec = self.autoencoder.decode(z)
+        z, rec = z.float(), rec.float()
+        return z, rec, self.som.distances(z)
 
     @torch.no_grad()
     def init_prototypes(self, x: torch.Tensor, generator: torch.Generator | None = None) -> None:
@@ -218,18 +225,6 @@ class DesomInference(nn.Module):
 def split_inference(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(node, distance, latent) from a :class:`DesomInference` output."""
     return out[:, 0].round().long(), out[:, 1], out[:, 2:]
-
-
-@torch.no_grad()
-def map_inputs(mapper, x):
-    """(node, latent distance, latent vector) of raw inputs through a served model, as numpy arrays.
-
-    For DESOM-2, ``x`` is (n, bins) or, for a model trained with quality
-    numbers, (n, bins + len(qa_inputs)) as :func:`queries.input_matrix` makes it.
-    """
-    device = next(mapper.parameters()).device
-    node, dist, z = split_inference(mapper(torch.as_tensor(x, dtype=torch.float32, device=device)))
-    return node.cpu().numpy(), dist.cpu().numpy(), z.cpu().numpy()
 
 
 def joint_loss(model_out, x: torch.Tensor, som: SOM, t: float, gamma: float):

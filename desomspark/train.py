@@ -11,6 +11,16 @@ A rank reads its own row groups of the training sample with
 is held there as uint8 and batches are drawn on the device, otherwise row
 groups stream from storage.  Rank 0 checkpoints every ``checkpoint_every``
 iterations; ``resume`` continues from the last checkpoint.
+
+On a GPU the step avoids what would make it wait on the host
+(:class:`TrainingStep`): batches are drawn on the device by a device
+generator, the SOM temperature is a device tensor, Adam is fused, and with
+one rank the whole step (forward, loss, backward, Adam) is captured once in
+a CUDA graph and replayed, one launch per iteration instead of a few
+hundred.  Losses are read back only at log points.  With several ranks the
+step stays eager (DistributedDataParallel's gradient all-reduce is not
+captured): graph capture of collectives needs a static graph and NCCL
+settings we have not measured.
 """
 from __future__ import annotations
 
@@ -30,9 +40,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .errors import UserError
 from .model import DESOM, ModelSpec, joint_loss, temperature
 
 _LOG = logging.getLogger("desomspark.train")  # not __name__: under torchrun this module is __main__
+
+
+#: the training precisions: float32 throughout, or the autoencoder in bfloat16 autocast (GPU only)
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -56,6 +71,13 @@ class TrainJob:
     use_gpu: bool = False
     max_in_memory_bytes: float = 8e9
     column: str = "pixels"
+    cuda_graph: bool = True        # capture the step in a CUDA graph (one GPU rank only)
+    precision: str = "fp32"        # "bf16": the autoencoder in bfloat16 autocast on a GPU (SOM distances fp32)
+    channels_last: bool = True     # convolution weights and activations as NHWC on a GPU (tensor-core layout)
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise UserError(f"desom training precision must be one of {PRECISIONS}, not {self.precision!r}")
 
     def to_json(self, path: str) -> None:
         with open(path, "w") as fh:
@@ -69,9 +91,26 @@ class TrainJob:
 
 # --- data ---------------------------------------------------------------------
 
-def _fs_and_path(path: str):
-    import fsspec
+class _LocalFiles:
+    """The file operations training needs, on local paths, for a host without fsspec (a bare GPU box)."""
 
+    open = staticmethod(open)
+    exists = staticmethod(os.path.exists)
+    makedirs = staticmethod(os.makedirs)
+    mv = staticmethod(os.replace)
+
+    @staticmethod
+    def find(root: str) -> list[str]:
+        return [os.path.join(d, f) for d, _, names in os.walk(root) for f in names]
+
+
+def _fs_and_path(path: str):
+    try:
+        import fsspec
+    except ImportError:
+        if "://" in path:
+            raise
+        return _LocalFiles, path
     fs, _, (p,) = fsspec.get_fs_token_paths(path)
     return fs, p
 
@@ -125,19 +164,28 @@ class Shard:
         self.generator = generator
         self.n = sum(g[2] for g in groups)
         probe = _read_group(path, *groups[0][:2], column) if groups else np.zeros((0, 1))
+        self.item_shape = probe.shape[1:]
+        self.dtype = torch.from_numpy(probe[:0]).dtype
         self.bytes = int(probe.nbytes / max(len(probe), 1) * self.n)
         self.in_memory = self.bytes <= max_bytes
         if self.in_memory:
             arrays = [probe] + [_read_group(path, f, i, column) for f, i, _ in groups[1:]]
             self.data = torch.from_numpy(np.concatenate(arrays)).to(device)
+            if device.type != "cpu":  # draw indices where the data is: no host copy, no sync per batch
+                self.generator = torch.Generator(device=device)
         else:
             self.buffer = torch.empty(0)
             self.order: list[int] = []
 
-    def batch(self, size: int) -> torch.Tensor:
+    def batch(self, size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``size`` random samples, as stored (uint8 cutouts or float rows); written into ``out`` if given."""
         if self.in_memory:
-            idx = torch.randint(self.n, (size,), generator=self.generator).to(self.device)
-            return self.data[idx]
+            idx = torch.randint(self.n, (size,), generator=self.generator, device=self.device)
+            return torch.index_select(self.data, 0, idx, out=out) if out is not None else self.data[idx]
+        drawn = self._streamed(size)
+        return out.copy_(drawn) if out is not None else drawn
+
+    def _streamed(self, size: int) -> torch.Tensor:
         out = []
         while size > 0:
             if len(self.buffer) == 0:
@@ -189,6 +237,109 @@ def prototype_checksum(model: DESOM) -> str:
 
 # --- the loop -----------------------------------------------------------------------
 
+def scaled_learning_rate(learning_rate: float, batch_size: int, new_batch_size: int) -> float:
+    """The learning rate for ``new_batch_size``, given the one tuned at ``batch_size``.
+
+    Square-root scaling, the rule for Adam (Malladi et al. 2022, "On the
+    SDEs and scaling rules for adaptive gradient algorithms"): four times the
+    batch, twice the rate.
+    """
+    return learning_rate * math.sqrt(new_batch_size / batch_size)
+
+
+class TrainingStep:
+    """One iteration of DESOM: draw a batch, forward, joint loss, backward, Adam.
+
+    With ``graphed`` (CUDA, one rank) the first :attr:`WARMUP` iterations run
+    eagerly on a side stream (cuDNN/cuBLAS set-up and Adam's state happen
+    there, as graph capture requires), the next is captured in a CUDA graph,
+    and every later one is a replay: the batch is drawn into a static input
+    buffer, the temperature written into a static device scalar, then one
+    launch runs the whole step.  Every iteration, warm-up included, is a real
+    training step, so a graphed run follows the same sequence of batches as
+    an eager one.  Returns the step's (loss, reconstruction, SOM loss)
+    tensors, read by the caller only at log points.
+    """
+
+    WARMUP = 3
+
+    def __init__(self, net, som, optimizer: torch.optim.Optimizer, shard: Shard, batch_size: int,
+                 gamma: float, graphed: bool):
+        self.net, self.som, self.optimizer, self.shard = net, som, optimizer, shard
+        self.gamma, self.graphed = gamma, graphed
+        self.x = torch.empty((batch_size, *shard.item_shape), dtype=shard.dtype, device=shard.device)
+        self.t = torch.zeros((), device=shard.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: tuple[torch.Tensor, ...] = ()
+        self.calls = 0
+
+    def _step(self) -> tuple[torch.Tensor, ...]:
+        x = as_input(self.x)
+        loss, rec, som_loss = joint_loss(self.net(x), x, self.som, self.t, self.gamma)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), rec.detach(), som_loss.detach()
+
+    def __call__(self, t: float) -> tuple[torch.Tensor, ...]:
+        self.shard.batch(len(self.x), out=self.x)
+        self.t.fill_(t)
+        self.calls += 1
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        if not self.graphed:
+            return self._step()
+        if self.calls <= self.WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out = self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            return out
+        return self._capture()
+
+    def _capture(self) -> tuple[torch.Tensor, ...]:
+        graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)  # backward then makes .grad in the graph's own memory
+        try:
+            with torch.cuda.graph(graph):
+                self.out = self._step()
+        except RuntimeError as err:  # a torch or driver that cannot capture: train on, eagerly
+            _LOG.warning(f"CUDA graph capture failed ({err}); training continues without graphs")
+            self.graphed = False
+            return self._step()
+        self.graph = graph
+        graph.replay()  # capture records the step without running it
+        return self.out
+
+
+def make_optimizer(params, learning_rate: float, device: torch.device, graphed: bool) -> torch.optim.Adam:
+    """Adam; fused on a GPU (one kernel for every parameter), and graph-safe when the step is captured."""
+    if device.type != "cuda":
+        return torch.optim.Adam(params, lr=learning_rate)
+    return torch.optim.Adam(params, lr=learning_rate, fused=True, capturable=graphed)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a checkpoint's Adam state, keeping this run's own way of stepping.
+
+    ``load_state_dict`` would also bring back the saved run's ``fused`` and
+    ``capturable`` flags: an eager or CPU checkpoint resumed on a GPU would
+    then refuse graph capture.  The flags stay this run's, and Adam's step
+    counters move to the device where fused and capturable Adam keep them.
+    """
+    own = [{k: group[k] for k in ("fused", "capturable")} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flags in zip(optimizer.param_groups, own):
+        group.update(flags)
+        if flags["fused"] or flags["capturable"]:
+            for p in group["params"]:
+                state = optimizer.state.get(p, {})
+                if "step" in state:
+                    state["step"] = state["step"].to(device=p.device, dtype=torch.float32)
+
+
 def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1) -> dict:
     """Train ``model`` for ``job.iterations`` (DDP-wrapped when ``world > 1``).
 
@@ -200,6 +351,9 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
 
     device = shard.device
     model.to(device)
+    model.bf16 = job.precision == "bf16" and device.type == "cuda"
+    if job.channels_last and device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
     state = load_checkpoint(job.checkpoint_path) if job.resume else None
     start, history = 0, []
     init_gen = torch.Generator().manual_seed(job.seed)
@@ -210,13 +364,15 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
         model.load_state_dict(state["model"])
         start, history = int(state["iteration"]), list(state["history"])
     net = DistributedDataParallel(model) if world > 1 else model
-    optimizer = torch.optim.Adam(net.parameters(), lr=job.learning_rate)
+    graphed = job.cuda_graph and device.type == "cuda" and world == 1
+    optimizer = make_optimizer(net.parameters(), job.learning_rate, device, graphed)
     if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         _LOG.info(f"[rank {rank}] resumed at iteration {start}")
     # batches differ per rank and per (re)start, but are fixed by the seed
     shard.generator.manual_seed(job.seed * 1000 + rank + 7919 * start)
     local_batch = math.ceil(job.batch_size / world)
+    step = TrainingStep(net, model.som, optimizer, shard, local_batch, job.gamma, graphed)
     eval_x = as_input(shard.sample(2048))
     t_last, it_last = time.perf_counter(), start
 
@@ -228,27 +384,23 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
 
     for it in range(start, job.iterations):
         t = temperature(it, job.iterations, job.t_max, job.t_min)
-        x = as_input(shard.batch(local_batch))
-        loss, rec, som_loss = joint_loss(net(x), x, model.som, t, job.gamma)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, rec, som_loss = step(t)
         done = it + 1
         if done % job.log_every == 0 or done == job.iterations:
+            row = {"iteration": done, "loss": loss.item(), "reconstruction": rec.item(),
+                   "som_loss": som_loss.item(), "temperature": t}  # .item() waits for the device: time after it
             now = time.perf_counter()
             rate = (done - it_last) * local_batch * world / max(now - t_last, 1e-9)
-            t_last, it_last = now, done
             quality = map_quality(model, eval_x)
-            row = {"iteration": done, "loss": loss.item(), "reconstruction": rec.item(),
-                   "som_loss": som_loss.item(), "temperature": t, "samples_per_s": rate,
-                   "quantization_error": quality["quantization_error"],
-                   "topographic_error": quality["topographic_error"]}
+            row.update(samples_per_s=rate, quantization_error=quality["quantization_error"],
+                       topographic_error=quality["topographic_error"])
             history.append(row)
             if rank == 0:
                 eta = (job.iterations - done) * local_batch * world / max(rate, 1e-9)
                 _LOG.info(f"[{job.kind}] it {done}/{job.iterations}  {rate:8.0f} samples/s  loss {row['loss']:.5f}  "
                     f"rec {row['reconstruction']:.5f}  som {row['som_loss']:.3f}  T {t:.3f}  "
                     f"QE {row['quantization_error']:.3f}  TE {row['topographic_error']:.3f}  ETA {eta:5.0f} s")
+            t_last, it_last = time.perf_counter(), done  # the quality pass is not training time
         if job.checkpoint_every and done % job.checkpoint_every == 0 and done < job.iterations:
             checkpoint(done)
     checkpoint(job.iterations)
@@ -292,6 +444,8 @@ def train_worker(job: TrainJob) -> dict:
     if use_gpu:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
+        # every batch has the same shape: let cuDNN time its algorithms once and keep the fastest
+        torch.backends.cudnn.benchmark = True
     else:
         device = torch.device("cpu")
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))

@@ -11,11 +11,11 @@ import torch
 
 from desomspark import registry
 from desomspark.cutout import decode_pixels
-from desomspark.model import map_inputs
 from desomspark.desom2 import hellinger, train_desom2
 from desomspark.queries import desom2_inputs, input_matrix
 from desomspark.model import split_inference
-from desomspark.histovector import cutout_nodes, histovector
+from desomspark.histovector import histovector
+from desomspark.mapping import cutout_nodes, map_inputs
 from desomspark.registry import ModelMismatch, cached_model, check_desom1
 from desomspark.ingest import ingest
 from desomspark.lake import Lake
