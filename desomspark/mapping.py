@@ -78,8 +78,8 @@ def _cuda_nodes(model, pixels: np.ndarray, size: int, device: torch.device) -> n
     torch.backends.cudnn.benchmark = True  # fixed (padded) shapes: let cuDNN pick its fastest kernels
     n = len(pixels)
     size = min(size, -(-n // _PAD) * _PAD)
-    staging = [torch.empty((size, *pixels.shape[1:]), dtype=torch.from_numpy(pixels[:1]).dtype).pin_memory()
-               for _ in range(2)]
+    dtype = torch.from_numpy(np.empty(0, pixels.dtype)).dtype  # not from pixels: Arrow's are read-only
+    staging = [torch.empty((size, *pixels.shape[1:]), dtype=dtype).pin_memory() for _ in range(2)]
     copied: list[torch.cuda.Event | None] = [None, None]
     nodes = torch.empty(n, dtype=torch.long, device=device)
     for k, start in enumerate(range(0, n, size)):
