@@ -14,10 +14,12 @@ iterations; ``resume`` continues from the last checkpoint.
 
 On a GPU the step avoids what would make it wait on the host
 (:class:`TrainingStep`): batches are drawn on the device by a device
-generator, the SOM temperature is a device tensor, Adam is fused, and with
-one rank the whole step (forward, loss, backward, Adam) is captured once in
-a CUDA graph and replayed, one launch per iteration instead of a few
-hundred.  Losses are read back only at log points.  With several ranks the
+generator, the SOM temperature is a device tensor, Adam is fused, the
+convolutions keep NHWC (``channels_last``, cuDNN's tensor-core layout), and
+with one rank the whole step (forward, loss, backward, Adam) is captured
+once in a CUDA graph and replayed, one launch per iteration instead of a few
+hundred.  ``precision="bf16"`` runs the autoencoder in bfloat16 autocast.
+Losses are read back only at log points.  With several ranks the
 step stays eager (DistributedDataParallel's gradient all-reduce is not
 captured): graph capture of collectives needs a static graph and NCCL
 settings we have not measured.
