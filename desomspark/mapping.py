@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .cutout import decode_uint8
-from .model import split_inference
+from .model import as_input, split_inference
 
 _LOG = logging.getLogger(__name__)
 
@@ -36,10 +36,7 @@ def _device_of(model) -> torch.device:
 
 def _scaled(chunk: torch.Tensor) -> torch.Tensor:
     """(n, 32, 32) stored cutouts -> (n, 1, 32, 32) float32 model input in [0, 1]."""
-    x = chunk.float()
-    if chunk.dtype == torch.uint8:
-        x = x.div_(255.0)
-    return x.unsqueeze(1)
+    return as_input(chunk).float().unsqueeze(1)
 
 
 @torch.no_grad()

@@ -222,6 +222,11 @@ class DesomInference(nn.Module):
         return torch.cat([node.to(z.dtype)[:, None], dist.clamp_min(0.0).sqrt()[:, None], z], dim=1)
 
 
+def as_input(batch: torch.Tensor) -> torch.Tensor:
+    """Stored samples -> model input: uint8 cutouts (value / 255) are scaled to [0, 1] floats."""
+    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
+
+
 def split_inference(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(node, distance, latent) from a :class:`DesomInference` output."""
     return out[:, 0].round().long(), out[:, 1], out[:, 2:]

@@ -43,7 +43,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .errors import UserError
-from .model import DESOM, ModelSpec, joint_loss, temperature
+from .model import DESOM, ModelSpec, as_input, joint_loss, temperature
 
 _LOG = logging.getLogger("desomspark.train")  # not __name__: under torchrun this module is __main__
 
@@ -150,11 +150,6 @@ def column_to_array(col) -> np.ndarray:
     if pa.types.is_binary(col.type) or pa.types.is_fixed_size_binary(col.type):
         return decode_uint8(col)[:, None, :, :]
     return np.asarray(col.to_pylist(), dtype=np.float32)
-
-
-def as_input(batch: torch.Tensor) -> torch.Tensor:
-    """Stored samples -> model input: uint8 cutouts are scaled to [0, 1]."""
-    return batch.float().div_(255.0) if batch.dtype == torch.uint8 else batch
 
 
 class Shard:
