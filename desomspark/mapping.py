@@ -30,6 +30,11 @@ CPU_CHUNK = 4096
 _PAD = 1024
 
 
+def _padded(n: int) -> int:
+    """``n`` rounded up to a multiple of :data:`_PAD`."""
+    return -(-n // _PAD) * _PAD
+
+
 def _device_of(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -74,7 +79,7 @@ def cutout_nodes(model, pixels: np.ndarray, batch_size: int | None = None) -> np
 def _cuda_nodes(model, pixels: np.ndarray, size: int, device: torch.device) -> np.ndarray:
     torch.backends.cudnn.benchmark = True  # fixed (padded) shapes: let cuDNN pick its fastest kernels
     n = len(pixels)
-    size = min(size, -(-n // _PAD) * _PAD)
+    size = min(size, _padded(n))
     dtype = torch.from_numpy(np.empty(0, pixels.dtype)).dtype  # not from pixels: Arrow's are read-only
     staging = [torch.empty((size, *pixels.shape[1:]), dtype=dtype).pin_memory() for _ in range(2)]
     copied: list[torch.cuda.Event | None] = [None, None]
@@ -86,7 +91,7 @@ def _cuda_nodes(model, pixels: np.ndarray, size: int, device: torch.device) -> n
             copied[slot].synchronize()  # the device has read this buffer: it may be refilled
         host = staging[slot]
         host[:m].numpy()[...] = pixels[start:start + m]
-        padded = -(-m // _PAD) * _PAD
+        padded = _padded(m)
         if padded > m:
             host[m:padded].zero_()
         chunk = host[:padded].to(device, non_blocking=True)
