@@ -115,17 +115,54 @@ class Desom2Config:
     qa_weight: float = 0.25
 
 
+#: the alert rules ``watch`` knows (desomspark/watch.py)
+ALERT_RULES = ("bad_run", "novelty", "dead_ccd")
+
+
 @dataclass(frozen=True)
 class WatchConfig:
     trigger_seconds: float = 5.0
     max_files_per_batch: int = 64
+    settle_seconds: float = 5.0
+    rules: tuple[str, ...] = ("bad_run", "novelty", "dead_ccd")
     good_labels: tuple[str, ...] = ("Good",)
     alert_window: int = 5
     alert_min_bad: int = 3
+    novelty_quantile: float = 0.99
+    novelty_margin: float = 1.5
+    novelty_min_reference: int = 50
+    dead_ccd_exposures: int = 2
     webhook: str | None = None
     webhook_timeout: float = 3.0
     drift_window: int = 7
     drift_threshold: float = 0.35
+
+    def __post_init__(self):
+        unknown = set(self.rules) - set(ALERT_RULES)
+        if unknown:
+            raise UserError(f"[watch] rules: unknown rule(s) {', '.join(sorted(unknown))} "
+                            f"(known: {', '.join(ALERT_RULES)})")
+        if not 0 < self.novelty_quantile < 1:
+            raise UserError(f"[watch] novelty_quantile must lie between 0 and 1, not {self.novelty_quantile}")
+        if self.alert_window < 1 or self.dead_ccd_exposures < 1 or self.settle_seconds < 0:
+            raise UserError("[watch] alert_window and dead_ccd_exposures must be >= 1, settle_seconds >= 0")
+
+
+@dataclass(frozen=True)
+class ConsoleConfig:
+    host: str = "127.0.0.1"
+    port: int = 8050
+    workers: int = 2
+    threads: int = 8
+    token: str | None = None
+    page_size: int = 24
+    refresh_seconds: float = 2.0
+    nights_refresh_seconds: int = 30
+    similar: int = 10
+
+    def __post_init__(self):
+        if self.page_size < 1 or self.workers < 1 or self.threads < 1:
+            raise UserError("[console] page_size, workers and threads must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -137,6 +174,7 @@ class Config:
     desom1: Desom1Config = field(default_factory=Desom1Config)
     desom2: Desom2Config = field(default_factory=Desom2Config)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

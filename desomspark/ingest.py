@@ -173,8 +173,13 @@ def window_hdus(scan: FileScan, n: int = WINDOWS_PER_EXPOSURE) -> list[int]:
     return [h.hdu_index for h in ranked[:n]]
 
 
-def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], list[dict], list[dict]]:
+def plan_night(scans: list[FileScan], night: str | None,
+               known: dict[tuple[str, str], str] | None = None) -> tuple[list[dict], list[dict], list[dict]]:
     """Turn file scans into exposure rows (partial), HDU tasks and rejects.
+
+    A file whose exposure id another file of the run has already taken, or
+    one of ``known`` (``(night, exposure_id) -> path``: what earlier batches
+    of a live night committed), is a ``duplicate_exposure`` reject.
 
     Exposures take ``night`` when given, else the night of their header.
     Rejects of files whose night is unknown go to the run's night: ``night``,
@@ -183,7 +188,7 @@ def plan_night(scans: list[FileScan], night: str | None) -> tuple[list[dict], li
     ``YYYYMMDD`` partition).
     """
     exposures, tasks, rejects = [], [], []
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], str] = dict(known or {})
     for scan in scans:
         n = night or scan.night
         if scan.file_reject is None and n is not None:
@@ -291,7 +296,11 @@ def ingest_files(spark, files: list[str], lake: Lake, night: str | None = None, 
     batch.
     """
     _LOG.info(f"ingest: {len(files)} input files")
-    exposures, tasks, rejects = plan_night(scan_files(spark, files, cfg, camera), night)
+    scans = scan_files(spark, files, cfg, camera)
+    known = {}
+    if batch is not None:  # a live night: the exposures earlier batches committed are taken
+        known = lake.committed_exposures(sorted({night or s.night for s in scans} - {None}), except_batch=batch)
+    exposures, tasks, rejects = plan_night(scans, night, known)
     _LOG.info(f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far")
     results = process_ccds(spark, tasks, cfg)
     try:

@@ -251,6 +251,21 @@ class Lake:
                           format="parquet", partitioning=part, filesystem=self._arrow_fs(),
                           exclude_invalid_files=True)
 
+    def committed_exposures(self, nights: list[str], except_batch: str | None = None) -> dict[tuple[str, str], str]:
+        """``(night, exposure_id) -> path`` of the exposures committed for ``nights``.
+
+        Rows a micro-batch ``except_batch`` committed (an earlier try of the
+        batch being run again) are left out.
+        """
+        nights = [n for n in nights if n in self.nights("exposures")]
+        if not nights:
+            return {}
+        rows = self.dataset("exposures").to_table(columns=["night", "exposure_id", "path", "__filename"],
+                                                  filter=ds.field("night").isin(nights))
+        mine = f"/part-b{except_batch}-"
+        return {(n, e): p for n, e, p, f in zip(*(rows.column(c).to_pylist() for c in rows.column_names))
+                if except_batch is None or mine not in f}
+
     def _arrow_fs(self):
         if self.is_local:
             return None

@@ -151,10 +151,11 @@ LABELS = pa.schema([
 ALERTS = pa.schema([
     ("night", pa.string()),
     ("alert_id", pa.string()),          # rule:night:first exposure of the run that raised it
-    ("rule", pa.string()),              # a rule of conf watch.alerts
+    ("rule", pa.string()),              # a rule of conf watch.rules
     ("raised_at", pa.timestamp("us", tz="UTC")),
     ("exposures", pa.list_(pa.string())),  # the exposures that made the rule fire
     ("cells", pa.list_(pa.string())),      # their DESOM-2 cells, "x,y"
+    ("ccds", pa.list_(pa.string())),       # the CCDs (EXTNAME) a dead_ccd alert is about
     ("detail", pa.string()),
 ])
 

@@ -10,12 +10,27 @@ the champion models -- and commits to the lake as a micro-batch
 
 Arrival contract
     A file is read when it appears under a FITS name (``*.fits``,
-    ``*.fits.fz``, ``*.fits.gz``...).  Writers make it appear complete:
-    write to a hidden or temporary name and rename (rsync and most transfer
-    tools do this by default: their temporary files start with a dot, which
-    Spark never lists; ``name.fits.part`` is not a FITS name either).  A
-    file written in place under its final name may be read half-written:
-    it then becomes a ``truncated`` reject and is not read again.
+    ``*.fits.fz``, ``*.fits.gz``...) *and* has settled: its size and
+    modification time have not changed for ``settle_seconds``.  Two ways of
+    writing are therefore safe:
+
+    * write to a hidden or temporary name and rename (rsync and most
+      transfer tools do this by default: their temporary files start with a
+      dot, which Spark never lists; ``name.fits.part`` is not a FITS name
+      either).  The file is complete when it appears;
+    * write in place under the final name, without pausing longer than
+      ``settle_seconds``: the batch that lists the file waits until it has
+      settled, so a half-written file is read once it is complete.
+
+    A file that stops growing before it is complete (a writer that died) is
+    read once it has settled and becomes a ``truncated`` reject.  Files on an
+    object store (``s3a://``...) appear whole and are not waited for.
+
+Duplicates
+    An exposure id already in the lake for the same night (committed by an
+    earlier batch, from another file) makes the new file a
+    ``duplicate_exposure`` reject; the first file to land is kept, as the
+    first file in path order is in a batch ``nightly``.
 
 Exactly once
     Spark's checkpoint (``<lake>/_watch/checkpoint``) records each batch's
@@ -27,11 +42,22 @@ Exactly once
     was committed is never raised again, one raised just before a crash may
     be raised again.
 
-Alerts
-    Rule ``bad_run``: ``alert_min_bad`` of the last ``alert_window``
-    exposures (in observation order) sit in cells whose expert label is not
-    a good one.  An alert is raised once per run of such exposures, not once
-    per exposure: a row in ``alerts/``, a line on stdout and, when
+Alerts (``watch.rules`` in conf)
+    ``bad_run``
+        ``alert_min_bad`` of the last ``alert_window`` exposures (in
+        observation order) sit in cells whose expert label is not a good one.
+    ``novelty``
+        an exposure's novelty (latent distance to its cell's prototype) is
+        above ``novelty_margin`` times the ``novelty_quantile`` of the
+        distances of the exposures mapped before it by the same model (the
+        ``drift_window`` nights before and earlier tonight; at least
+        ``novelty_min_reference`` of them).
+    ``dead_ccd``
+        a CCD is dead (no detection, constant or unreadable pixels) on
+        ``dead_ccd_exposures`` consecutive exposures.
+
+    An alert is raised once per run of firing exposures, not once per
+    exposure: a row in ``alerts/``, a line on stdout and, when
     ``watch.webhook`` is set, a JSON POST (a webhook that is down is logged
     and skipped).
 """
@@ -39,6 +65,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -71,6 +98,7 @@ class Alert:
     exposures: tuple[str, ...]
     cells: tuple[str, ...]
     detail: str
+    ccds: tuple[str, ...] = ()
 
     @property
     def alert_id(self) -> str:
@@ -78,41 +106,110 @@ class Alert:
 
     def row(self, raised_at: datetime) -> dict:
         return dict(night=self.night, alert_id=self.alert_id, rule=self.rule, raised_at=raised_at,
-                    exposures=list(self.exposures), cells=list(self.cells), detail=self.detail)
+                    exposures=list(self.exposures), cells=list(self.cells), ccds=list(self.ccds),
+                    detail=self.detail)
 
     def line(self) -> str:
         return f"ALERT {self.rule} night {self.night}: {self.detail}"
 
 
+def _rising(fires: np.ndarray) -> np.ndarray:
+    """Indices where a rule starts firing: one alert per run of firing exposures."""
+    fires = np.asarray(fires, dtype=bool)
+    return np.flatnonzero(fires & ~np.concatenate([[False], fires[:-1]]))
+
+
+def _cells(rows: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(f"{int(r.cell_x)},{int(r.cell_y)}" for r in rows.itertuples())
+
+
+def _in_order(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values(["mjd_obs", "exposure_id"]).reset_index(drop=True)
+
+
 def bad_runs(night_table: pd.DataFrame, night: str, cfg: WatchConfig) -> list[Alert]:
-    """The ``bad_run`` alerts of one night's assignments (observation order), one per run of firing windows.
+    """Rule ``bad_run`` on one night's assignments: one alert per run of firing windows.
 
     ``night_table`` has ``exposure_id``, ``mjd_obs``, ``cell_x``, ``cell_y``
     and ``label`` (the cell's label when the exposure was assigned).
     """
-    table = night_table.sort_values(["mjd_obs", "exposure_id"]).reset_index(drop=True)
-    bad = table["label"].notna() & ~table["label"].isin(cfg.good_labels)
+    table = _in_order(night_table)
+    bad = (table["label"].notna() & ~table["label"].isin(cfg.good_labels)).to_numpy()
     window = cfg.alert_window
-    alerts, firing = [], False
-    for end in range(len(table)):
+    counts = np.convolve(bad, np.ones(window, dtype=int))[:len(bad)]  # bad ones among the last `window`
+    alerts = []
+    for end in _rising(counts >= cfg.alert_min_bad):
         start = max(0, end - window + 1)
-        fires = int(bad.iloc[start:end + 1].sum()) >= cfg.alert_min_bad
-        if fires and not firing:
-            rows = table.iloc[start:end + 1][bad.iloc[start:end + 1].to_numpy()]
-            alerts.append(Alert(
-                night=night, rule="bad_run", exposures=tuple(rows["exposure_id"]),
-                cells=tuple(f"{int(r.cell_x)},{int(r.cell_y)}" for r in rows.itertuples()),
-                detail=f"{len(rows)} of the last {end - start + 1} exposures in cells labelled "
-                       f"{', '.join(sorted(set(rows['label'])))} (last {table['exposure_id'].iloc[end]})"))
-        firing = fires
+        rows = table.iloc[start:end + 1][bad[start:end + 1]]
+        alerts.append(Alert(
+            night=night, rule="bad_run", exposures=tuple(rows["exposure_id"]), cells=_cells(rows),
+            detail=f"{len(rows)} of the last {end - start + 1} exposures in cells labelled "
+                   f"{', '.join(sorted(set(rows['label'])))} (last {table['exposure_id'].iloc[end]})"))
     return alerts
+
+
+def novelties(night_table: pd.DataFrame, night: str, cfg: WatchConfig,
+              reference: np.ndarray = np.empty(0)) -> list[Alert]:
+    """Rule ``novelty``: exposures farther from their cell's prototype than those mapped before them.
+
+    ``night_table`` is as for :func:`bad_runs`, with ``distance``;
+    ``reference`` holds the distances of earlier nights under the same model.
+    Each exposure is compared with ``novelty_margin`` times the
+    ``novelty_quantile`` of the reference and of tonight's exposures before
+    it, once there are at least ``novelty_min_reference`` of them.
+    """
+    table = _in_order(night_table)
+    distance = table["distance"].to_numpy(dtype=float)
+    fires = np.zeros(len(table), dtype=bool)
+    thresholds = np.full(len(table), np.nan)
+    for i in range(len(table)):
+        before = np.concatenate([reference, distance[:i]])
+        if len(before) >= cfg.novelty_min_reference:
+            thresholds[i] = cfg.novelty_margin * np.quantile(before, cfg.novelty_quantile)
+            fires[i] = distance[i] > thresholds[i]
+    alerts = []
+    for i in _rising(fires):
+        rows = table.iloc[[i]]
+        alerts.append(Alert(
+            night=night, rule="novelty", exposures=(table["exposure_id"].iloc[i],), cells=_cells(rows),
+            detail=f"exposure {table['exposure_id'].iloc[i]} is unlike the map: novelty {distance[i]:.3g} "
+                   f"above {cfg.novelty_margin:g} x the {cfg.novelty_quantile:g} quantile of the exposures "
+                   f"before it ({thresholds[i]:.3g})"))
+    return alerts
+
+
+def dead_ccds(night_ccds: pd.DataFrame, night: str, cfg: WatchConfig) -> list[Alert]:
+    """Rule ``dead_ccd``: a CCD dead on ``dead_ccd_exposures`` consecutive exposures.
+
+    ``night_ccds`` has one row per exposure and CCD: ``exposure_id``,
+    ``mjd_obs``, ``hdu_index``, ``extname``, ``n_detected``, ``dead`` and
+    ``reject_reason``.  CCDs that die on the same exposure share one alert.
+    """
+    frame = night_ccds.assign(
+        down=night_ccds["dead"].fillna(False).astype(bool) | night_ccds["reject_reason"].notna()
+        | (night_ccds["n_detected"].fillna(0) == 0))
+    order = _in_order(frame[["exposure_id", "mjd_obs"]].drop_duplicates())["exposure_id"]
+    down = frame.pivot_table(index="exposure_id", columns="extname", values="down", aggfunc="max",
+                             fill_value=False).reindex(order, fill_value=False).astype(bool)
+    k = cfg.dead_ccd_exposures
+    firing = {}  # exposure index -> CCDs that start a run of k dead exposures there
+    for ccd in down.columns:
+        flags = down[ccd].to_numpy()
+        run = np.convolve(flags, np.ones(k, dtype=int))[:len(flags)] >= k
+        for end in _rising(run):
+            firing.setdefault(end, []).append(ccd)
+    return [Alert(night=night, rule="dead_ccd", exposures=tuple(order.iloc[end - k + 1:end + 1]), cells=(),
+                  ccds=tuple(sorted(ccds)),
+                  detail=f"CCD {', '.join(sorted(ccds))} dead on {k} consecutive exposures "
+                         f"(last {order.iloc[end]})")
+            for end, ccds in sorted(firing.items())]
 
 
 def post_webhook(url: str, alert: Alert, timeout: float) -> bool:
     """POST the alert as JSON; False (logged) when the webhook cannot be reached."""
     body = json.dumps({"alert_id": alert.alert_id, "rule": alert.rule, "night": alert.night,
                        "exposures": list(alert.exposures), "cells": list(alert.cells),
-                       "detail": alert.detail}).encode()
+                       "ccds": list(alert.ccds), "detail": alert.detail}).encode()
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -122,17 +219,41 @@ def post_webhook(url: str, alert: Alert, timeout: float) -> bool:
         return False
 
 
+def night_alerts(lake: Lake, night: str, cfg: WatchConfig) -> list[Alert]:
+    """Every alert the configured rules raise on one night of the lake (raised before or not)."""
+    times = lake.read("exposures", nights=[night], columns=["exposure_id", "mjd_obs"]).to_pandas()
+    alerts = []
+    if "dead_ccd" in cfg.rules:
+        ccds = lake.read("ccds", nights=[night], columns=["exposure_id", "hdu_index", "extname", "n_detected",
+                                                          "dead", "reject_reason"]).to_pandas()
+        alerts += dead_ccds(ccds.merge(times, on="exposure_id"), night, cfg)
+    if night not in lake.nights("assignments"):  # a batch of rejects maps nothing
+        return alerts
+    table = lake.read("assignments", nights=[night]).to_pandas().merge(times, on="exposure_id", how="left")
+    if "bad_run" in cfg.rules:
+        alerts += bad_runs(table, night, cfg)
+    if "novelty" in cfg.rules and len(table):
+        alerts += novelties(table, night, cfg, _reference_distances(lake, night, table, cfg))
+    return alerts
+
+
+def _reference_distances(lake: Lake, night: str, table: pd.DataFrame, cfg: WatchConfig) -> np.ndarray:
+    """Distances of the ``drift_window`` nights before ``night`` under the model that mapped it."""
+    earlier = [n for n in lake.nights("assignments") if n < night][-cfg.drift_window:]
+    if not earlier:
+        return np.empty(0)
+    past = lake.read("assignments", nights=earlier, columns=["desom2_version", "distance"]).to_pandas()
+    return past.loc[past["desom2_version"].isin(set(table["desom2_version"])), "distance"].to_numpy(dtype=float)
+
+
 def raise_alerts(lake: Lake, nights: list[str], batch_id: str, cfg: WatchConfig) -> list[Alert]:
     """Evaluate the rules on the nights a batch touched; record, print and POST the new alerts."""
     known = set()
     if lake.nights("alerts"):
         known = set(lake.read("alerts", columns=["alert_id"]).column("alert_id").to_pylist())
     new = []
-    for night in sorted(set(nights) & set(lake.nights("assignments"))):  # a batch of rejects only maps nothing
-        assigned = lake.read("assignments", nights=[night]).to_pandas()
-        times = lake.read("exposures", nights=[night], columns=["exposure_id", "mjd_obs"]).to_pandas()
-        table = assigned.merge(times, on="exposure_id", how="left")
-        new += [a for a in bad_runs(table, night, cfg) if a.alert_id not in known]
+    for night in sorted(set(nights) & set(lake.nights("exposures"))):
+        new += [a for a in night_alerts(lake, night, cfg) if a.alert_id not in known]
     if not new:
         return []
     now = datetime.now(timezone.utc)
@@ -149,6 +270,38 @@ def raise_alerts(lake: Lake, nights: list[str], batch_id: str, cfg: WatchConfig)
     return new
 
 
+def wait_until_settled(paths: list[str], settle_seconds: float, poll: float = 0.5) -> dict[str, float]:
+    """Wait until no local file of ``paths`` has changed for ``settle_seconds``; their final mtimes.
+
+    A file is settled when its modification time is ``settle_seconds`` old,
+    or when its size and modification time have not changed for that long
+    while watched (a file server whose clock runs ahead).  A file that
+    disappears is left to the ingest (a ``not_found`` reject).
+    """
+    seen: dict[str, tuple[tuple[int, int], float]] = {}
+    told = False
+    while True:
+        waiting, mtimes = [], {}
+        for path in paths:
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            mtimes[path] = st.st_mtime
+            state = (st.st_size, st.st_mtime_ns)
+            if path not in seen or seen[path][0] != state:
+                seen[path] = (state, time.monotonic())
+            if time.time() - st.st_mtime < settle_seconds and time.monotonic() - seen[path][1] < settle_seconds:
+                waiting.append(path)
+        if not waiting:
+            return mtimes
+        if not told:
+            _LOG.info(f"watch: waiting for {len(waiting)} file(s) still being written to settle "
+                      f"({settle_seconds:g} s unchanged): {', '.join(os.path.basename(w) for w in waiting[:5])}")
+            told = True
+        time.sleep(poll)
+
+
 def run_batch(spark, paths: list[str], modified: list[float], batch_id: int, lake: Lake, cfg: Config,
               night: str | None = None, camera: str | None = None) -> pd.DataFrame:
     """One micro-batch: ingest the new files, map their exposures, raise alerts; returns its assignments."""
@@ -160,6 +313,9 @@ def run_batch(spark, paths: list[str], modified: list[float], batch_id: int, lak
     t0 = time.time()
     champions = Champions.of(lake, cfg)  # a promotion during the night takes effect at the next batch
     files = [local_path(p) or p for p in paths]
+    local = [f for f in files if "://" not in f]  # an object store shows whole objects only
+    settled = wait_until_settled(local, cfg.watch.settle_seconds)
+    modified = [settled.get(f, m) for f, m in zip(files, modified)]
     summary = ingest_files(spark, files, lake, night, cfg.ingest, camera, batch=str(batch_id))
     table = pd.DataFrame()
     if summary.exposures:

@@ -20,6 +20,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -29,7 +30,7 @@ from desomspark.config import WatchConfig
 from desomspark.explore import label_cells
 from desomspark.lake import Lake
 from desomspark.pipeline import nightly
-from desomspark.watch import Alert, bad_runs, post_webhook
+from desomspark.watch import Alert, bad_runs, dead_ccds, novelties, post_webhook
 from tools import child_env
 
 NIGHT = "20251120"
@@ -57,12 +58,28 @@ class Watcher:
         self.proc.wait(timeout=120)
 
 
-def _drop(files: list[Path], arrivals: Path) -> None:
+def _drop(files: list[Path], arrivals: Path, name: str | None = None) -> None:
     """Land files as the contract says: written under a hidden name, then renamed."""
     for src in files:
         hidden = arrivals / f".{src.name}.part"
         shutil.copyfile(src, hidden)
-        os.rename(hidden, arrivals / src.name)
+        os.rename(hidden, arrivals / (name or src.name))
+
+
+def _write_slowly(src: Path, target: Path, until, timeout: float = 120) -> None:
+    """Write ``src`` in place a kilobyte every half second until ``until()``, then the rest at once."""
+    data, written = src.read_bytes(), 1024
+    deadline = time.time() + timeout
+    with open(target, "wb") as fh:
+        fh.write(data[:written])
+        fh.flush()
+        while not until():
+            assert time.time() < deadline and written < len(data) // 2, "the watcher never saw the file"
+            time.sleep(0.5)
+            fh.write(data[written:written + 1024])
+            fh.flush()
+            written += 1024
+        fh.write(data[written:])
 
 
 def _wait(condition, what: str, watcher: Watcher, timeout: float = 300) -> None:
@@ -103,6 +120,14 @@ def watched(night_dir, tmp_path_factory):
     _wait(lambda: _assigned(lake) == 4, "the interrupted batch run again", watcher)
     _drop(files[4:6], arrivals)
     _wait(lambda: _assigned(lake) == 6, "6 exposures assigned", watcher)
+    # a copy of a landed exposure under another name; a file whose writer died half-way; and a file
+    # written in place, slowly: it is listed half-written and read once it is complete
+    _drop([files[0]], arrivals, name=f"zz-copy-of-{files[0].name}")
+    (arrivals / "zz-abandoned.fits").write_bytes(files[11].read_bytes()[:files[11].stat().st_size // 2])
+    _write_slowly(files[10], arrivals / files[10].name,
+                  until=lambda: "still being written to settle" in watcher.output())
+    _wait(lambda: _assigned(lake) == 8 and lake.read("rejects").num_rows >= 2, "the files written in place",
+          watcher)
     watcher.kill(signal.SIGINT)
     return lake, arrivals, files, killed_at, watcher.output(), tmp
 
@@ -114,6 +139,19 @@ def test_each_exposure_is_sorted_as_it_lands(watched):
     print("\n".join(latencies))  # the figure the issue asks for: from a complete file to its cell
     assert len(latencies) >= 3 and all("latency from file to cell p50" in line for line in latencies)
     assert not [line for line in output.splitlines() if "Traceback" in line]
+
+
+def test_files_still_being_written_copies_and_abandoned_files(watched):
+    lake, arrivals, files, _, output, _ = watched
+    assert "still being written to settle" in output
+    rejects = lake.read("rejects").to_pandas().groupby("path")["reason"].agg(set).to_dict()
+    # the copy is refused whole; of the abandoned file, the CCDs written before its writer died are used
+    assert rejects == {str(arrivals / "zz-abandoned.fits"): {"truncated"},
+                       str(arrivals / f"zz-copy-of-{files[0].name}"): {"duplicate_exposure"}}
+    exposures = lake.read("exposures").to_pandas().set_index("path")
+    assert exposures["exposure_id"].is_unique and len(exposures) == 8
+    assert exposures.loc[str(arrivals / files[10].name), "status"] == "ok"              # read once complete
+    assert exposures.loc[str(arrivals / "zz-abandoned.fits"), "status"] == "partial"
 
 
 def test_after_a_kill_and_restart_the_tables_equal_a_batch_nightly(spark, watched, config, tmp_path):
@@ -155,7 +193,7 @@ def test_a_run_of_bad_exposures_raises_one_alert_and_the_webhook_gets_it(watched
                                                   "trigger_seconds": 2}}))
         watcher = Watcher(Path(lake.root), arrivals, tmp / "watch-alerts.log", conf)
         _drop(sources, arrivals)
-        _wait(lambda: _assigned(lake) == 10 and lake.nights("alerts"), "the alert", watcher)
+        _wait(lambda: _assigned(lake) == 12 and lake.nights("alerts"), "the alert", watcher)
         watcher.kill(signal.SIGINT)
     finally:
         server.shutdown()
@@ -180,10 +218,46 @@ def test_the_rule_fires_once_per_run_and_a_dead_webhook_is_skipped():
     assert post_webhook("http://127.0.0.1:9/alerts", down, timeout=2.0) is False   # logged, never raised
 
 
+def test_novelty_fires_on_an_exposure_unlike_those_before_it():
+    rng = np.random.default_rng(1)
+    distance = rng.normal(1.0, 0.1, 40)
+    distance[[30, 35]] = 5.0, 8.0
+    table = pd.DataFrame({"exposure_id": [f"e{i:02d}" for i in range(40)], "mjd_obs": range(40),
+                          "cell_x": 1, "cell_y": 2, "distance": distance})
+    cfg = WatchConfig(novelty_quantile=0.99, novelty_margin=1.5, novelty_min_reference=20)
+    alerts = novelties(table, NIGHT, cfg)
+    assert [a.exposures for a in alerts] == [("e30",), ("e35",)] and alerts[0].cells == ("1,2",)
+    # the same night, with past nights as the reference: the first exposures are judged too
+    table.loc[2, "distance"] = 5.0
+    assert [a.exposures for a in novelties(table, NIGHT, cfg, reference=rng.normal(1.0, 0.1, 100))] == \
+        [("e02",), ("e30",), ("e35",)]
+    assert novelties(table, NIGHT, WatchConfig(novelty_min_reference=100)) == []
+
+
+def test_a_ccd_dead_on_consecutive_exposures_raises_one_alert():
+    rows = [{"exposure_id": f"e{i}", "mjd_obs": float(i), "hdu_index": h, "extname": f"ccd{h:02d}",
+             "n_detected": 50, "dead": False, "reject_reason": None} for i in range(8) for h in (1, 2, 3)]
+    ccds = pd.DataFrame(rows)
+    dark = lambda ccd, exps: ccds["extname"].eq(ccd) & ccds["exposure_id"].isin(exps)
+    ccds.loc[dark("ccd02", ["e2", "e3", "e4", "e5"]), "n_detected"] = 0         # one long run: one alert
+    ccds.loc[dark("ccd03", ["e2", "e3"]), "dead"] = True                         # dies with it: the same alert
+    ccds.loc[dark("ccd01", ["e6"]), "reject_reason"] = "all_nan"                 # one exposure only: no alert
+    alerts = dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=2))
+    assert [(a.exposures, a.ccds) for a in alerts] == [(("e2", "e3"), ("ccd02", "ccd03"))]
+    assert alerts[0].alert_id == f"dead_ccd:{NIGHT}:e2" and "ccd02, ccd03" in alerts[0].detail
+    assert len(dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=3))) == 1
+    assert dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=5)) == []
+
+
+def test_unknown_rules_are_refused():
+    from desomspark.errors import UserError
+
+    with pytest.raises(UserError, match="unknown rule"):
+        WatchConfig(rules=("bad_run", "moon"))
+
+
 def test_a_night_unlike_the_nights_before_it_is_flagged(tmp_path):
     """Drift: three nights over the same cells, then one whose exposures fall elsewhere."""
-    import numpy as np
-
     from desomspark import plots
     from desomspark.drift import jensen_shannon, night_drift
 
