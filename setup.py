@@ -12,6 +12,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.13",
     packages=find_packages(include=["desomspark", "desomspark.*"]),
+    package_data={"desomspark": ["templates/console/*.html"]},  # the console's pages
     # conf/ and the default models ship with the package so that an installed
     # copy (a container, an executor) finds them; see config.conf_dir, pipeline.models_dir
     data_files=[("share/desomspark/conf", [str(p) for p in Path("conf").glob("*.*")]),
@@ -35,6 +36,9 @@ setup(
         "scikit-learn>=1.4",
         "matplotlib>=3.8",
         "pyyaml>=6",
+        # the console (desomspark serve); MLflow's server needs them too
+        "flask>=3",
+        "gunicorn>=22",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6", "selenium>=4"]},
     entry_points={"console_scripts": ["desomspark=desomspark.cli:main"]},

@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", type=_camera, default=None,
                    help="camera profile of conf/cameras (default: from each file's INSTRUME)")
 
+    p = command("serve", "the console: browse, label and search the map in a browser (README: the console)")
+    p.add_argument("--host", default=None, help="address to bind (default: conf console.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: conf console.port, 8050)")
+
     p = command("watch", "sort each exposure as it lands in a folder (Spark Structured Streaming), with alerts")
     files_in(p, "the arrival folder the camera writes to (README: the live night)")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (default: run until stopped)")
@@ -266,6 +270,13 @@ def cmd_watch(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_serve(args, cfg: Config) -> int:
+    from .console import serve
+
+    serve(_lake(args), cfg, args.host, args.port)
+    return 0
+
+
 def cmd_demo(args, cfg: Config) -> int:
     from .demo import demo
 
@@ -354,6 +365,7 @@ COMMANDS = {
     "assign": cmd_assign,
     "nightly": cmd_nightly,
     "watch": cmd_watch,
+    "serve": cmd_serve,
     "demo": cmd_demo,
     "label": cmd_label,
     "export": cmd_export,

@@ -55,6 +55,20 @@ def label_cells(lake: Lake, desom2_version: str, cells: list[tuple[int, int]], l
     return labelled
 
 
+def undo_label(lake: Lake, desom2_version: str, cell: tuple[int, int], map_shape: tuple[int, int]) -> dict:
+    """Revert a cell's last change: its label goes back to what it was before (appended, like any label).
+
+    The log keeps both entries; a second undo reverts the undo.
+    """
+    from .queries import label_history
+
+    history = label_history(lake, desom2_version, cell)
+    if history.empty:
+        raise UserError(f"cell {cell[0]},{cell[1]} of desom2 v{desom2_version} has never been labelled")
+    before = history["label"].iloc[-2] if len(history) > 1 else None
+    return label_cell(lake, desom2_version, cell, before if isinstance(before, str) else None, map_shape)
+
+
 def export(lake: Lake, out: str, fmt: str) -> int:
     """Write every assignment (exposure -> cell -> label) as CSV or Parquet; returns the row count.
 
@@ -99,9 +113,13 @@ def latent_vectors(lake: Lake, model_uri: str, metadata: dict) -> pd.DataFrame:
                          "z": list(z)})
 
 
-def similar(lake: Lake, model_uri: str, metadata: dict, exposure_id: str, k: int = 10) -> pd.DataFrame:
-    """The ``k`` exposures nearest to ``exposure_id`` in DESOM-2's latent space (itself first)."""
-    table = latent_vectors(lake, model_uri, metadata)
+def similar(lake: Lake, model_uri: str, metadata: dict, exposure_id: str, k: int = 10,
+            table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The ``k`` exposures nearest to ``exposure_id`` in DESOM-2's latent space (itself first).
+
+    ``table``: the :func:`latent_vectors` of the model, when already at hand (the console keeps them).
+    """
+    table = latent_vectors(lake, model_uri, metadata) if table is None else table
     match = table.index[table["exposure_id"] == str(exposure_id)]
     if len(match) == 0:
         raise UserError(f"exposure {exposure_id} has no histo-vector in {lake.root}")

@@ -59,6 +59,20 @@ def focal_plane(thumbnails: list[tuple[int, int, np.ndarray]], gap: int = 2) -> 
     return out
 
 
+def png(image: np.ndarray, vmin: float = 0, vmax: float = 255, cmap: str = "gray") -> bytes:
+    """An image as PNG bytes, one pixel per value (NaN holes in the gallery's blue), without a figure."""
+    import io
+
+    from PIL import Image
+
+    scale = plt.get_cmap(cmap).with_extremes(bad="#3060a0")
+    normed = (np.ma.masked_invalid(np.asarray(image, dtype=float)) - vmin) / (vmax - vmin)
+    rgba = scale(normed, bytes=True)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _show(ax, image, title: str = "") -> None:
     cmap = plt.get_cmap("gray").with_extremes(bad="#3060a0")  # holes (rejected CCDs, gaps) in blue, not black sky
     ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0, vmax=255, interpolation="nearest")

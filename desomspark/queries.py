@@ -21,14 +21,22 @@ from .lake import Lake
 from .qa import EXPOSURE_QA_COLUMNS
 
 
+def label_history(lake: Lake, desom2_version: str, cell: tuple[int, int] | None = None) -> pd.DataFrame:
+    """The label log of a DESOM-2 version (or of one of its cells), oldest entry first."""
+    labels = lake.read("labels").to_pandas()
+    keep = labels["desom2_version"] == str(desom2_version)
+    if cell is not None:
+        keep &= (labels["cell_x"] == cell[0]) & (labels["cell_y"] == cell[1])
+    return labels[keep].sort_values("labelled_at", kind="stable").reset_index(drop=True)
+
+
 def current_labels(lake: Lake, desom2_version: str) -> pd.DataFrame:
     """The label of each cell of a DESOM-2 version: the latest entry per cell (null = unlabelled)."""
-    labels = lake.read("labels").to_pandas()
-    labels = labels[labels["desom2_version"] == str(desom2_version)]
+    labels = label_history(lake, desom2_version)
     if labels.empty:
         return pd.DataFrame(columns=["cell_x", "cell_y", "label"])
     # not groupby().last(): it skips nulls, and an unlabel (null) must win too
-    latest = labels.sort_values("labelled_at").drop_duplicates(["cell_x", "cell_y"], keep="last")
+    latest = labels.drop_duplicates(["cell_x", "cell_y"], keep="last")
     return latest[["cell_x", "cell_y", "label"]]
 
 
@@ -90,13 +98,16 @@ def _image(data, height: int, width: int) -> np.ndarray | None:
     return np.frombuffer(data, dtype=np.uint8).reshape(int(height), int(width))
 
 
-def exposure_views(lake: Lake, exposure_ids: list[str]) -> dict[str, dict]:
-    """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails and its full-resolution ``window``."""
+def exposure_views(lake: Lake, exposure_ids: list[str], nights: list[str] | None = None) -> dict[str, dict]:
+    """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails and its full-resolution ``window``.
+
+    ``nights``, when known, limits the search to their partitions.
+    """
     if not exposure_ids:
         return {}
-    ccds = lake.read("ccds", columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "dead", "thumbnail",
-                                      "thumbnail_height", "thumbnail_width", "window", "window_height",
-                                      "window_width"],
+    ccds = lake.read("ccds", nights=nights,
+                     columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "dead", "thumbnail",
+                              "thumbnail_height", "thumbnail_width", "window", "window_height", "window_width"],
                      where=ds.field("exposure_id").isin(list(exposure_ids))).to_pandas()
     views = {}
     for exposure_id, group in ccds.sort_values("hdu_index").groupby("exposure_id"):

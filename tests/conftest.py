@@ -17,6 +17,8 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 #: the small camera of the tests: 4 CCDs of 512x512
 TEST_CCDS = 4
 TEST_SHAPE = (512, 512)
+#: an OBJECT header that would run in a page that did not escape it
+HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
 
 
 @pytest.fixture(autouse=True)
@@ -70,3 +72,25 @@ def airflow_python():
 
     python = Path(__file__).resolve().parents[1] / ".venv-airflow" / "bin" / "python"
     return str(python) if python.exists() else None
+
+
+@pytest.fixture(scope="session")
+def mapped_lake(spark, small_sim, tmp_path_factory, config):
+    """A balanced night (36 exposures: enough for purity to tell clusterings apart), one file's OBJECT
+    header made hostile, one file not FITS at all, mapped with the default models.  Shared by the report
+    and the console, whose tests leave its labels as they found them."""
+    from astropy.io import fits
+
+    from desomspark.ingest import ingest
+    from desomspark.lake import Lake
+    from desomspark.pipeline import run_assign, run_histovectors
+
+    raw = tmp_path_factory.mktemp("report-raw")
+    files = simulate_night(raw, 36, small_sim, seed=21, mix="balanced", processes=2, progress=False)
+    fits.setval(files[0], "OBJECT", value=HOSTILE_OBJECT, ext=0)
+    (raw / "notes.fits").write_text("an observer's notes saved with the wrong name")
+    lake = Lake(str(tmp_path_factory.mktemp("report-lake")))
+    ingest(spark, str(raw), lake, cfg=config.ingest)
+    run_histovectors(spark, lake, config)
+    run_assign(spark, lake, config)
+    return lake

@@ -1,43 +1,22 @@
 """What astronomers see: thumbnails, figures, the HTML report in a real browser, and the evaluation."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pandas as pd
 import pytest
-from astropy.io import fits
 from PIL import Image
 
 from desomspark import plots
 from desomspark.evaluate import evaluate, majority_scores
-from desomspark.ingest import ingest
 from desomspark.lake import Lake
-from desomspark.pipeline import run_assign, run_histovectors
 from desomspark.queries import exposure_views
 from desomspark.report import write_report
-from desomspark.simulate import simulate_night
-from tools import require_tool
-
-HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
-
-
-N_EXPOSURES = 36  # 5 of each of the 7 classes: enough for purity to tell clusterings apart
-
+from conftest import HOSTILE_OBJECT
+from tools import open_browser
 
 @pytest.fixture(scope="module")
-def lake(spark, small_sim, tmp_path_factory, config):
-    """A balanced night, one file's OBJECT header made hostile, one file not FITS at all, mapped with the
-    default models."""
-    raw = tmp_path_factory.mktemp("report-raw")
-    files = simulate_night(raw, N_EXPOSURES, small_sim, seed=21, mix="balanced", processes=2, progress=False)
-    fits.setval(files[0], "OBJECT", value=HOSTILE_OBJECT, ext=0)
-    (raw / "notes.fits").write_text("an observer's notes saved with the wrong name")
-    lake = Lake(str(tmp_path_factory.mktemp("report-lake")))
-    ingest(spark, str(raw), lake, cfg=config.ingest)
-    run_histovectors(spark, lake, config)
-    run_assign(spark, lake, config)
-    return lake
+def lake(mapped_lake):
+    return mapped_lake
 
 
 def test_ingest_keeps_a_mosaic_and_one_full_resolution_window_per_exposure(lake, config):
@@ -112,22 +91,6 @@ def test_majority_scores_by_hand():
     assert perfect["purity"] == 1.0 and perfect["accuracy"] == perfect["precision"] == perfect["recall"] == 1.0
 
 
-def _browser(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    require_tool(bool(chromium and driver),
-                 "chromium / chromedriver not installed (scripts/install_test_tools.sh installs them)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-extensions", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=options)
-
-
 def test_report_opens_a_cell_gallery_in_a_browser_and_shows_headers_as_text(lake, config, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -144,7 +107,7 @@ def test_report_opens_a_cell_gallery_in_a_browser_and_shows_headers_as_text(lake
     target = assignments[assignments["exposure_id"] == hostile_id].iloc[0]
     x, y = int(target.cell_x), int(target.cell_y)
 
-    browser = _browser(tmp_path)
+    browser = open_browser(tmp_path)
     try:
         browser.get(index.as_uri())
         gallery = browser.find_element(By.ID, f"gallery-{x}-{y}")

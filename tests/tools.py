@@ -8,6 +8,7 @@ still runs the rest.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -31,3 +32,20 @@ def child_env(**extra: str) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     return env | extra
+
+
+def open_browser(tmp_path):
+    """A headless Chromium driven by Selenium (skipped, or failed under CI, when it is not installed)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    require_tool(bool(chromium and driver),
+                 "chromium / chromedriver not installed (scripts/install_test_tools.sh installs them)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-extensions", "--window-size=1400,1000",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)

@@ -1,0 +1,219 @@
+"""The astronomer's console (``desomspark serve``): a real gunicorn server on 127.0.0.1, a real Chromium.
+
+The lake is the report's (36 mapped exposures, one with a hostile OBJECT
+header).  The tests label cells and undo, so that they leave its labels as
+they found them.
+"""
+from __future__ import annotations
+
+import io
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import replace
+
+import pandas as pd
+import pytest
+
+from conftest import HOSTILE_OBJECT
+from desomspark.console import create_app
+from desomspark.explore import export
+from desomspark.pipeline import run_assign
+from desomspark.queries import current_labels
+from tools import child_env, open_browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Console:
+    """``desomspark serve`` in its own process, up once ``/healthz`` answers."""
+
+    def __init__(self, lake, log, host: str = "127.0.0.1", **env: str):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "desomspark.cli", "serve", "--lake", lake.root,
+                                      "--host", host, "--port", str(self.port)],
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, env=child_env(**env))
+
+    def wait_up(self, timeout: float = 180) -> "Console":
+        deadline = time.time() + timeout
+        while True:
+            assert self.proc.poll() is None, f"serve exited:\n{self.log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=10):
+                    return self
+            except OSError:
+                assert time.time() < deadline, f"serve not up after {timeout} s:\n{self.log.read_text()[-3000:]}"
+                time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def _request(url: str, data: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
+    """(status, body) of a GET, or of a form POST when ``data`` is given; redirects are not followed."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    body = None if data is None else "&".join(f"{k}={v}" for k, v in data.items()).encode()
+    request = urllib.request.Request(url, data=body, headers=headers or {})
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=60) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture(scope="module")
+def console(mapped_lake, tmp_path_factory):
+    server = Console(mapped_lake, tmp_path_factory.mktemp("console") / "serve.log").wait_up()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile(mapped_lake):
+    """The exposure whose OBJECT header holds a script, and its cell."""
+    exposures = mapped_lake.read("exposures").to_pandas()
+    row = exposures[exposures["object"] == HOSTILE_OBJECT].iloc[0]
+    assigned = mapped_lake.read("assignments").to_pandas().set_index("exposure_id").loc[row.exposure_id]
+    return row.night, row.exposure_id, int(assigned.cell_x), int(assigned.cell_y)
+
+
+def _exported(lake, tmp_path, x: int, y: int) -> pd.DataFrame:
+    export(lake, str(tmp_path / "export.csv"), "csv")
+    table = pd.read_csv(tmp_path / "export.csv")
+    return table[(table["cell_x"] == x) & (table["cell_y"] == y)]
+
+
+def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spark, config, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    night, exposure_id, x, y = hostile
+    browser = open_browser(tmp_path)
+    try:
+        browser.get(console.url + "/map")
+        browser.find_element(By.ID, f"cell-{x}-{y}").click()
+        WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith(f"/cell/{x}/{y}"))
+        mosaic = browser.find_element(By.CSS_SELECTOR, f'img[src$="/{exposure_id}/mosaic.png"]')
+        WebDriverWait(browser, 30).until(
+            lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", mosaic))
+        assert browser.execute_script("return arguments[0].naturalWidth", mosaic) > 100   # 2x2 CCDs of 128 px
+        assert HOSTILE_OBJECT in browser.find_element(By.TAG_NAME, "body").text          # shown as text ...
+        assert browser.execute_script("return window.__pwned === undefined")              # ... never run
+        assert browser.find_elements(By.TAG_NAME, "script") == []
+        assert browser.find_element(By.ID, "label").text == "(none)"
+
+        field = browser.find_element(By.ID, "label-input")
+        field.clear()
+        field.send_keys("BT")
+        browser.find_element(By.ID, "label-submit").click()
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "label").text == "BT")
+        browser.save_screenshot(str(tmp_path / "cell.png"))
+        labelled = _exported(mapped_lake, tmp_path, x, y)
+        assert len(labelled) >= 1 and set(labelled["label"]) == {"BT"}                  # export carries it
+        assigned = run_assign(spark, mapped_lake, config)
+        assert set(assigned[(assigned.cell_x == x) & (assigned.cell_y == y)]["label"]) == {"BT"}  # and assign
+
+        browser.find_element(By.ID, "undo").click()
+        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "label").text == "(none)")
+        assert _exported(mapped_lake, tmp_path, x, y)["label"].isna().all()               # undo restores
+
+        browser.get(f"{console.url}/map")
+        assert f"/cell/{x}/{y}" in browser.find_element(By.ID, f"cell-{x}-{y}").get_attribute("href")
+        browser.get(f"{console.url}/exposure/{night}/{exposure_id}")
+        assert HOSTILE_OBJECT in browser.find_element(By.TAG_NAME, "body").text
+        first = browser.find_elements(By.CSS_SELECTOR, "table.similar tbody tr td a")[0]
+        assert first.text == exposure_id                                                 # itself first
+        assert browser.execute_script("return window.__pwned === undefined")
+    finally:
+        browser.quit()
+    run_assign(spark, mapped_lake, config)   # the lake's assignments as the other tests expect them
+
+
+def test_tables_download_as_csv_and_bad_requests_get_clear_errors(console, mapped_lake, hostile):
+    night, exposure_id, x, y = hostile
+    status, body = _request(f"{console.url}/cell/{x}/{y}?format=csv")
+    members = pd.read_csv(io.StringIO(body))
+    assigned = mapped_lake.read("assignments").to_pandas()
+    assert status == 200 and exposure_id in set(members["exposure_id"].astype(str))
+    assert len(members) == int(((assigned.cell_x == x) & (assigned.cell_y == y)).sum())
+    status, body = _request(f"{console.url}/nights?format=csv")
+    assert status == 200 and night in body and "divergence" in body.splitlines()[0]
+    status, body = _request(f"{console.url}/map?format=csv")
+    assert status == 200 and len(pd.read_csv(io.StringIO(body))) == assigned.groupby(["cell_x", "cell_y"]).ngroups
+
+    assert _request(f"{console.url}/cell/99/0")[0] == 404
+    status, body = _request(f"{console.url}/cell/99/0")
+    assert "outside the" in body
+    assert _request(f"{console.url}/map?by=mood")[0] == 400
+    assert _request(f"{console.url}/cell/{x}/{y}?page=9")[0] == 404
+    assert _request(f"{console.url}/exposure/{night}/no-such-exposure")[0] == 404
+    assert _request(f"{console.url}/exposure/..%2F..%2Fetc/passwd")[0] == 404
+    assert _request(f"{console.url}/img/exposure/{night}/{exposure_id}/secrets.png")[0] == 404
+    assert _request(f"{console.url}/prototypes?node=a,b")[0] == 400
+    status, body = _request(f"{console.url}/prototypes?node=0,0&min_fraction=0")
+    assert status == 200 and "exposures" in body
+    # a form on another site posting to the console is refused, whatever it says
+    before = len(mapped_lake.read("labels"))
+    status, _ = _request(f"{console.url}/cell/{x}/{y}/label", {"label": "Good"},
+                         {"Origin": "http://evil.example"})
+    assert status == 403 and len(mapped_lake.read("labels")) == before
+
+
+def test_bound_elsewhere_the_console_needs_its_token(mapped_lake, hostile, tmp_path):
+    _, _, x, y = hostile
+    refused = subprocess.run([sys.executable, "-m", "desomspark.cli", "serve", "--lake", mapped_lake.root,
+                              "--host", "0.0.0.0", "--port", str(_free_port())],
+                             capture_output=True, text=True, env=child_env(), timeout=120)
+    assert refused.returncode != 0 and "DESOMSPARK_CONSOLE_TOKEN" in refused.stderr
+
+    server = Console(mapped_lake, tmp_path / "serve.log", host="0.0.0.0",
+                     DESOMSPARK_CONSOLE_TOKEN="s3cret").wait_up()
+    try:
+        labels = lambda: len(mapped_lake.read("labels"))
+        before = labels()
+        answer = lambda *args: (_request(*args), server.log.read_text()[-2000:])
+        assert answer(f"{server.url}/cell/{x}/{y}")[0][0] == 200                      # reading needs nothing
+        (status, body), log = answer(f"{server.url}/cell/{x}/{y}/label", {"label": "Good"})
+        assert status == 403 and "token" in body, (status, body, log)
+        (status, body), log = answer(f"{server.url}/cell/{x}/{y}/label", {"label": "Good"},
+                                     {"Authorization": "Bearer wrong"})
+        assert status == 403, (status, body, log)
+        assert labels() == before                                                      # nothing changed
+        bearer = {"Authorization": "Bearer s3cret"}
+        (status, body), log = answer(f"{server.url}/cell/{x}/{y}/label", {"label": "Good"}, bearer)
+        assert status == 303, (status, body, log)
+        version = mapped_lake.read("assignments").to_pandas()["desom2_version"].iloc[0]
+        assert current_labels(mapped_lake, version).set_index(["cell_x", "cell_y"]).loc[(x, y), "label"] == "Good"
+        (status, body), log = answer(f"{server.url}/cell/{x}/{y}/undo", {}, bearer)
+        assert status == 303, (status, body, log)
+        assert (x, y) not in set(zip(*[current_labels(mapped_lake, version).dropna()[c] for c in ("cell_x", "cell_y")]))
+    finally:
+        server.stop()
+
+
+def test_a_cell_pages_its_members(mapped_lake, config, hostile):
+    """Paging, through Flask's test client on the same application (two members a page)."""
+    _, _, x, y = hostile
+    cfg = replace(config, console=replace(config.console, page_size=2))
+    client = create_app(mapped_lake, cfg).test_client()
+    n = int(client.get(f"/cell/{x}/{y}?format=csv").data.decode().count("\n")) - 1
+    pages = -(-n // 2)
+    seen = []
+    for page in range(1, pages + 1):
+        html = client.get(f"/cell/{x}/{y}?page={page}").data.decode()
+        seen += [line for line in html.splitlines() if "/mosaic.png" in line]
+    assert len(seen) == n and len(set(seen)) == n
+    assert client.get(f"/cell/{x}/{y}?page={pages + 1}").status_code == 404
