@@ -388,10 +388,13 @@ def create_app(lake: Lake, cfg, token: str | None = None):
         the_cell(data, x, y)
         members = data.cell(x, y)
         labels = view.label_of(data.d2_version)
+        everything = view.labels(data.d2_version)
         if wants_csv():
+            if request.args.get("table") == "history":
+                return csv(everything[(everything["cell_x"] == x) & (everything["cell_y"] == y)],
+                           f"cell_{x}_{y}_labels")
             return csv(members.assign(label=labels.get((x, y))), f"cell_{x}_{y}")
         page, pages = page_number(len(members))
-        everything = view.labels(data.d2_version)
 
         def render():
             shown = members.iloc[(page - 1) * c.page_size:page * c.page_size]
@@ -438,11 +441,13 @@ def create_app(lake: Lake, cfg, token: str | None = None):
             near = explore.similar(lake, data.d2_uri, data.d2_metadata, exposure_id, k=c.similar, table=latents)
         except UserError:  # not mapped by this model's DESOM-1
             near = pd.DataFrame(columns=["exposure_id", "night", "distance", "cell_x", "cell_y", "label"])
+        fields = {k: v for k, v in row.items() if not isinstance(v, (bytes, np.ndarray, list))}
         if wants_csv():
+            if request.args.get("table") == "fields":
+                return csv(pd.DataFrame([fields]), f"exposure_{exposure_id}")
             return csv(near, f"similar_{exposure_id}")
         assigned = data.members[(data.members["night"] == night) & (data.members["exposure_id"] == exposure_id)]
         cell = assigned.iloc[0] if len(assigned) else None
-        fields = {k: v for k, v in row.items() if not isinstance(v, (bytes, np.ndarray, list))}
         return render_template("console/exposure.html", data=data, night=night, exposure_id=exposure_id,
                                fields=fields, cell=cell, similar=near,
                                label=view.label_of(data.d2_version).get(
@@ -511,7 +516,7 @@ def create_app(lake: Lake, cfg, token: str | None = None):
         data = view.map()
         drift, summary, alerts = view.cached(data, nights_key(data), lambda: nights_data(data))
         if wants_csv():
-            return csv(summary, "nights")
+            return csv(alerts, "alerts") if request.args.get("table") == "alerts" else csv(summary, "nights")
         return render_template("console/nights.html", data=data, summary=summary, alerts=alerts.head(200),
                                threshold=cfg.watch.drift_threshold, window=cfg.watch.drift_window,
                                refresh=c.nights_refresh_seconds, stamp=time.strftime("%H:%M:%S"))

@@ -154,6 +154,11 @@ def test_tables_download_as_csv_and_bad_requests_get_clear_errors(console, mappe
     status, body = _request(f"{console.url}/map?format=csv")
     assert status == 200 and len(pd.read_csv(io.StringIO(body))) == assigned.groupby(["cell_x", "cell_y"]).ngroups
 
+    status, body = _request(f"{console.url}/exposure/{night}/{exposure_id}?format=csv&table=fields")
+    assert status == 200 and HOSTILE_OBJECT in body                                 # CSV is data, not a page
+    status, body = _request(f"{console.url}/nights?format=csv&table=alerts")
+    assert status == 200 and body.splitlines()[0].startswith("night,alert_id,rule")
+
     assert _request(f"{console.url}/cell/99/0")[0] == 404
     status, body = _request(f"{console.url}/cell/99/0")
     assert "outside the" in body
