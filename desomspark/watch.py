@@ -187,9 +187,11 @@ def dead_ccds(night_ccds: pd.DataFrame, night: str, cfg: WatchConfig) -> list[Al
     """
     frame = night_ccds.assign(
         down=night_ccds["dead"].fillna(False).astype(bool) | night_ccds["reject_reason"].notna()
-        | (night_ccds["n_detected"].fillna(0) == 0))
+        | (night_ccds["n_detected"].fillna(0) == 0),
+        # a CCD by its EXTNAME, or by its HDU where the file names none
+        ccd=night_ccds["extname"].fillna("HDU " + night_ccds["hdu_index"].astype(str)))
     order = _in_order(frame[["exposure_id", "mjd_obs"]].drop_duplicates())["exposure_id"]
-    down = frame.pivot_table(index="exposure_id", columns="extname", values="down", aggfunc="max",
+    down = frame.pivot_table(index="exposure_id", columns="ccd", values="down", aggfunc="max",
                              fill_value=False).reindex(order, fill_value=False).astype(bool)
     k = cfg.dead_ccd_exposures
     firing = {}  # exposure index -> CCDs that start a run of k dead exposures there

@@ -244,6 +244,8 @@ def test_a_ccd_dead_on_consecutive_exposures_raises_one_alert():
     ccds.loc[dark("ccd01", ["e6"]), "reject_reason"] = "all_nan"                 # one exposure only: no alert
     alerts = dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=2))
     assert [(a.exposures, a.ccds) for a in alerts] == [(("e2", "e3"), ("ccd02", "ccd03"))]
+    unnamed = dead_ccds(ccds.assign(extname=None), NIGHT, WatchConfig(dead_ccd_exposures=2))
+    assert unnamed[0].ccds == ("HDU 2", "HDU 3")                          # files without EXTNAME
     assert alerts[0].alert_id == f"dead_ccd:{NIGHT}:e2" and "ccd02, ccd03" in alerts[0].detail
     assert len(dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=3))) == 1
     assert dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=5)) == []
