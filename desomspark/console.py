@@ -47,6 +47,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
@@ -125,7 +126,8 @@ class LakeView:
 
     ``map()`` is re-read when the assignments, exposures or the model
     registry change (checked every ``refresh_seconds``, read in the
-    background); ``labels()`` when a file is added to ``labels/`` (checked on
+    background, never while a commit is under way: a night replaced in the
+    middle of a read would show half of it); ``labels()`` when a file is added to ``labels/`` (checked on
     each call).
     """
 
@@ -153,7 +155,7 @@ class LakeView:
             if now - self._checked > self.refresh_seconds and not self._reading:
                 self._checked = now
                 key = self._data_key()
-                if key != self._map.key:
+                if key != self._map.key and not self._committing():
                     self._reading = True
                     threading.Thread(target=self._reread, args=(key,), daemon=True).start()
             return self._map
@@ -166,9 +168,19 @@ class LakeView:
                   f"in {time.perf_counter() - t0:.2f} s")
         return data
 
+    def _committing(self) -> bool:
+        """Whether a commit is under way (its decision written, its partitions not all moved yet)."""
+        from .lake import COMMIT_FILE
+
+        return self.lake.is_local and any(Path(self.lake.path("_staging")).glob(f"*/{COMMIT_FILE}"))
+
     def _reread(self, key: tuple) -> None:
         try:
             data = self._read(key)
+            if self._committing() or self._data_key() != key:  # read across a commit: maybe half of it
+                with self._lock:
+                    self._checked = 0.0  # read again at the next request
+                return
             with self._lock:
                 self._map = data
         except Exception:  # a lake caught mid-commit: the next check tries again

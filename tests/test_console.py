@@ -97,6 +97,7 @@ def _exported(lake, tmp_path, x: int, y: int) -> pd.DataFrame:
 
 
 def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spark, config, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -119,7 +120,9 @@ def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spa
         field.clear()
         field.send_keys("BT")
         browser.find_element(By.ID, "label-submit").click()
-        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "label").text == "BT")
+        # the form's page is replaced by the cell's: an element read as it goes is stale, not a failure
+        WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda b: b.find_element(By.ID, "label").text == "BT")
         browser.save_screenshot(str(tmp_path / "cell.png"))
         labelled = _exported(mapped_lake, tmp_path, x, y)
         assert len(labelled) >= 1 and set(labelled["label"]) == {"BT"}                  # export carries it
@@ -127,7 +130,8 @@ def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spa
         assert set(assigned[(assigned.cell_x == x) & (assigned.cell_y == y)]["label"]) == {"BT"}  # and assign
 
         browser.find_element(By.ID, "undo").click()
-        WebDriverWait(browser, 30).until(lambda b: b.find_element(By.ID, "label").text == "(none)")
+        WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException]).until(
+            lambda b: b.find_element(By.ID, "label").text == "(none)")
         assert _exported(mapped_lake, tmp_path, x, y)["label"].isna().all()               # undo restores
 
         browser.get(f"{console.url}/map")
