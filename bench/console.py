@@ -14,7 +14,6 @@ of the lake.
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,9 @@ from desomspark import registry, schema
 from desomspark.config import load_config
 from desomspark.lake import Lake
 from desomspark.model import ModelSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's helpers
+from localcluster import free_port  # noqa: E402
 
 PER_NIGHT = 1000
 
@@ -84,12 +86,6 @@ def synthesize(lake: Lake, cfg, n: int, seed: int = 0) -> int:
     return made
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> float:
     t0 = time.perf_counter()
     with urllib.request.urlopen(url, timeout=120) as response:
@@ -140,7 +136,7 @@ def main() -> None:
     total = lake.read("assignments", columns=["exposure_id"]).num_rows
     print(f"lake {lake.root}: {total} exposures over {len(lake.nights('assignments'))} nights")
 
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(Path(lake.root) / "serve.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "desomspark.cli", "serve", "--lake", lake.root,

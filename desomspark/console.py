@@ -214,38 +214,20 @@ class LakeView:
 
 
 # --- pictures ------------------------------------------------------------------------------------
-def label_colours(labels) -> dict[str, str]:
-    """A distinct light colour per label name (in name order), the same on the map and its legend."""
-    import matplotlib
-
-    palette = matplotlib.colormaps["tab10"].colors
-    return {name: _rgb(tuple(0.55 * np.asarray(palette[i % 10]) + 0.45)) for i, name in enumerate(sorted(set(labels)))}
-
-
-def _rgb(rgb) -> str:
-    return "#" + "".join(f"{int(round(v * 255)):02x}" for v in rgb[:3])
-
-
-def _colour(value: float, cmap: str) -> str:
-    import matplotlib
-
-    return _rgb(matplotlib.colormaps[cmap](float(np.clip(value, 0, 1))))
-
-
 def cell_colours(cells: pd.DataFrame, labels: dict, by: str) -> dict[tuple[int, int], str]:
     """A CSS colour per occupied cell: by its label (unlabelled cells grey), count or median novelty."""
     top = max(1, int(cells["count"].max())) if len(cells) else 1
     lo, hi = (cells["novelty"].min(), cells["novelty"].max()) if len(cells) else (0.0, 1.0)
-    named = label_colours(labels.values())
+    named = plots.label_colours(labels.values())
     out = {}
     for c in cells.itertuples():
         key = (int(c.cell_x), int(c.cell_y))
         if by == "label":
             out[key] = named.get(labels.get(key), "#d0d4dc")
         elif by == "count":
-            out[key] = _colour(0.15 + 0.85 * c.count / top, "Blues")
+            out[key] = plots.css_colour(0.15 + 0.85 * c.count / top, "Blues")
         else:
-            out[key] = _colour((c.novelty - lo) / (hi - lo) if hi > lo else 0.5, "magma_r")
+            out[key] = plots.css_colour((c.novelty - lo) / (hi - lo) if hi > lo else 0.5, "magma_r")
     return out
 
 
@@ -264,6 +246,12 @@ def exposure_image(lake: Lake, night: str, exposure_id: str, kind: str, d1_versi
     if view is None or view.get(kind) is None:
         return None
     return plots.png(view[kind])
+
+
+def with_labels(frame: pd.DataFrame, labels: dict[tuple[int, int], str]) -> pd.DataFrame:
+    """``frame`` (with ``cell_x``, ``cell_y``) and a ``label`` column: its cell's current label."""
+    keys = pd.MultiIndex.from_arrays([frame["cell_x"].astype(int), frame["cell_y"].astype(int)])
+    return frame.assign(label=pd.Series(labels, dtype=object).reindex(keys).to_numpy() if labels else None)
 
 
 # --- the application -----------------------------------------------------------------------------
@@ -382,14 +370,13 @@ def create_app(lake: Lake, cfg, token: str | None = None):
         data = view.map()
         labels = view.label_of(data.d2_version)
         if wants_csv():
-            return csv(data.cells.assign(label=[labels.get((int(x), int(y))) for x, y in
-                                                zip(data.cells["cell_x"], data.cells["cell_y"])]), "cells")
+            return csv(with_labels(data.cells, labels), "cells")
 
         def render():
             colours = cell_colours(data.cells, labels, by)
             by_cell = {(int(r.cell_x), int(r.cell_y)): r for r in data.cells.itertuples()}
             return render_template("console/map.html", data=data, by=by, colourings=COLOURINGS, colours=colours,
-                                   by_cell=by_cell, labels=labels, legend=label_colours(labels.values()),
+                                   by_cell=by_cell, labels=labels, legend=plots.label_colours(labels.values()),
                                    novelty_range=(data.cells["novelty"].min(), data.cells["novelty"].max()),
                                    top=int(data.cells["count"].max()))
         return view.cached(data, ("map", by, view.labels(data.d2_version).shape[0]), render)
@@ -437,7 +424,7 @@ def create_app(lake: Lake, cfg, token: str | None = None):
         explore.undo_label(lake, data.d2_version, (x, y), data.shape)
         return redirect(url_for("cell_page", x=x, y=y), 303)
 
-    def exposure_row(data: MapData, night: str, exposure_id: str) -> pd.Series:
+    def exposure_row(night: str, exposure_id: str) -> pd.Series:
         rows = lake.read("exposures", nights=[the_night(night)],
                          where=ds.field("exposure_id") == exposure_id).to_pandas()
         if rows.empty:
@@ -447,7 +434,7 @@ def create_app(lake: Lake, cfg, token: str | None = None):
     @app.get("/exposure/<night>/<exposure_id>")
     def exposure_page(night: str, exposure_id: str):
         data = view.map()
-        row = exposure_row(data, night, exposure_id)
+        row = exposure_row(night, exposure_id)
         latents = view.cached(data, ("latents",), lambda: explore.latent_vectors(lake, data.d2_uri, data.d2_metadata))
         try:
             near = explore.similar(lake, data.d2_uri, data.d2_metadata, exposure_id, k=c.similar, table=latents)
@@ -511,8 +498,7 @@ def create_app(lake: Lake, cfg, token: str | None = None):
         from .drift import night_drift
 
         labels = view.label_of(data.d2_version)
-        members = data.members.assign(label=[labels.get((int(x), int(y))) for x, y in
-                                             zip(data.members["cell_x"], data.members["cell_y"])])
+        members = with_labels(data.members, labels)
         w = cfg.watch
         drift = night_drift(members, data.shape[0] * data.shape[1], w.drift_window, w.drift_threshold)
         summary = night_summaries(lake).merge(drift[["night", "divergence", "flagged", "median_novelty"]],

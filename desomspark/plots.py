@@ -59,6 +59,21 @@ def focal_plane(thumbnails: list[tuple[int, int, np.ndarray]], gap: int = 2) -> 
     return out
 
 
+def css_colour(value: float, cmap: str) -> str:
+    """A CSS colour (``#rrggbb``) for ``value`` in [0, 1] on a matplotlib colour map."""
+    return _hex(plt.get_cmap(cmap)(float(np.clip(value, 0, 1))))
+
+
+def label_colours(labels) -> dict[str, str]:
+    """A distinct light CSS colour per label name (tab10, in name order): the same on a map and its legend."""
+    palette = plt.get_cmap("tab10").colors
+    return {name: _hex(0.55 * np.asarray(palette[i % 10]) + 0.45) for i, name in enumerate(sorted(set(labels)))}
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(round(v * 255)):02x}" for v in list(rgb)[:3])
+
+
 def png(image: np.ndarray, vmin: float = 0, vmax: float = 255, cmap: str = "gray") -> bytes:
     """An image as PNG bytes, one pixel per value (NaN holes in the gallery's blue), without a figure."""
     import io

@@ -72,10 +72,10 @@ def _seeing(member) -> str:
     return f'{fwhm:.2f}" e{elong:.2f}'
 
 
-def _colour(label: str | None, count: int, top: int) -> str:
+def _colour(label: str | None, count: int, top: int, named: dict[str, str]) -> str:
+    """A labelled cell in its label's colour (``named``: :func:`plots.label_colours`), others grey by count."""
     if label:
-        hue = sum(label.encode()) * 47 % 360  # a stable colour per label
-        return f"hsl({hue}, 60%, 70%)"
+        return named[label]
     shade = 95 - int(45 * count / max(1, top))
     return f"hsl(220, 15%, {shade}%)"
 
@@ -266,6 +266,7 @@ def _map_grid(state: MapState) -> str:
     """The map as table rows of buttons, one per cell, coloured by label and count."""
     top = int(state.cells["count"].max())
     by_cell = {(int(c.cell_x), int(c.cell_y)): c for c in state.cells.itertuples()}
+    named = plots.label_colours(label for label in state.cells["label"] if isinstance(label, str))
     grid = []
     for y in range(state.shape[0]):
         tds = []
@@ -276,7 +277,7 @@ def _map_grid(state: MapState) -> str:
                 continue
             label = c.label if isinstance(c.label, str) else None
             tds.append(f'<td><button class="cell" id="cell-{x}-{y}" data-gallery="gallery-{x}-{y}" '
-                       f'style="background:{_colour(label, c.count, top)}" title="cell ({x}, {y})">'
+                       f'style="background:{_colour(label, c.count, top, named)}" title="cell ({x}, {y})">'
                        f'{c.count}<br>{_e(label)}</button></td>')
         grid.append("<tr>" + "".join(tds) + "</tr>")
     return "".join(grid)

@@ -7,7 +7,6 @@ they found them.
 from __future__ import annotations
 
 import io
-import socket
 import subprocess
 import sys
 import time
@@ -23,20 +22,15 @@ from desomspark.console import create_app
 from desomspark.explore import export
 from desomspark.pipeline import run_assign
 from desomspark.queries import current_labels
+from localcluster import free_port
 from tools import child_env, open_browser
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Console:
     """``desomspark serve`` in its own process, up once ``/healthz`` answers."""
 
     def __init__(self, lake, log, host: str = "127.0.0.1", **env: str):
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         self.proc = subprocess.Popen([sys.executable, "-m", "desomspark.cli", "serve", "--lake", lake.root,
@@ -184,7 +178,7 @@ def test_tables_download_as_csv_and_bad_requests_get_clear_errors(console, mappe
 def test_bound_elsewhere_the_console_needs_its_token(mapped_lake, hostile, tmp_path):
     _, _, x, y = hostile
     refused = subprocess.run([sys.executable, "-m", "desomspark.cli", "serve", "--lake", mapped_lake.root,
-                              "--host", "0.0.0.0", "--port", str(_free_port())],
+                              "--host", "0.0.0.0", "--port", str(free_port())],
                              capture_output=True, text=True, env=child_env(), timeout=120)
     assert refused.returncode != 0 and "DESOMSPARK_CONSOLE_TOKEN" in refused.stderr
 
