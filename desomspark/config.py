@@ -67,6 +67,7 @@ class IngestConfig:
     edge_margin: int = 37
     max_per_ccd: int = 100
     trail_elongation: float = 4.0
+    trail_column_tolerance: float = 3.0
     clip_percentiles: tuple[float, float] = (1.0, 95.0)
     min_ccd_side: int = 128
     window_size: int = 500

@@ -115,7 +115,8 @@ def flagged_in_windows(mask: np.ndarray, x: np.ndarray, y: np.ndarray, size: int
     return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
 
 
-def trail_tiles(objects: np.ndarray, size: int, min_elongation: float) -> tuple[np.ndarray, np.ndarray]:
+def trail_tiles(objects: np.ndarray, size: int, min_elongation: float,
+                column_tolerance: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Extra cutout centres every ``size`` pixels along detections that are trails.
 
     A satellite trail crossing a CCD is one detection of thousands of pixels
@@ -126,6 +127,12 @@ def trail_tiles(objects: np.ndarray, size: int, min_elongation: float) -> tuple[
     uniform line of length L the second-moment semi-axis ``a`` is L/sqrt(12),
     so the line runs sqrt(3) a on each side of its centroid.
 
+    Lines within ``column_tolerance`` degrees of the readout columns are not
+    tiled: there the detector draws them (a saturated star's bleed, a hot
+    column), on good exposures as often as on bad ones, and tiling them gave
+    good exposures the look of trailed ones.  Sky trails lie at any angle, so
+    a tolerance of a few degrees spares nearly all of them.
+
     Returns
     -------
     x, y : ndarray
@@ -135,7 +142,9 @@ def trail_tiles(objects: np.ndarray, size: int, min_elongation: float) -> tuple[
         return np.zeros(0), np.zeros(0)
     a, b = objects["a"].astype(float), objects["b"].astype(float)
     half_length = np.sqrt(3.0) * a
-    trails = np.flatnonzero((a >= min_elongation * np.maximum(b, 1e-3)) & (half_length >= size))
+    # sep's theta: radians from the x axis (the rows), in [-pi/2, pi/2]; a column is at +-pi/2
+    along_columns = np.abs(np.cos(objects["theta"].astype(float))) < np.sin(np.radians(column_tolerance))
+    trails = np.flatnonzero((a >= min_elongation * np.maximum(b, 1e-3)) & (half_length >= size) & ~along_columns)
     xs, ys = [], []
     for i in trails:
         n = int(half_length[i] // size)
@@ -233,7 +242,7 @@ def process_ccd(image: np.ndarray, exposure_id: str, hdu_index: int,
     h, w = image.shape
     m = cfg.edge_margin
     # sources first, then the trail tiles: a tile's source_index is past the catalogue's end
-    tile_x, tile_y = trail_tiles(objects, CUTOUT_SIZE, cfg.trail_elongation)
+    tile_x, tile_y = trail_tiles(objects, CUTOUT_SIZE, cfg.trail_elongation, cfg.trail_column_tolerance)
     x = np.concatenate([objects["x"], tile_x])
     y = np.concatenate([objects["y"], tile_y])
     flux = np.concatenate([objects["flux"], np.full(tile_x.size, np.nan)])

@@ -271,3 +271,13 @@ def test_a_trail_is_cut_out_along_its_length(config):
         if peak == 3000.0:
             assert tiles.sum() >= 8
             assert (trailed.source_index[tiles] > trailed.source_index[~tiles].max()).all()
+    # the detector's own lines run along the columns (a hot column, a saturated star's bleed):
+    # no tiles, or every good exposure with a bleed would look trailed; a sky trail 10 degrees
+    # off the columns is tiled still
+    hot = sky.copy()
+    hot[:, 300] += 3000.0
+    hot[100:400, 150:152] += 60000.0
+    assert np.isnan(process_ccd(hot, "t", 0, config.ingest).flux).sum() == 0
+    tilted = (xx - 256) * np.cos(np.deg2rad(10.0)) - (yy - 256) * np.sin(np.deg2rad(10.0))
+    assert np.isnan(process_ccd(sky + 3000.0 * np.exp(-tilted ** 2 / (2 * 1.5 ** 2)), "t", 0,
+                                config.ingest).flux).sum() >= 8
