@@ -72,6 +72,11 @@ class IngestConfig:
     min_ccd_side: int = 128
     window_size: int = 500
 
+    def __post_init__(self):
+        if not 0 <= self.trail_column_tolerance < 90:
+            raise UserError(f"[ingest] trail_column_tolerance is in degrees from 0 to 90, "
+                            f"not {self.trail_column_tolerance}")
+
 
 @dataclass(frozen=True)
 class Desom1Config:

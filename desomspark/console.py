@@ -269,6 +269,24 @@ def _origin(url: str) -> tuple[str, str]:
     return parsed.scheme, parsed.netloc
 
 
+# A text cell that starts with one of these is a formula to a spreadsheet (OWASP "CSV injection")
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with text cells that a spreadsheet would run as formulas quoted by a leading '.
+
+    Labels, authors and header fields (OBJECT, ...) are typed by people or read
+    from files; a downloaded table must open as data.  Numbers are left alone.
+    """
+    out = frame.copy()
+    for column in [c for c in out.columns if out[c].dtype == object or pd.api.types.is_string_dtype(out[c])]:
+        text = out[column]
+        risky = text.map(lambda v: isinstance(v, str) and v.startswith(FORMULA_STARTS))
+        out.loc[risky, column] = "'" + text[risky]
+    return out
+
+
 def create_app(lake: Lake, cfg, token: str | None = None):
     """The console as a Flask application over ``lake`` (``token``: required on every POST when set)."""
     from flask import Flask, Response, abort, redirect, render_template, request, url_for
@@ -297,7 +315,7 @@ def create_app(lake: Lake, cfg, token: str | None = None):
         return fmt == "csv"
 
     def csv(frame: pd.DataFrame, name: str) -> Response:
-        return Response(frame.to_csv(index=False), mimetype="text/csv",
+        return Response(spreadsheet_safe(frame).to_csv(index=False), mimetype="text/csv",
                         headers={"Content-Disposition": f'attachment; filename="{name}.csv"'})
 
     def png(image: bytes | None, missing: str, max_age: int = 3600) -> Response:

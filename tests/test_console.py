@@ -220,3 +220,14 @@ def test_a_cell_pages_its_members(mapped_lake, config, hostile):
         seen += [line for line in html.splitlines() if "/mosaic.png" in line]
     assert len(seen) == n and len(set(seen)) == n
     assert client.get(f"/cell/{x}/{y}?page={pages + 1}").status_code == 404
+
+
+def test_downloaded_tables_open_as_data_in_a_spreadsheet():
+    from desomspark.console import spreadsheet_safe
+
+    frame = pd.DataFrame({"label": ["=HYPERLINK(\"http://x\")", "Good", "@SUM(A1)", None],
+                          "offset": [-1.5, 2.0, 0.0, 1.0]})
+    safe = spreadsheet_safe(frame)
+    assert safe["label"].tolist() == ["'=HYPERLINK(\"http://x\")", "Good", "'@SUM(A1)", None]
+    assert safe["offset"].tolist() == [-1.5, 2.0, 0.0, 1.0]
+    assert frame["label"].iloc[0].startswith("=")                                   # the caller's frame untouched

@@ -281,3 +281,11 @@ def test_a_trail_is_cut_out_along_its_length(config):
     tilted = (xx - 256) * np.cos(np.deg2rad(10.0)) - (yy - 256) * np.sin(np.deg2rad(10.0))
     assert np.isnan(process_ccd(sky + 3000.0 * np.exp(-tilted ** 2 / (2 * 1.5 ** 2)), "t", 0,
                                 config.ingest).flux).sum() >= 8
+
+
+def test_a_column_tolerance_outside_0_to_90_degrees_is_refused():
+    from desomspark.config import IngestConfig
+    from desomspark.errors import UserError
+
+    with pytest.raises(UserError, match="trail_column_tolerance"):
+        IngestConfig(trail_column_tolerance=95.0)
