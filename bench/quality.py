@@ -42,7 +42,6 @@ def main() -> None:
     root = args.keep or tempfile.mkdtemp(prefix="desomspark-quality-")
     lake = Lake(root)
     spark = get_spark(cfg.spark)
-    log = print
     try:
         t0 = time.perf_counter()
         sim = replace(small_config(cfg.simulate, 4, (512, 512)), p_dead_ccd=0.02)
@@ -50,7 +49,7 @@ def main() -> None:
         t_sim = time.perf_counter() - t0
         ingest(spark, lake.path("raw"), lake, night="20251120", cfg=cfg.ingest)
         t_ingest = time.perf_counter() - t0 - t_sim
-        train_and_map(spark, lake, cfg, log)
+        train_and_map(spark, lake, cfg)
         t_train = time.perf_counter() - t0 - t_sim - t_ingest
         print(class_table(lake, ["20251120"]).to_string())
         print(scores_line(map_scores(lake, ["20251120"])))
