@@ -119,6 +119,11 @@ class Desom2Config:
     qa_inputs: tuple[str, ...] = ("fwhm", "elongation_median", "elongation_p90", "detections_per_ccd", "sky",
                                   "sky_rms", "sky_spread", "background_structure", "depth")
     qa_weight: float = 0.25
+    node_smoothing: float = 1.0
+
+    def __post_init__(self):
+        if self.node_smoothing < 0 or self.qa_weight < 0:
+            raise UserError("[desom2] node_smoothing and qa_weight must be >= 0")
 
 
 #: the alert rules ``watch`` knows (desomspark/watch.py)

@@ -15,6 +15,12 @@ training set stored as a buffer, so a served model needs nothing else:
     distributions), divided by one number (the training set's largest value)
     so that the geometry is kept, the input lies in [0, 1] like the paper's,
     and rare nodes (a trail, a donut) weigh as much as their evidence.
+``node_smoothing`` (before either transform)
+    each vector, laid out on DESOM-1's grid, is convolved with a Gaussian of
+    that many nodes.  Neighbouring nodes hold similar cutouts, so a cutout
+    counts partly in its neighbours: the sampling noise of ~100 cutouts a CCD
+    over 625 nodes averages out while a feature that fills a region of the
+    map (trail tiles, donuts) stays (README "Measured quality").
 quality numbers
     each robustly standardised (median, IQR), clipped to +-10, a missing value
     (no PSF star measured) set to the median, and scaled so that the block
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -42,7 +49,7 @@ from . import registry
 from .config import Config, Desom2Config
 from .errors import UserError
 from .lake import Lake
-from .model import DESOM, DesomInference, desom2, map_side_for
+from .model import DESOM, DesomInference, ModelSpec, desom2, map_side_for
 from .qa import QA_FEATURES, robust_scale
 from .queries import desom2_inputs, input_matrix
 from .train import Shard, TrainJob, fit, row_groups
@@ -70,6 +77,29 @@ def hellinger(counts: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(counts.clamp_min(0) / torch.where(total > 0, total, torch.ones_like(total)))
 
 
+def gaussian_taps(sigma: float) -> torch.Tensor:
+    """A normalised 1-D Gaussian sampled at whole nodes out to 3 sigma (empty for sigma 0)."""
+    if sigma <= 0:
+        return torch.zeros(0)
+    offsets = torch.arange(-math.ceil(3 * sigma), math.ceil(3 * sigma) + 1, dtype=torch.float32)
+    taps = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    return taps / taps.sum()
+
+
+def smooth_on_grid(counts: torch.Tensor, taps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Each vector (n, rows*cols) as a ``grid`` image, convolved with ``taps`` along both axes.
+
+    Nothing is added beyond the map's edge (zero padding), so an edge node
+    keeps less of its own mass; the transforms that follow work on proportions.
+    """
+    rows, cols = grid
+    image = counts.reshape(-1, 1, rows, cols)
+    k = taps.to(counts.dtype)
+    image = nn.functional.conv2d(image, k.reshape(1, 1, -1, 1), padding=(k.numel() // 2, 0))
+    image = nn.functional.conv2d(image, k.reshape(1, 1, 1, -1), padding=(0, k.numel() // 2))
+    return image.reshape(-1, rows * cols)
+
+
 class ExposureMapper(nn.Module):
     """Raw input (weighted counts, then quality numbers) -> (DESOM-2 node, latent distance, latent vector).
 
@@ -81,13 +111,19 @@ class ExposureMapper(nn.Module):
     output_names = DesomInference.output_names
 
     def __init__(self, desom: DESOM, transform: str, bin_center: torch.Tensor, bin_scale: torch.Tensor,
-                 clip_sigma: float, qa_center: torch.Tensor | None = None, qa_scale: torch.Tensor | None = None):
+                 clip_sigma: float, qa_center: torch.Tensor | None = None, qa_scale: torch.Tensor | None = None,
+                 node_taps: torch.Tensor | None = None, node_grid: tuple[int, int] | None = None):
         super().__init__()
         if transform not in TRANSFORMS:
             raise UserError(f"desom2.transform must be one of {', '.join(TRANSFORMS)}, not {transform!r}")
         self.inference = DesomInference(desom)
         self.transform = transform
         self.n_bins = int(bin_center.numel())
+        node_taps = torch.zeros(0) if node_taps is None else node_taps
+        if node_taps.numel() and (node_grid is None or node_grid[0] * node_grid[1] != self.n_bins):
+            raise UserError(f"node smoothing needs DESOM-1's grid: {node_grid} does not hold {self.n_bins} nodes")
+        self.register_buffer("node_taps", node_taps.float())
+        self.node_grid = tuple(node_grid) if node_grid else None
         self.register_buffer("bin_center", bin_center.float())
         self.register_buffer("bin_scale", torch.where(bin_scale > 0, bin_scale, torch.ones_like(bin_scale)).float())
         self.clip_sigma = float(clip_sigma)
@@ -101,6 +137,8 @@ class ExposureMapper(nn.Module):
         return self.n_bins + int(self.qa_center.numel())
 
     def histogram_block(self, counts: torch.Tensor) -> torch.Tensor:
+        if self.node_taps.numel():
+            counts = smooth_on_grid(counts, self.node_taps, self.node_grid)
         v = hellinger(counts) if self.transform == "hellinger" else clean_and_standardise(counts, self.clip_sigma)
         return (v - self.bin_center) / self.bin_scale
 
@@ -159,15 +197,24 @@ def desom2_map_shape(c: Desom2Config, n_exposures: int) -> tuple[int, int]:
 
 
 def build_mapper(counts: np.ndarray, qa: np.ndarray | None, c: Desom2Config, map_shape: tuple[int, int],
-                 desom1_version: str | None = None) -> ExposureMapper:
-    """A fresh DESOM-2 inside its mapper, the normalisation fitted on ``counts`` (and ``qa``)."""
+                 desom1_version: str | None = None, node_grid: tuple[int, int] | None = None) -> ExposureMapper:
+    """A fresh DESOM-2 inside its mapper, the normalisation fitted on ``counts`` (and ``qa``).
+
+    ``node_grid`` is DESOM-1's (rows, columns), needed when ``c.node_smoothing`` > 0.
+    """
     raw = torch.as_tensor(counts, dtype=torch.float32)
+    taps = gaussian_taps(c.node_smoothing)
+    if taps.numel():
+        if node_grid is None or node_grid[0] * node_grid[1] != raw.shape[1]:
+            raise UserError(f"desom2.node_smoothing needs DESOM-1's grid: {node_grid} does not hold "
+                            f"{raw.shape[1]} nodes")
+        raw = smooth_on_grid(raw, taps, node_grid)
     stats = fit_normalisation(raw, None if qa is None else torch.as_tensor(qa, dtype=torch.float32),
                               c.transform, c.clip_sigma, c.qa_weight)
     torch.manual_seed(c.seed)
     n_inputs = counts.shape[1] + (0 if qa is None else qa.shape[1])
     return ExposureMapper(desom2(c, n_inputs, map_shape, desom1_version), c.transform, clip_sigma=c.clip_sigma,
-                          **stats)
+                          node_taps=taps, node_grid=node_grid, **stats)
 
 
 def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_version: str | None = None) -> dict:
@@ -185,7 +232,8 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
     map_shape = desom2_map_shape(c, len(table))
     _LOG.info(f"train-desom2: {len(table)} histo-vectors of desom1 v{version} ({c.transform}"
         f"{', + ' + ', '.join(c.qa_inputs) if c.qa_inputs else ''}), map {map_shape[0]}x{map_shape[1]}")
-    mapper = build_mapper(counts, qa, c, map_shape, version)
+    desom1_grid = tuple(ModelSpec.from_dict(registry.model_metadata(registry.download_uri("desom1", version))).map_shape)
+    mapper = build_mapper(counts, qa, c, map_shape, version, node_grid=desom1_grid)
     model = mapper.inference.desom
     with torch.no_grad():
         x = mapper.normalise(torch.as_tensor(x_raw)).numpy()
@@ -226,11 +274,13 @@ def train_desom2(lake: Lake, cfg: Config, iterations: int | None = None, desom1_
         new_version = registry.register_model(
             mapper, "desom2", input_example=example,
             metadata=model.spec.to_dict() | {"clip_sigma": c.clip_sigma, "n_bins": n_bins,
-                                             "qa_inputs": list(c.qa_inputs), "qa_weight": c.qa_weight},
+                                             "qa_inputs": list(c.qa_inputs), "qa_weight": c.qa_weight,
+                                             "node_smoothing": c.node_smoothing},
             tags={"desom1_version": version, "run_id": active.info.run_id},
             description=f"DESOM-2 {map_shape[0]}x{map_shape[1]} on desom1 v{version}: {len(x)} exposures of nights "
                         f"{registry.night_span(nights)}, input {c.transform}"
-                        f"{' + ' + ', '.join(c.qa_inputs) if c.qa_inputs else ''}",
+                        f"{' + ' + ', '.join(c.qa_inputs) if c.qa_inputs else ''}"
+                        f"{f', smoothed over {c.node_smoothing:g} DESOM-1 nodes' if c.node_smoothing > 0 else ''}",
             extra={"bin_center": mapper.bin_center.numpy(), "bin_scale": mapper.bin_scale.numpy(),
                    "qa_center": mapper.qa_center.numpy(), "qa_scale": mapper.qa_scale.numpy(),
                    "prototypes": model.som.prototypes.detach().numpy()})
