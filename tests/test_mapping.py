@@ -1,6 +1,7 @@
 """Histo-vectors in a pandas UDF, DESOM-2, assignment and the nightly job, on a real lake."""
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from itertools import combinations
 
@@ -11,7 +12,7 @@ import torch
 
 from desomspark import registry
 from desomspark.cutout import decode_pixels
-from desomspark.desom2 import hellinger, train_desom2
+from desomspark.desom2 import gaussian_taps, hellinger, smooth_on_grid, train_desom2
 from desomspark.queries import desom2_inputs, input_matrix
 from desomspark.model import split_inference
 from desomspark.histovector import histovector
@@ -83,9 +84,25 @@ def test_desom2_normalisation_is_stored_in_the_model(mapped):
     uri = f"models:/desom2/{d2['version']}"
     extra = registry.model_extra(uri)
     vectors = lake.read("histovectors").to_pandas()
-    h = hellinger(torch.tensor(np.stack(vectors["counts"]), dtype=torch.float32))
+    counts = torch.tensor(np.stack(vectors["counts"]), dtype=torch.float32)
+    sigma = registry.model_metadata(uri)["node_smoothing"]
+    assert sigma == d2["mapper"].node_taps.numel() // 2 / 3 > 0        # the conf's 1 node: taps out to 3 sigma
+    h = hellinger(smooth_on_grid(counts, gaussian_taps(sigma), (5, 5)))
     np.testing.assert_allclose(extra["bin_scale"], np.full(25, h.max().item()), rtol=1e-5)
     assert registry.model_metadata(uri)["desom1_version"] == d2["desom1_version"]
+
+
+def test_smoothing_over_desom1_nodes_keeps_the_mass_where_the_map_holds_it():
+    """One count in a corner node and one in the middle: the middle keeps nearly all its mass
+    inside the 5x5 grid, spread over its neighbours; the corner loses what falls off the map."""
+    counts = torch.zeros(2, 25)
+    counts[0, 12], counts[1, 0] = 1.0, 1.0
+    smooth = smooth_on_grid(counts, gaussian_taps(1.0), (5, 5)).reshape(2, 5, 5)
+    assert smooth[0].sum() > 0.97 and smooth[0, 2, 2] == smooth[0].max() < 0.2
+    assert float(smooth[0, 2, 1]) == pytest.approx(float(smooth[0, 1, 2]))              # round ...
+    assert smooth[0, 2, 1] > smooth[0, 1, 1] > smooth[0, 0, 0] > 0                    # ... falling off
+    assert 0.4 < smooth[1].sum() < 0.55
+    assert gaussian_taps(0.0).numel() == 0
 
 
 def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, mapped):
@@ -117,6 +134,11 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
         bare = split_inference(mine.inference(torch.as_tensor(np.nan_to_num(x))))[2].numpy()
     np.testing.assert_allclose(first, z, rtol=1e-5, atol=1e-5)
     assert not np.allclose(bare, z, atol=1e-2)
+    # ... the smoothing over DESOM-1's nodes with it: the served graph is not the mapper without it
+    unsmoothed = copy.deepcopy(mine)
+    unsmoothed.node_taps = torch.zeros(0)
+    with torch.no_grad():
+        assert not np.allclose(split_inference(unsmoothed(torch.as_tensor(x)))[2].numpy(), z, atol=1e-4)
     moved = x.copy()
     moved[:, 25] += 5 * float(d2["mapper"].qa_scale[0])
     assert not np.allclose(map_inputs(served, moved)[2], z, atol=1e-4)
@@ -124,10 +146,11 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     out = run_assign(spark, lake, replace(cfg, desom2=c), desom2_uri=f"models:/desom2/{d2['version']}").set_index("exposure_id")
     expected = map_inputs(served, input_matrix(table["counts"], table, features))[0]
     assert list(out.loc[table["exposure_id"], "cell"]) == list(expected)
-    # a model trained on the histo-vectors alone still serves, through the same assign
-    plain = replace(cfg.desom2, qa_inputs=())
+    # a model trained on the histo-vectors alone, unsmoothed, still serves, through the same assign
+    plain = replace(cfg.desom2, qa_inputs=(), node_smoothing=0.0)
     d2_alone = train_desom2(lake, replace(cfg, desom2=plain))
-    assert not registry.model_metadata(registry.download_uri("desom2", d2_alone["version"])).get("qa_inputs")
+    meta_alone = registry.model_metadata(registry.download_uri("desom2", d2_alone["version"]))
+    assert not meta_alone.get("qa_inputs") and meta_alone["node_smoothing"] == 0
     alone = run_assign(spark, lake, replace(cfg, desom2=plain), desom2_uri=f"models:/desom2/{d2_alone['version']}")
     assert len(alone) == 12 and set(alone["desom2_version"]) == {d2_alone["version"]}
 
