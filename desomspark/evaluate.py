@@ -16,8 +16,10 @@ as an expert would after looking at it (paper section 5.1).  Then
 
 Beside the map: the classical numbers an operator already has
 (:data:`qa.QA_FEATURES`, robustly standardised) with 5-NN and with k-means,
-5-NN on the histo-vectors (Hellinger: square root of the proportions), and
-the seed's pixel baselines.  k-NN methods make no clusters: they have only
+5-NN on the histo-vectors (Hellinger: square root of the proportions),
+5-NN on DESOM-2's own input (the champion's transform, node smoothing and
+QA block, fitted on these exposures: the map against k-NN on the same
+features), and the seed's pixel baselines.  k-NN methods make no clusters: they have only
 the neighbour scores.
 
 The baselines (:mod:`desomspark.baselines`) cluster the same exposures into
@@ -28,6 +30,7 @@ written beside the tables.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +40,7 @@ import pyarrow.dataset as ds
 from . import baselines, metrics, registry
 from .errors import UserError
 from .lake import Lake
+from .model import ModelSpec
 from .qa import QA_FEATURES, standardise
 
 _LOG = logging.getLogger(__name__)
@@ -123,8 +127,14 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
 
     if out is None and not lake.is_local:
         raise UserError(f"the lake {lake.root} is not a local folder: give --out, a local folder for the tables")
-    d1_uri, d1_version, _ = registry.champion_metadata(lake, cfg, "desom1")
-    _, d2_version, _ = registry.champion_metadata(lake, cfg, "desom2")
+    d1_uri, d1_version, d1_meta = registry.champion_metadata(lake, cfg, "desom1")
+    _, d2_version, d2_meta = registry.champion_metadata(lake, cfg, "desom2")
+    # the champion's input settings (a model from before node smoothing has none)
+    desom2_cfg = replace(cfg.desom2, transform=d2_meta.get("transform", cfg.desom2.transform),
+                         qa_inputs=tuple(d2_meta.get("qa_inputs") or ()),
+                         qa_weight=float(d2_meta.get("qa_weight", cfg.desom2.qa_weight)),
+                         node_smoothing=float(d2_meta.get("node_smoothing", 0.0)))
+    desom1_grid = tuple(ModelSpec.from_dict(d1_meta).map_shape)
     members = map_members(lake, d2_version)
     if members.empty:
         raise UserError(f"no exposure of {lake.root} is assigned by desom2 v{d2_version}: run assign first")
@@ -139,10 +149,10 @@ def evaluate(lake: Lake, cfg, out: str | Path | None = None,
     k = int(members["cell"].nunique())
     _LOG.info(f"evaluate: {len(members)} exposures with a true class, {k} DESOM-2 cells used "
         f"(desom2 v{d2_version} on desom1 v{d1_version})")
-    methods = score_methods(lake, members, d1_version, k, baseline_cfg)
+    methods = score_methods(lake, members, d1_version, k, baseline_cfg, desom2_cfg, desom1_grid)
     table = pd.DataFrame([m["row"] for m in methods.values()], columns=COLUMNS)
     per_class = pd.DataFrame({name: per_class_recall(truth, m["predicted"]) for name, m in methods.items()
-                              if name in (MAP, QA_KNN, HISTO_KNN)}).T
+                              if name in (MAP, QA_KNN, HISTO_KNN, INPUT_KNN)}).T
     out = Path(out) if out is not None else Path(lake.path("evaluation"))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "evaluation.csv", index=False)
@@ -169,6 +179,7 @@ MAP = "DESOM-1 + DESOM-2 (cells)"
 QA_KNN = f"{KNN}-NN on QA numbers (classical)"
 QA_KMEANS = "k-means on QA numbers"
 HISTO_KNN = f"{KNN}-NN on histo-vectors (Hellinger)"
+INPUT_KNN = f"{KNN}-NN on DESOM-2's input"
 CONFUSION_FILES = {MAP: "desom2", QA_KNN: "qa_knn"}
 
 
@@ -194,9 +205,25 @@ def _centroids(features: np.ndarray, clusters: np.ndarray) -> dict:
     return {c: features[clusters == c].mean(axis=0) for c in np.unique(clusters)}
 
 
+def desom2_input(counts: np.ndarray, qa: pd.DataFrame, c, desom1_grid: tuple[int, int]) -> np.ndarray:
+    """DESOM-2's input for these exposures under the settings ``c`` (normalisation fitted on them)."""
+    import torch
+
+    from .desom2 import build_mapper
+
+    qa_block = qa[list(c.qa_inputs)].to_numpy(dtype=float) if c.qa_inputs else None
+    mapper = build_mapper(counts, qa_block, c, (2, 2), node_grid=desom1_grid)  # the map itself is unused
+    raw = counts if qa_block is None else np.hstack([counts, qa_block])
+    with torch.no_grad():
+        return mapper.normalise(torch.as_tensor(raw, dtype=torch.float32)).numpy()
+
+
 def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int,
-                  baseline_cfg: baselines.BaselineConfig) -> dict[str, dict]:
-    """Every method's scores (``row``) and leave-one-out predictions, on the exposures of ``members``."""
+                  baseline_cfg: baselines.BaselineConfig, desom2_cfg, desom1_grid: tuple[int, int]) -> dict[str, dict]:
+    """Every method's scores (``row``) and leave-one-out predictions, on the exposures of ``members``.
+
+    ``desom2_cfg`` holds the champion DESOM-2's input settings, ``desom1_grid`` DESOM-1's (rows, columns).
+    """
     from .queries import exposure_views
 
     truth = members["truth_label"].to_numpy()
@@ -222,9 +249,13 @@ def score_methods(lake: Lake, members: pd.DataFrame, desom1_version: str, k: int
 
     from .desom2 import hellinger
 
-    hell = hellinger(torch.as_tensor(np.stack(vectors["counts"].to_numpy()))).numpy()
+    counts = np.stack(vectors["counts"].to_numpy())
+    hell = hellinger(torch.as_tensor(counts)).numpy()
     predicted = metrics.knn_predictions(truth, hell, KNN)
     out[HISTO_KNN] = {"row": {"clusters": None} | metrics.prediction_scores(truth, predicted, GOOD, PAPER_CLASSES),
+                      "predicted": predicted}
+    predicted = metrics.knn_predictions(truth, desom2_input(counts, qa, desom2_cfg, desom1_grid), KNN)
+    out[INPUT_KNN] = {"row": {"clusters": None} | metrics.prediction_scores(truth, predicted, GOOD, PAPER_CLASSES),
                       "predicted": predicted}
 
     views = exposure_views(lake, ids)

@@ -135,7 +135,7 @@ def test_evaluate_scores_desom_and_the_baselines(lake, config, tmp_path):
     table = evaluate(lake, config, tmp_path, BaselineConfig(epochs=3))
     assert list(table["method"]) == ["DESOM-1 + DESOM-2 (cells)", "5-NN on QA numbers (classical)",
                                      "k-means on QA numbers", "5-NN on histo-vectors (Hellinger)",
-                                     "pixel PCA + k-means", "PCA + agglomerative (Ward)",
+                                     "5-NN on DESOM-2's input", "pixel PCA + k-means", "PCA + agglomerative (Ward)",
                                      "PCA + affinity propagation", "conv AE + k-means", "VAE latent + k-means"]
     by = table.set_index("method")
     k = by.loc["DESOM-1 + DESOM-2 (cells)", "clusters"]
@@ -145,10 +145,11 @@ def test_evaluate_scores_desom_and_the_baselines(lake, config, tmp_path):
     # every method has the leave-one-out neighbour scores; k-NN methods make no clusters
     neighbour = ["neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad", "neighbour_good_bad_6"]
     assert table[neighbour].apply(lambda c: c.between(0, 1)).all().all()
-    assert by.loc[["5-NN on QA numbers (classical)", "5-NN on histo-vectors (Hellinger)"], "purity"].isna().all()
+    knn = ["5-NN on QA numbers (classical)", "5-NN on histo-vectors (Hellinger)", "5-NN on DESOM-2's input"]
+    assert by.loc[knn, "purity"].isna().all()
     clustered = table[table["clusters"].notna()]
     assert clustered[["purity", "nmi", "accuracy"]].apply(lambda c: c.between(0, 1)).all().all()
-    assert pd.read_csv(tmp_path / "evaluation.csv").shape == (9, 11)
+    assert pd.read_csv(tmp_path / "evaluation.csv").shape == (10, 11)
     assert k == lake.read("assignments").to_pandas()["cell"].nunique()
     md = (tmp_path / "evaluation.md").read_text()
     assert md.count("\n|") >= 9 and "Confusion" in md and "per true class" in md
