@@ -9,6 +9,7 @@ status; any other exception is a bug and shows its traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -380,15 +381,29 @@ COMMANDS = {
 NOISY_LOGGERS = ("py4j", "TorchDistributor", "pyspark", "urllib3")
 
 
+def _logged_by_py4j_on_root(record) -> bool:
+    """False for a record Py4J logs on the *root* logger, which ``NOISY_LOGGERS`` cannot reach.
+
+    Py4J reports a lost gateway connection with ``logging.exception("Exception while
+    sending command.")``.  The call that lost it raises ``Py4JError`` as well, so a
+    failure during the work is never hidden; what the filter drops is the race at
+    exit, where Py4J's finaliser thread sends "delete this object" to a JVM that is
+    already going away (it exits when Python closes its stdin), and a command that
+    succeeded would otherwise end with a traceback on stderr.
+    """
+    return not (record.name == "root" and f"{os.sep}py4j{os.sep}" in record.pathname)
+
+
 def _configure_logging(verbose: bool, quiet: bool) -> None:
     """Our own lines on stdout (warnings only with ``-q``); the libraries' INFO lines only with ``-v``."""
     import logging
-    import os
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logs.to_stdout(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    if not verbose:
+        logging.getLogger().addFilter(_logged_by_py4j_on_root)
     # MLflow configures its own logger when imported ("Creating initial MLflow database tables..."):
     # it reads its level from the environment, which the training processes inherit too
     if not verbose:

@@ -91,3 +91,29 @@ def test_a_stage_run_too_early_says_what_to_run_first(ingested_only, tmp_path, c
                                        if line.startswith(f"desomspark {command}: ")], done.stderr[-2000:]
     (line,) = _own_lines(done.stderr)
     assert says in line and "Traceback" not in done.stderr
+
+
+#: a Py4J client whose JVM has gone (the socket closes before answering), logging as the CLI does
+_LOST_GATEWAY = """
+import socket, sys, threading
+from desomspark.cli import _configure_logging
+from py4j.java_gateway import GatewayClient, GatewayParameters
+
+_configure_logging(verbose=sys.argv[1] == "-v", quiet=False)
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(1)
+threading.Thread(target=lambda: server.accept()[0].close(), daemon=True).start()
+client = GatewayClient(gateway_parameters=GatewayParameters(port=server.getsockname()[1]))
+client.send_command("m\\nd\\no1\\ne\\n", retry=False)
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_gateway_lost_at_exit_stays_off_stderr_unless_verbose(verbose):
+    # Py4J's finaliser thread can send "delete" to a JVM already exiting, and Py4J logs that
+    # on the root logger: a command that succeeded must not end with its traceback
+    done = subprocess.run([sys.executable, "-c", _LOST_GATEWAY, "-v" if verbose else "-"],
+                          capture_output=True, text=True, timeout=60, env=child_env())
+    assert done.returncode == 0, done.stderr
+    assert ("Exception while sending command" in done.stderr) == verbose, done.stderr
