@@ -50,15 +50,16 @@ def class_table(lake: Lake, nights: list[str]) -> pd.DataFrame:
     return table.loc[order]
 
 
-def map_scores(lake: Lake, nights: list[str]) -> dict[str, float]:
-    """Leave-one-out neighbour accuracy of the map on ``nights`` (all classes, the paper's six, Good/Bad)
-    and how many cells the exposures use."""
-    from .evaluate import GOOD, PAPER_CLASSES, cell_positions
+def map_scores(lake: Lake, nights: list[str]) -> dict:
+    """Leave-one-out neighbour accuracy of the map on ``nights`` (all classes, the paper's six, Good/Bad),
+    each class's neighbour recall (``recall``) and how many cells the exposures use."""
+    from .evaluate import GOOD, PAPER_CLASSES, cell_positions, per_class_recall
 
     members = _assigned_truth(lake, nights)
     members = members[members["truth_label"].notna()]
     predicted = metrics.neighbour_predictions(members["truth_label"], members["cell"], cell_positions(members))
     return metrics.prediction_scores(members["truth_label"], predicted, GOOD, PAPER_CLASSES) | {
+        "recall": per_class_recall(members["truth_label"], predicted),
         "exposures": len(members), "cells_used": int(members["cell"].nunique())}
 
 

@@ -1,0 +1,70 @@
+"""How much one DESOM-2 draw decides: retrain DESOM-2 with several seeds on a kept quality lake.
+
+The quality bench (``bench/quality.py --keep DIR``) trains one DESOM-2 on its
+night; the map's scores are those of one random draw.  This script trains
+DESOM-2 again with seeds 1..N on the same histo-vectors (the champion
+DESOM-1), assigns the night with each version and prints the leave-one-out
+neighbour accuracy of each draw, then their mean and range.  Each version is
+registered but not promoted; the champion's assignments are written back at
+the end, so the lake reads as before.
+
+Run: python bench/quality.py --seed 59 --keep /tmp/q59
+     python bench/desom2_seeds.py --lake /tmp/q59 [--seeds 8] [--smoothing 1.0]
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import pandas as pd
+
+from desomspark.config import conf_dir, load_config
+from desomspark.demo import TRAIN_NIGHT, map_scores
+from desomspark.desom2 import train_desom2
+from desomspark.lake import Lake
+from desomspark.pipeline import run_assign
+from desomspark.spark import get_spark
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lake", required=True, help="a lake kept by bench/quality.py --keep")
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--smoothing", type=float, default=None, help="desom2.node_smoothing (default: the conf's)")
+    parser.add_argument("--conf", default=str(conf_dir() / "local.yaml"))
+    args = parser.parse_args()
+
+    cfg = load_config(args.conf)
+    if args.smoothing is not None:
+        cfg = replace(cfg, desom2=replace(cfg.desom2, node_smoothing=args.smoothing))
+    lake = Lake(args.lake)
+    spark = get_spark(cfg.spark)
+    rows = []
+    try:
+        for seed in range(1, args.seeds + 1):
+            trained = train_desom2(lake, replace(cfg, desom2=replace(cfg.desom2, seed=seed)))
+            run_assign(spark, lake, cfg, desom2_uri=f"models:/desom2/{trained['version']}", nights=[TRAIN_NIGHT])
+            last = trained["history"][-1]
+            scores = map_scores(lake, [TRAIN_NIGHT])
+            rows.append({"seed": seed, "version": trained["version"], "cells_used": scores["cells_used"],
+                         **{k: v for k, v in scores.items() if k.startswith("neighbour")},
+                         "Streak": scores["recall"].get("Streak", float("nan")),
+                         "loss": last["loss"], "QE": last["quantization_error"], "TE": last["topographic_error"]})
+            print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+        run_assign(spark, lake, cfg, nights=[TRAIN_NIGHT])  # the champion's cells again
+    finally:
+        spark.stop()
+    table = pd.DataFrame(rows)
+    scores = ["neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad", "neighbour_good_bad_6", "Streak"]
+    print(f"\nDESOM-2 retrained with {args.seeds} seeds on {lake.root} "
+          f"(node smoothing {cfg.desom2.node_smoothing:g}):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("\nmean (min-max): " + "; ".join(
+        f"{name} {table[name].mean():.3f} ({table[name].min():.3f}-{table[name].max():.3f})" for name in scores))
+    print(f"draws with six classes >= 0.98 and Good/Bad (six) >= 0.99: "
+          f"{int(((table['neighbour_accuracy_6'] >= 0.98) & (table['neighbour_good_bad_6'] >= 0.99)).sum())} "
+          f"of {len(table)}")
+
+
+if __name__ == "__main__":
+    main()
