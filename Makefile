@@ -7,7 +7,7 @@ LAKE   ?= ./lake
 export PYSPARK_PYTHON        := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: demo test venv tools java bench clean
+.PHONY: demo test lint venv tools java bench clean
 
 venv: $(STAMP)
 
@@ -29,8 +29,12 @@ tools:
 demo: venv java
 	$(VENV)/bin/desomspark demo --lake $(LAKE)
 
-test: venv java tools
+test: venv java tools lint
 	$(PY) -m pytest -q tests
+
+# style and import order (pyproject.toml [tool.ruff]); part of `make test`
+lint: venv
+	$(VENV)/bin/ruff check .
 
 bench: venv java
 	$(PY) bench/simulate.py

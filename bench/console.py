@@ -11,6 +11,7 @@ of the lake.
 
     python bench/console.py --lake .bench/console-lake
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,10 +26,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from desomspark import registry, schema
+from desomspark import registry
 from desomspark.config import load_config
-from desomspark.lake import Lake
-from desomspark.model import ModelSpec
+from desomspark.lake import schema
+from desomspark.lake.layout import Lake
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the test suite's helpers
 from localcluster import free_port  # noqa: E402
@@ -38,14 +39,15 @@ PER_NIGHT = 1000
 
 def build_base(lake: Lake, cfg, work: Path) -> None:
     """A real night of 8 small exposures, ingested and mapped with the default models."""
-    from desomspark.ingest import ingest
-    from desomspark.pipeline import run_assign, run_histovectors
-    from desomspark.simulate import simulate_night, small_config
-    from desomspark.spark import get_spark
+    from desomspark.evaluation.simulate import simulate_night, small_config
+    from desomspark.stages.ingest import ingest
+    from desomspark.stages.nightly import run_assign, run_histovectors
+    from desomspark.stages.spark import get_spark
 
     raw = work / "raw"
-    simulate_night(raw, 8, small_config(cfg.simulate, 4, (512, 512)), seed=5, mix="balanced", processes=2,
-                   progress=False)
+    simulate_night(
+        raw, 8, small_config(cfg.simulate, 4, (512, 512)), seed=5, mix="balanced", processes=2, progress=False
+    )
     spark = get_spark(cfg.spark)
     ingest(spark, str(raw), lake, cfg=cfg.ingest)
     run_histovectors(spark, lake, cfg)
@@ -58,8 +60,7 @@ def synthesize(lake: Lake, cfg, n: int, seed: int = 0) -> int:
     real_night = lake.nights("assignments")[0]
     exposures = lake.read("exposures", nights=[real_night]).to_pandas()
     assigned = lake.read("assignments", nights=[real_night]).to_pandas()
-    _, _, meta = registry.champion_metadata(lake, cfg, "desom2")
-    rows, cols = ModelSpec.from_dict(meta).map_shape
+    rows, cols = registry.registered(lake, cfg, "desom2").map_shape
     rng = np.random.default_rng(seed)
     # exposures crowd some cells more than others, as a survey's do
     weights = rng.gamma(0.5, size=rows * cols)
@@ -76,8 +77,14 @@ def synthesize(lake: Lake, cfg, n: int, seed: int = 0) -> int:
         e = exposures.iloc[pick].assign(exposure_id=ids, night=night).reset_index(drop=True)
         cell = rng.choice(rows * cols, size=m, p=weights)
         a = assigned.iloc[rng.integers(0, len(assigned), m)].assign(
-            exposure_id=ids, night=night, cell=cell.astype("int32"), cell_x=(cell % cols).astype("int32"),
-            cell_y=(cell // cols).astype("int32"), distance=rng.gamma(2.0, 0.5, m), label=None)
+            exposure_id=ids,
+            night=night,
+            cell=cell.astype("int32"),
+            cell_x=(cell % cols).astype("int32"),
+            cell_y=(cell // cols).astype("int32"),
+            distance=rng.gamma(2.0, 0.5, m),
+            label=None,
+        )
         for table, frame in (("exposures", e), ("assignments", a)):
             t = schema.conform(pa.Table.from_pandas(frame, preserve_index=False), table).drop(["night"])
             with lake.open(table, f"night={night}", "part-0.parquet", mode="wb") as fh:
@@ -125,7 +132,9 @@ def main() -> None:
     parser.add_argument("--exposures", type=int, default=100_000)
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--conf", default=None, help="YAML merged over conf/default.yaml (e.g. console.workers)")
+    parser.add_argument(
+        "--conf", default=None, help="YAML merged over conf/default.yaml (e.g. console.workers)"
+    )
     args = parser.parse_args()
 
     cfg = load_config(args.conf)
@@ -139,9 +148,12 @@ def main() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(Path(lake.root) / "serve.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "desomspark.cli", "serve", "--lake", lake.root,
-                               "--port", str(port)] + (["--conf", args.conf] if args.conf else []),
-                              stdout=log, stderr=subprocess.STDOUT)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "desomspark.cli", "serve", "--lake", lake.root, "--port", str(port)]
+        + (["--conf", args.conf] if args.conf else []),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.time() + 300
         while True:
@@ -155,13 +167,17 @@ def main() -> None:
         cells = assigned.drop_duplicates().to_numpy()
         # every worker process reads the lake once and renders the map once: the cold start, apart
         warm = [_get(url + "/map") for _ in range(2 * cfg.console.workers)]
-        print(f"first answer (workers read the lake as they start): {first:.2f} s; first map pages: "
-              f"{', '.join(f'{w:.2f}' for w in warm)} s")
+        print(
+            f"first answer (workers read the lake as they start): {first:.2f} s; first map pages: "
+            f"{', '.join(f'{w:.2f}' for w in warm)} s"
+        )
         rng = np.random.default_rng(1)
         clients = []
         for _ in range(args.clients):  # each client: the map, a cell, the map, another cell...
             cell = cells[rng.integers(len(cells), size=args.rounds)]
-            clients.append([job for x, y in cell for job in (("map", url + "/map"), ("cell", f"{url}/cell/{x}/{y}"))])
+            clients.append(
+                [job for x, y in cell for job in (("map", url + "/map"), ("cell", f"{url}/cell/{x}/{y}"))]
+            )
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             times = [t for client in pool.map(_client, clients) for t in client]
@@ -171,10 +187,12 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=60)
-    print(f"{len(jobs)} page loads by {args.clients} concurrent clients in {wall:.1f} s "
-          f"({len(jobs) / wall:.0f} pages/s; server: {cfg.console.workers} gunicorn workers x "
-          f"{cfg.console.threads} threads); {first_touch} distinct cell pages, each rendered on first load "
-          f"by each worker, then served from its cache")
+    print(
+        f"{len(jobs)} page loads by {args.clients} concurrent clients in {wall:.1f} s "
+        f"({len(jobs) / wall:.0f} pages/s; server: {cfg.console.workers} gunicorn workers x "
+        f"{cfg.console.threads} threads); {first_touch} distinct cell pages, each rendered on first load "
+        f"by each worker, then served from its cache"
+    )
     print(f"{'page':6s} {'loads':>6s} {'p50 ms':>8s} {'p95 ms':>8s} {'max ms':>8s}")
     for page in ("map", "cell"):
         t = np.array([s for p, s in times if p == page]) * 1000

@@ -11,6 +11,7 @@ the end, so the lake reads as before.
 Run: python bench/quality.py --seed 59 --keep /tmp/q59
      python bench/desom2_seeds.py --lake /tmp/q59 [--seeds 8] [--smoothing 1.0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,22 +20,32 @@ from dataclasses import replace
 import pandas as pd
 
 from desomspark.config import conf_dir, load_config
-from desomspark.demo import TRAIN_NIGHT, map_scores
-from desomspark.desom2 import train_desom2
-from desomspark.lake import Lake
-from desomspark.pipeline import run_assign
-from desomspark.spark import get_spark
+from desomspark.evaluation.demo import TRAIN_NIGHT, map_scores
+from desomspark.lake.layout import Lake
+from desomspark.stages.nightly import run_assign
+from desomspark.stages.spark import get_spark
+from desomspark.stages.train_desom2 import train_desom2
 
 #: issue 12's targets for one map: neighbour accuracy on the paper's six classes, and Good/Bad on them
 TARGET_SIX, TARGET_GOOD_BAD_SIX = 0.98, 0.99
-SCORES = ["neighbour_accuracy", "neighbour_accuracy_6", "neighbour_good_bad", "neighbour_good_bad_6", "Streak"]
+SCORES = [
+    "neighbour_accuracy",
+    "neighbour_accuracy_6",
+    "neighbour_good_bad",
+    "neighbour_good_bad_6",
+    "Streak",
+]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--lake", required=True, help="a lake kept by bench/quality.py --keep")
     parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--smoothing", type=float, default=None, help="desom2.node_smoothing (default: the conf's)")
+    parser.add_argument(
+        "--smoothing", type=float, default=None, help="desom2.node_smoothing (default: the conf's)"
+    )
     parser.add_argument("--conf", default=str(conf_dir() / "local.yaml"))
     args = parser.parse_args()
 
@@ -48,28 +59,53 @@ def main() -> None:
         try:
             for seed in range(1, args.seeds + 1):
                 trained = train_desom2(lake, replace(cfg, desom2=replace(cfg.desom2, seed=seed)))
-                run_assign(spark, lake, cfg, desom2_uri=f"models:/desom2/{trained['version']}",
-                           nights=[TRAIN_NIGHT])
+                run_assign(
+                    spark, lake, cfg, desom2_uri=f"models:/desom2/{trained['version']}", nights=[TRAIN_NIGHT]
+                )
                 last = trained["history"][-1]
                 scores = map_scores(lake, [TRAIN_NIGHT])
-                rows.append({"seed": seed, "version": trained["version"], "cells_used": scores["cells_used"],
-                             **{k: v for k, v in scores.items() if k.startswith("neighbour")},
-                             "Streak": scores["recall"].get("Streak", float("nan")), "loss": last["loss"],
-                             "QE": last["quantization_error"], "TE": last["topographic_error"]})
-                print(pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+                rows.append(
+                    {
+                        "seed": seed,
+                        "version": trained["version"],
+                        "cells_used": scores["cells_used"],
+                        **{k: v for k, v in scores.items() if k.startswith("neighbour")},
+                        "Streak": scores["recall"].get("Streak", float("nan")),
+                        "loss": last["loss"],
+                        "QE": last["quantization_error"],
+                        "TE": last["topographic_error"],
+                    }
+                )
+                print(
+                    pd.DataFrame(rows[-1:]).to_string(index=False, float_format=lambda v: f"{v:.3f}"),
+                    flush=True,
+                )
         finally:
-            run_assign(spark, lake, cfg, nights=[TRAIN_NIGHT])  # the champion's cells again, even if cut short
+            run_assign(
+                spark, lake, cfg, nights=[TRAIN_NIGHT]
+            )  # the champion's cells again, even if cut short
     finally:
         spark.stop()
     table = pd.DataFrame(rows)
-    print(f"\nDESOM-2 retrained with {args.seeds} seeds on {lake.root} "
-          f"(node smoothing {cfg.desom2.node_smoothing:g}):")
+    print(
+        f"\nDESOM-2 retrained with {args.seeds} seeds on {lake.root} "
+        f"(node smoothing {cfg.desom2.node_smoothing:g}):"
+    )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    print("\nmean (min-max): " + "; ".join(
-        f"{name} {table[name].mean():.3f} ({table[name].min():.3f}-{table[name].max():.3f})" for name in SCORES))
-    meets = (table["neighbour_accuracy_6"] >= TARGET_SIX) & (table["neighbour_good_bad_6"] >= TARGET_GOOD_BAD_SIX)
-    print(f"draws with six classes >= {TARGET_SIX} and Good/Bad (six) >= {TARGET_GOOD_BAD_SIX}: "
-          f"{int(meets.sum())} of {len(table)}")
+    print(
+        "\nmean (min-max): "
+        + "; ".join(
+            f"{name} {table[name].mean():.3f} ({table[name].min():.3f}-{table[name].max():.3f})"
+            for name in SCORES
+        )
+    )
+    meets = (table["neighbour_accuracy_6"] >= TARGET_SIX) & (
+        table["neighbour_good_bad_6"] >= TARGET_GOOD_BAD_SIX
+    )
+    print(
+        f"draws with six classes >= {TARGET_SIX} and Good/Bad (six) >= {TARGET_GOOD_BAD_SIX}: "
+        f"{int(meets.sum())} of {len(table)}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,23 +21,23 @@ decompression of each file into the local cache, see fitsio.inflated_copy).
 
 Run: python bench/ingest.py [--exposures N] [--data DIR] [--raw]
 """
+
 from __future__ import annotations
 
 import argparse
 import shutil
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from desomspark.config import load_config
-from dataclasses import asdict
-
-from desomspark.fitsio import list_inputs, read_ccd, scan_file
-from desomspark.ingest import ingest, read_and_process
-from desomspark.lake import Lake
-from desomspark.schema import CUTOUT_SIZE
-from desomspark.simulate import simulate_night
-from desomspark.spark import get_spark
+from desomspark.evaluation.simulate import simulate_night
+from desomspark.ingest.fitsio import list_inputs, read_ccd, scan_file
+from desomspark.lake.layout import Lake
+from desomspark.lake.schema import CUTOUT_SIZE
+from desomspark.stages.ingest import ingest, read_and_process
+from desomspark.stages.spark import get_spark
 
 
 def bare_loop(files: list[str], cfg) -> tuple[int, int]:
@@ -74,8 +74,9 @@ def raw_and_gzip(args, cfg) -> None:
         print(f"simulating {args.exposures} full-size exposures, processed and raw, into {base} ...")
         simulate_night(processed, args.exposures, cfg.simulate, seed=3, mix="balanced", progress=False)
         simulate_night(raw, args.exposures, cfg.simulate, seed=3, mix="balanced", raw=True, progress=False)
-        simulate_night(segments, args.exposures, cfg.simulate, seed=3, mix="balanced", raw="segments",
-                       progress=False)
+        simulate_night(
+            segments, args.exposures, cfg.simulate, seed=3, mix="balanced", raw="segments", progress=False
+        )
         gz.mkdir(parents=True)
         for f in sorted(processed.glob("*.fits")):
             with open(f, "rb") as src, gzip.open(gz / (f.name + ".gz"), "wb", compresslevel=6) as dst:
@@ -86,8 +87,10 @@ def raw_and_gzip(args, cfg) -> None:
         n, cut = bare_loop(list_inputs(str(folder)), cfg.ingest)
         times[label] = (time.perf_counter() - t) / n
         print(f"bare loop {label:9s} {times[label]:6.3f} s/CCD  ({n} CCDs, {cut} cutouts)")
-    print(f"raw / processed = {times['raw'] / times['processed']:.3f}, "
-          f"segments / processed = {times['segments'] / times['processed']:.3f}   (target <= 1.15)")
+    print(
+        f"raw / processed = {times['raw'] / times['processed']:.3f}, "
+        f"segments / processed = {times['segments'] / times['processed']:.3f}   (target <= 1.15)"
+    )
     shutil.rmtree(Path(_tempfile.gettempdir()) / "desomspark-inflated", ignore_errors=True)
     for label, folder in (("plain", processed), ("gzip", gz)):
         t = time.perf_counter()
@@ -113,7 +116,9 @@ def spark_run(master: str, data: Path, cfg) -> tuple[float, float, int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--exposures", type=int, default=2)
     parser.add_argument("--data", default=".bench/ingest", help="where the simulated exposures are kept")
     parser.add_argument("--raw", action="store_true", help="raw vs processed frames, gzip vs plain reads")
@@ -138,8 +143,10 @@ def main() -> None:
         startup, elapsed, ccds, cut = spark_run(master, data, cfg)
         assert (ccds, cut) == (n_ccds, n_cut), "Spark and the bare loop disagree"
         results[label] = elapsed
-        print(f"({label}) spark {master:9s} {elapsed:7.1f} s  {elapsed / ccds:6.3f} s/CCD  "
-              f"(+{startup:.1f} s session start)")
+        print(
+            f"({label}) spark {master:9s} {elapsed:7.1f} s  {elapsed / ccds:6.3f} s/CCD  "
+            f"(+{startup:.1f} s session start)"
+        )
     print(f"(b)/(a) = {results['b'] / bare:.3f}   (target <= 1.15)")
     print(f"(b)/(c) = {results['b'] / results['c']:.3f}   (target >= 1.8)")
 

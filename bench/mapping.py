@@ -12,6 +12,7 @@ Prints cutouts/s and the ratio (b)/(a) (target >= 0.85 on the same cores).
 
 Run: python bench/mapping.py [--copies K] [--nightly-exposures N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,21 +24,22 @@ from dataclasses import replace
 
 import torch
 
-from desomspark import registry
 from desomspark.config import load_config
-from desomspark.cutout import decode_uint8
-from desomspark.histovector import write_histovectors
-from desomspark.mapping import cutout_nodes
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
-from desomspark.pipeline import nightly
-from desomspark.registry import cached_model, n_nodes, resolve_model
-from desomspark.simulate import simulate_night, small_config
-from desomspark.spark import get_spark
+from desomspark.desom.mapping import cutout_nodes
+from desomspark.evaluation.simulate import simulate_night, small_config
+from desomspark.ingest.cutout import decode_uint8
+from desomspark.lake.layout import Lake
+from desomspark.registry import cached_model, registered
+from desomspark.stages.histovectors import write_histovectors
+from desomspark.stages.ingest import ingest
+from desomspark.stages.nightly import nightly
+from desomspark.stages.spark import get_spark
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--copies", type=int, default=20, help="replicate the ingested cutouts K times")
     parser.add_argument("--nightly-exposures", type=int, default=2)
     args = parser.parse_args()
@@ -52,15 +54,17 @@ def main() -> None:
         ingest(spark, f"{tmp}/raw", lake, night="20251120", cfg=cfg.ingest)
         # more cutouts for a steady rate: K copies of the night under other exposure ids
         base = lake.spark_read(spark, "cutouts")
-        copies = [base.withColumn("exposure_id", F.concat(F.col("exposure_id"), F.lit(f"-{k}")))
-                  for k in range(args.copies)]
+        copies = [
+            base.withColumn("exposure_id", F.concat(F.col("exposure_id"), F.lit(f"-{k}")))
+            for k in range(args.copies)
+        ]
         big = copies[0]
         for c in copies[1:]:
             big = big.unionByName(c)
         big_lake = Lake(f"{tmp}/big")
         big.write.partitionBy("night").parquet(big_lake.spark_path("cutouts"))
-        uri, version = resolve_model(lake, cfg, "desom1")
-        nodes_total = n_nodes(registry.model_metadata(uri))
+        desom1 = registered(lake, cfg, "desom1")
+        uri, version = desom1.uri, desom1.version
 
         pixels = big_lake.read("cutouts", columns=["pixels"]).column("pixels")
         n = len(pixels)
@@ -70,7 +74,7 @@ def main() -> None:
         bare = n / (time.perf_counter() - t)
 
         t = time.perf_counter()
-        write_histovectors(spark, big_lake, uri, version, nodes_total)
+        write_histovectors(spark, big_lake, desom1)
         udf = n / (time.perf_counter() - t)
         print(f"{n} cutouts, {os.cpu_count()} cores, default DESOM-1 v{version}")
         print(f"(a) bare torch forward, one process   {bare:9.0f} cutouts/s")
@@ -88,8 +92,10 @@ def main() -> None:
         t = time.perf_counter()
         nightly(spark, night, lake, "20251121", cfg)
         dt = time.perf_counter() - t
-        print(f"(c) nightly, {args.nightly_exposures} full-size exposures ({cfg.simulate.n_ccds} CCDs): "
-              f"{dt:.1f} s, {dt / args.nightly_exposures:.1f} s per exposure")
+        print(
+            f"(c) nightly, {args.nightly_exposures} full-size exposures ({cfg.simulate.n_ccds} CCDs): "
+            f"{dt:.1f} s, {dt / args.nightly_exposures:.1f} s per exposure"
+        )
         spark.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

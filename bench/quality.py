@@ -12,6 +12,7 @@ iterations from --iterations.
 
 Run: python bench/quality.py [--exposures 300] [--iterations 1500] [--keep DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,21 +22,25 @@ import time
 from dataclasses import replace
 
 from desomspark.config import conf_dir, load_config
-from desomspark.demo import class_table, map_scores, scores_line, train_and_map
-from desomspark.evaluate import evaluate
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
-from desomspark.simulate import simulate_night, small_config
-from desomspark.spark import get_spark
+from desomspark.evaluation.demo import class_table, map_scores, scores_line, train_and_map
+from desomspark.evaluation.evaluate import evaluate
+from desomspark.evaluation.simulate import simulate_night, small_config
+from desomspark.lake.layout import Lake
+from desomspark.stages.ingest import ingest
+from desomspark.stages.spark import get_spark
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--exposures", type=int, default=300)
     parser.add_argument("--iterations", type=int, default=1500, help="DESOM-1 training iterations")
     parser.add_argument("--conf", default=str(conf_dir() / "local.yaml"))
     parser.add_argument("--keep", default=None, help="lake folder to keep (default: a temporary one)")
-    parser.add_argument("--seed", type=int, default=23, help="simulation seed (defaults were tuned on seed 11)")
+    parser.add_argument(
+        "--seed", type=int, default=23, help="simulation seed (defaults were tuned on seed 11)"
+    )
     args = parser.parse_args()
 
     cfg = load_config(args.conf, overrides={"desom1": {"iterations": args.iterations}})
@@ -45,7 +50,9 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         sim = replace(small_config(cfg.simulate, 4, (512, 512)), p_dead_ccd=0.02)
-        simulate_night(lake.path("raw"), args.exposures, sim, seed=args.seed, mix="balanced", processes=2, progress=False)
+        simulate_night(
+            lake.path("raw"), args.exposures, sim, seed=args.seed, mix="balanced", processes=2, progress=False
+        )
         t_sim = time.perf_counter() - t0
         ingest(spark, lake.path("raw"), lake, night="20251120", cfg=cfg.ingest)
         t_ingest = time.perf_counter() - t0 - t_sim
@@ -55,8 +62,11 @@ def main() -> None:
         print(scores_line(map_scores(lake, ["20251120"])))
         table = evaluate(lake, cfg)
         t_eval = time.perf_counter() - t0 - t_sim - t_ingest - t_train
-        print(f"\nquality bench: {args.exposures} exposures, DESOM-1 {args.iterations} iterations; "
-              f"simulate {t_sim:.0f} s, ingest {t_ingest:.0f} s, train+map {t_train:.0f} s, evaluate {t_eval:.0f} s")
+        print(
+            f"\nquality bench: {args.exposures} exposures, DESOM-1 {args.iterations} iterations; "
+            f"simulate {t_sim:.0f} s, ingest {t_ingest:.0f} s, train+map {t_train:.0f} s, evaluate "
+            f"{t_eval:.0f} s"
+        )
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     finally:
         spark.stop()

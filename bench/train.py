@@ -13,6 +13,7 @@ On a CUDA machine it also times the paper's DESOM-1 (25x25, batch 256) for
 
 Run: python bench/train.py [--iterations N] [--batch-size B] [--gpu-iterations N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,13 +26,13 @@ from dataclasses import replace
 import torch
 
 from desomspark.config import load_config
-from desomspark.desom1 import training_sample
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
-from desomspark.model import desom1, desom1_spec, joint_loss, temperature
-from desomspark.simulate import simulate_night, small_config
-from desomspark.spark import get_spark
-from desomspark.train import Shard, TrainJob, as_input, fit, row_groups
+from desomspark.desom.model import desom1, desom1_spec, joint_loss, temperature
+from desomspark.desom.train import Shard, TrainJob, as_input, fit, row_groups
+from desomspark.evaluation.simulate import simulate_night, small_config
+from desomspark.lake.layout import Lake
+from desomspark.stages.ingest import ingest
+from desomspark.stages.spark import get_spark
+from desomspark.stages.train_desom1 import training_sample
 
 
 def make_sample(tmp: str, cfg) -> str:
@@ -47,17 +48,34 @@ def make_sample(tmp: str, cfg) -> str:
 
 def job_for(cfg, path: str, iterations: int, batch: int, tmp: str) -> TrainJob:
     c = cfg.desom1
-    return TrainJob(kind="desom1", sample_path=path, checkpoint_path=f"{tmp}/ckpt.pt", spec=desom1_spec(c).to_dict(),
-                    iterations=iterations, batch_size=batch, learning_rate=c.learning_rate, gamma=c.gamma,
-                    t_max=c.t_max, t_min=c.t_min, checkpoint_every=0, log_every=iterations)
+    return TrainJob(
+        kind="desom1",
+        sample_path=path,
+        checkpoint_path=f"{tmp}/ckpt.pt",
+        spec=desom1_spec(c).to_dict(),
+        iterations=iterations,
+        batch_size=batch,
+        learning_rate=c.learning_rate,
+        gamma=c.gamma,
+        t_max=c.t_max,
+        t_min=c.t_min,
+        checkpoint_every=0,
+        log_every=iterations,
+    )
 
 
 def run_fit(job: TrainJob, max_bytes: float, device: torch.device) -> float:
     torch.manual_seed(0)
     model = desom1(replace(load_config().desom1))
     t = time.perf_counter()
-    shard = Shard(job.sample_path, row_groups(job.sample_path), "pixels", device, max_bytes,
-                  torch.Generator().manual_seed(0))
+    shard = Shard(
+        job.sample_path,
+        row_groups(job.sample_path),
+        "pixels",
+        device,
+        max_bytes,
+        torch.Generator().manual_seed(0),
+    )
     fit(model, shard, job)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -73,8 +91,9 @@ def run_bare(job: TrainJob, data: torch.Tensor, device: torch.device) -> float:
     t = time.perf_counter()
     for it in range(job.iterations):
         x = data[torch.randint(len(data), (job.batch_size,), generator=gen).to(device)]
-        loss, _, _ = joint_loss(model(x), x, model.som, temperature(it, job.iterations, job.t_max, job.t_min),
-                                job.gamma)
+        loss, _, _ = joint_loss(
+            model(x), x, model.som, temperature(it, job.iterations, job.t_max, job.t_min), job.gamma
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -87,8 +106,11 @@ class GpuSampler:
     """Mean GPU utilisation (nvidia-smi, every 500 ms) while the block runs."""
 
     def __enter__(self):
-        self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits",
-                                      "-lms", "500"], stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "500"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         return self
 
     def __exit__(self, *exc):
@@ -98,7 +120,9 @@ class GpuSampler:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--gpu-iterations", type=int, default=2000)
@@ -108,8 +132,10 @@ def main() -> None:
     try:
         path = make_sample(tmp, cfg)
         n = sum(g[2] for g in row_groups(path))
-        print(f"training sample: {n} cutouts in {len(row_groups(path))} row groups; "
-              f"{args.iterations} iterations x {args.batch_size}, {torch.get_num_threads()} threads, CPU")
+        print(
+            f"training sample: {n} cutouts in {len(row_groups(path))} row groups; "
+            f"{args.iterations} iterations x {args.batch_size}, {torch.get_num_threads()} threads, CPU"
+        )
         cpu = torch.device("cpu")
         job = job_for(cfg, path, args.iterations, args.batch_size, tmp)
         shard = Shard(path, row_groups(path), "pixels", cpu, 1e12, torch.Generator())
@@ -128,9 +154,11 @@ def main() -> None:
             with GpuSampler() as sampler:
                 rate = run_fit(gjob, 1e12, gpu)
             seconds = 100_000 * 256 / rate
-            print(f"GPU {torch.cuda.get_device_name()}: {rate:.0f} samples/s -> 100k x 256 iterations "
-                  f"in {seconds / 60:.1f} min (paper: < 3 h; target <= 10 min); "
-                  f"mean GPU utilisation {sampler.mean:.0f} %")
+            print(
+                f"GPU {torch.cuda.get_device_name()}: {rate:.0f} samples/s -> 100k x 256 iterations "
+                f"in {seconds / 60:.1f} min (paper: < 3 h; target <= 10 min); "
+                f"mean GPU utilisation {sampler.mean:.0f} %"
+            )
         else:
             print("GPU: no CUDA device on this machine")
     finally:

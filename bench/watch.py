@@ -12,6 +12,7 @@ Targets (issue 16): p95 <= 60 s at a 40 s cadence, no backlog over 20 exposures.
 
 Run: python bench/watch.py [--exposures 20] [--cadence 40] [--data DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,15 +28,17 @@ from pathlib import Path
 import numpy as np
 
 from desomspark.config import load_config
-from desomspark.lake import Lake
-from desomspark.simulate import simulate_night
+from desomspark.evaluation.simulate import simulate_night
+from desomspark.lake.layout import Lake
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--exposures", type=int, default=20)
     parser.add_argument("--cadence", type=float, default=40.0, help="seconds between two exposures")
-    parser.add_argument("--data", default=None, help="a folder of full-size exposures to reuse (made if missing)")
+    parser.add_argument(
+        "--data", default=None, help="a folder of full-size exposures to reuse (made if missing)"
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-watch-"))
@@ -47,11 +50,23 @@ def main() -> None:
     arrivals, lake = tmp / "arrivals", Lake(str(tmp / "lake"))
     arrivals.mkdir()
     log = tmp / "watch.log"
-    cmd = [sys.executable, "-m", "desomspark.cli", "watch", "--lake", lake.root, "--input", str(arrivals),
-           "--night", "20251120", "--master", "local[2]"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "desomspark.cli",
+        "watch",
+        "--lake",
+        lake.root,
+        "--input",
+        str(arrivals),
+        "--night",
+        "20251120",
+        "--master",
+        "local[2]",
+    ]
     watcher = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        while "watch: sorting" not in log.read_text():   # the stream is listening
+        while "watch: sorting" not in log.read_text():  # the stream is listening
             assert watcher.poll() is None, log.read_text()
             time.sleep(0.5)
         landed: dict[str, float] = {}
@@ -61,7 +76,9 @@ def main() -> None:
             """Note when each landed file's exposure first shows in assignments/."""
             if lake.nights("assignments"):
                 now = time.time()
-                done = set(lake.read("assignments", columns=["exposure_id"]).column("exposure_id").to_pylist())
+                done = set(
+                    lake.read("assignments", columns=["exposure_id"]).column("exposure_id").to_pylist()
+                )
                 paths = lake.read("exposures", columns=["exposure_id", "path"]).to_pandas()
                 for row in paths[paths["exposure_id"].isin(done)].itertuples():
                     assigned_at.setdefault(Path(row.path).name, now)
@@ -85,11 +102,17 @@ def main() -> None:
     latency = np.array([assigned_at[e] - landed[e] for e in landed if e in assigned_at])
     missing = len(landed) - len(latency)
     half = max(1, len(latency) // 4)
-    print(f"{len(files)} full-size exposures every {args.cadence:g} s on local[2]: latency from landing to cell "
-          f"p50 {np.percentile(latency, 50):.1f} s, p95 {np.percentile(latency, 95):.1f} s, "
-          f"max {latency.max():.1f} s; {missing} never assigned")
-    print(f"backlog: first {half} exposures {latency[:half].mean():.1f} s, last {half} {latency[-half:].mean():.1f} s "
-          f"({'keeps up' if latency[-half:].mean() <= 1.25 * latency[:half].mean() + 5 else 'falls behind'})")
+    print(
+        f"{len(files)} full-size exposures every {args.cadence:g} s on local[2]: "
+        "latency from landing to cell "
+        f"p50 {np.percentile(latency, 50):.1f} s, p95 {np.percentile(latency, 95):.1f} s, "
+        f"max {latency.max():.1f} s; {missing} never assigned"
+    )
+    print(
+        f"backlog: first {half} exposures {latency[:half].mean():.1f} s, last {half} "
+        f"{latency[-half:].mean():.1f} s "
+        f"({'keeps up' if latency[-half:].mean() <= 1.25 * latency[:half].mean() + 5 else 'falls behind'})"
+    )
     for line in log.read_text().splitlines():
         if line.startswith("watch: batch"):
             print("  " + line)

@@ -6,35 +6,43 @@ user can act on (:class:`errors.DesomsparkError`: bad arguments, unusable
 input, MLflow unreachable) end with one line on stderr and a non-zero exit
 status; any other exception is a bug and shows its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import re
 import sys
+from datetime import datetime
 from pathlib import Path
 
-from . import logs
-from .config import Config, conf_dir, load_config
-from .errors import DesomsparkError, UserError
+from desomspark import logs
+from desomspark.config import Config, conf_dir, load_config
+from desomspark.errors import DesomsparkError, UserError
 
 EXIT_BAD_ARGS = 2
 EXIT_FAILED = 1
 
 
-
 def _camera(text: str) -> str:
-    from .camera import load_profiles
+    from desomspark.ingest.camera import load_profiles
 
     if text not in load_profiles():
-        raise argparse.ArgumentTypeError(f"unknown camera {text!r}: known are {', '.join(sorted(load_profiles()))}")
+        raise argparse.ArgumentTypeError(
+            f"unknown camera {text!r}: known are {', '.join(sorted(load_profiles()))}"
+        )
     return text
 
 
 def _night(value: str) -> str:
-    if not re.fullmatch(r"\d{8}", value):
-        raise argparse.ArgumentTypeError(f"night must be YYYYMMDD, not {value!r}")
-    return value
+    """A night as YYYYMMDD that is a date of the calendar (20201340 is not)."""
+    try:
+        if re.fullmatch(r"\d{8}", value):
+            datetime.strptime(value, "%Y%m%d")
+            return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date of the calendar (YYYYMMDD)") from None
+    raise argparse.ArgumentTypeError(f"night must be YYYYMMDD, not {value!r}")
 
 
 def _cell(value: str) -> tuple[int, int]:
@@ -51,21 +59,49 @@ def _positive(value: str) -> int:
     return n
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="desomspark", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _command(
+    sub, name: str, help: str, lake: bool = True, lake_required: bool = True
+) -> argparse.ArgumentParser:
+    """A sub-command with the options every command takes (--master, --conf, -v/-q, --lake)."""
+    p = sub.add_parser(name, help=help, description=help)
+    p.add_argument("--master", default=None, help="Spark master (default: conf, local[*])")
+    p.add_argument("--conf", default=None, help="YAML file merged over conf/default.yaml")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="show Spark's and MLflow's own log lines")
+    loud.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    if lake:
+        p.add_argument(
+            "--lake",
+            required=lake_required,
+            default=None if lake_required else "./lake",
+            help="lake root: a local path or a URL Spark and fsspec can write",
+        )
+    return p
 
-    def command(name: str, help: str, lake: bool = True, lake_required: bool = True):
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--master", default=None, help="Spark master (default: conf, local[*])")
-        p.add_argument("--conf", default=None, help="YAML file merged over conf/default.yaml")
-        loud = p.add_mutually_exclusive_group()
-        loud.add_argument("-v", "--verbose", action="store_true", help="show Spark's and MLflow's own log lines")
-        loud.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-        if lake:
-            p.add_argument("--lake", required=lake_required, default=None if lake_required else "./lake",
-                           help="lake root: a local path or a URL Spark and fsspec can write")
-        return p
+
+def _files_in(p, input_help: str) -> None:
+    """The arguments of the commands that read FITS files: where, which night, which camera."""
+    p.add_argument("--input", required=True, help=input_help)
+    p.add_argument(
+        "--night",
+        type=_night,
+        default=None,
+        metavar="YYYYMMDD",
+        help="night of every file (default: each file's DATE-OBS/MJD-OBS, dayobs convention)",
+    )
+    p.add_argument(
+        "--camera",
+        type=_camera,
+        default=None,
+        help="camera profile of conf/cameras (default: from each file's INSTRUME)",
+    )
+
+
+def _pipeline_commands(sub) -> None:
+    """The stages, in the order a night goes through them."""
+
+    def command(*args, **kwargs):
+        return _command(sub, *args, **kwargs)
 
     p = command("simulate", "write a simulated night of FITS exposures", lake=False)
     p.add_argument("--out", required=True)
@@ -75,21 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", choices=("balanced", "survey"), default="balanced")
     p.add_argument("--compress", action="store_true", help="Rice-compress the CCDs (.fits.fz)")
-    p.add_argument("--raw", nargs="?", const="amplifiers", default=None, choices=("amplifiers", "segments"),
-                   help="write raw frames as the camera reads them: 'amplifiers' (the default) two amplifiers "
-                        "with overscan per CCD HDU, as MegaCam; 'segments' one HDU per amplifier, as LSST")
+    p.add_argument(
+        "--raw",
+        nargs="?",
+        const="amplifiers",
+        default=None,
+        choices=("amplifiers", "segments"),
+        help="write raw frames as the camera reads them: 'amplifiers' (the default) two amplifiers "
+        "with overscan per CCD HDU, as MegaCam; 'segments' one HDU per amplifier, as LSST",
+    )
     p.add_argument("--processes", type=_positive, default=None)
 
-    def files_in(p, input_help: str) -> None:
-        """The arguments of the commands that read FITS files: where, which night, which camera."""
-        p.add_argument("--input", required=True, help=input_help)
-        p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD",
-                       help="night of every file (default: each file's DATE-OBS/MJD-OBS, dayobs convention)")
-        p.add_argument("--camera", type=_camera, default=None,
-                       help="camera profile of conf/cameras (default: from each file's INSTRUME)")
-
     p = command("ingest", "FITS exposures -> exposures/ ccds/ cutouts/ rejects/")
-    files_in(p, "file, directory or glob (local or URL)")
+    _files_in(p, "file, directory or glob (local or URL)")
 
     p = command("train-desom1", "train DESOM-1 on the lake's cutouts (DDP via TorchDistributor)")
     p.add_argument("--iterations", type=_positive, default=None)
@@ -102,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("histovectors", "cutouts -> DESOM-1 nodes -> 625-bin histo-vector per exposure")
     p.add_argument("--desom1", default=None, help="MLflow model URI (default models:/desom1@champion)")
-    p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD", help="only this night (default: all)")
+    p.add_argument(
+        "--night", type=_night, default=None, metavar="YYYYMMDD", help="only this night (default: all)"
+    )
 
     p = command("train-desom2", "train DESOM-2 on the lake's histo-vectors")
     p.add_argument("--iterations", type=_positive, default=None)
@@ -110,33 +146,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("assign", "histo-vector -> DESOM-2 cell for each exposure")
     p.add_argument("--desom2", default=None, help="MLflow model URI (default models:/desom2@champion)")
-    p.add_argument("--night", type=_night, default=None, metavar="YYYYMMDD", help="only this night (default: all)")
+    p.add_argument(
+        "--night", type=_night, default=None, metavar="YYYYMMDD", help="only this night (default: all)"
+    )
 
     p = command("nightly", "ingest -> histo-vectors -> assign for one night, with the champion models")
     p.add_argument("--input", required=True, help="file, directory or glob (local or URL)")
-    p.add_argument("--night", type=_night, required=True, metavar="YYYYMMDD", help="the night these files belong to")
-    p.add_argument("--camera", type=_camera, default=None,
-                   help="camera profile of conf/cameras (default: from each file's INSTRUME)")
+    p.add_argument(
+        "--night", type=_night, required=True, metavar="YYYYMMDD", help="the night these files belong to"
+    )
+    p.add_argument(
+        "--camera",
+        type=_camera,
+        default=None,
+        help="camera profile of conf/cameras (default: from each file's INSTRUME)",
+    )
+
+
+def _map_commands(sub) -> None:
+    """What people do with the map: look, label, promote, export, search, score."""
+
+    def command(*args, **kwargs):
+        return _command(sub, *args, **kwargs)
 
     p = command("serve", "the console: browse, label and search the map in a browser (README: the console)")
     p.add_argument("--host", default=None, help="address to bind (default: conf console.host, 127.0.0.1)")
     p.add_argument("--port", type=int, default=None, help="port (default: conf console.port, 8050)")
 
-    p = command("watch", "sort each exposure as it lands in a folder (Spark Structured Streaming), with alerts")
-    files_in(p, "the arrival folder the camera writes to (README: the live night)")
-    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (default: run until stopped)")
+    p = command(
+        "watch", "sort each exposure as it lands in a folder (Spark Structured Streaming), with alerts"
+    )
+    _files_in(p, "the arrival folder the camera writes to (README: the live night)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: run until stopped)",
+    )
 
     p = command("report", "write the HTML report of the lake")
     p.add_argument("--out", required=True)
 
     p = command("promote", "move alias 'champion' to a model version")
     p.add_argument("--model", choices=("desom1", "desom2"), required=True)
-    p.add_argument("--version", required=True,
-                   help="the registered version to promote, e.g. 3, or 'challenger': the one the last training made")
+    p.add_argument(
+        "--version",
+        required=True,
+        help="the registered version to promote, e.g. 3, or 'challenger': the one the last training made",
+    )
 
     p = command("label", "label a DESOM-2 cell")
-    p.add_argument("--cell", type=_cell, required=True, metavar="X,Y",
-                   help="the cell: X = column, Y = row on the DESOM-2 map, from 0 (as the report shows)")
+    p.add_argument(
+        "--cell",
+        type=_cell,
+        required=True,
+        metavar="X,Y",
+        help="the cell: X = column, Y = row on the DESOM-2 map, from 0 (as the report shows)",
+    )
     p.add_argument("--label", default=None, help="the label, e.g. Good or BT")
     p.add_argument("--unlabel", action="store_true", help="remove the cell's label")
 
@@ -149,78 +215,120 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=_positive, default=10, help="how many exposures, itself first (default 10)")
 
     p = command("filter", "exposures rich in one DESOM-1 node")
-    p.add_argument("--node", type=_cell, required=True, metavar="X,Y",
-                   help="the DESOM-1 node: X = column, Y = row on the 25x25 map, from 0")
-    p.add_argument("--min-fraction", type=float, required=True, metavar="F",
-                   help="least share of an exposure's detections on that node, 0 to 1 (e.g. 0.02)")
+    p.add_argument(
+        "--node",
+        type=_cell,
+        required=True,
+        metavar="X,Y",
+        help="the DESOM-1 node: X = column, Y = row on the 25x25 map, from 0",
+    )
+    p.add_argument(
+        "--min-fraction",
+        type=float,
+        required=True,
+        metavar="F",
+        help="least share of an exposure's detections on that node, 0 to 1 (e.g. 0.02)",
+    )
 
     p = command("evaluate", "score the map against ground-truth labels (simulated data)")
-    p.add_argument("--out", default=None, help="folder of the tables and t-SNE picture (default <lake>/evaluation)")
+    p.add_argument(
+        "--out", default=None, help="folder of the tables and t-SNE picture (default <lake>/evaluation)"
+    )
     p = command("demo", "simulate a small night and run the whole chain on it", lake_required=False)
     p.add_argument("--exposures", type=_positive, default=36)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="desomspark", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _pipeline_commands(sub)
+    _map_commands(sub)
     return parser
 
 
 # --- commands -----------------------------------------------------------------
 
+
 def _spark(args, cfg: Config):
-    from .spark import get_spark
+    from desomspark.stages.spark import get_spark
 
     return get_spark(cfg.spark, master=args.master, quiet=not args.verbose)
 
 
 def _lake(args, create: bool = False):
     """The lake of ``--lake``.  Only the commands that write a new night may create one: for the
-    others a missing or empty folder is a typo, answered before Spark or MLflow touch anything."""
-    from .lake import Lake
+    others a missing or empty folder is a typo, answered before Spark or MLflow touch anything.
+    """
+    from desomspark.lake.layout import Lake
 
     lake = Lake(args.lake)
     if not create:
         if not lake.fs.exists(lake._fs_path(lake.root)):
             raise UserError(f"lake {args.lake} does not exist (ingest or nightly create a lake)")
         if not lake.exists("exposures"):
-            raise UserError(f"{args.lake} is not a desomspark lake: it has no exposures/ table (run ingest first)")
+            raise UserError(
+                f"{args.lake} is not a desomspark lake: it has no exposures/ table (run ingest first)"
+            )
     return lake
 
 
 def cmd_simulate(args, cfg: Config) -> int:
     from dataclasses import replace
 
-    from .simulate import simulate_night
+    from desomspark.evaluation.simulate import simulate_night
 
     sim = cfg.simulate
     if args.ccds or args.ccd_shape:
-        from .simulate import small_config
+        from desomspark.evaluation.simulate import small_config
 
         sim = small_config(sim, args.ccds or sim.n_ccds, tuple(args.ccd_shape or sim.ccd_shape))
-    paths = simulate_night(args.out, args.exposures, replace(sim), seed=args.seed, mix=args.mix,
-                           compress=args.compress, raw=args.raw, processes=args.processes)
+    paths = simulate_night(
+        args.out,
+        args.exposures,
+        replace(sim),
+        seed=args.seed,
+        mix=args.mix,
+        compress=args.compress,
+        raw=args.raw,
+        processes=args.processes,
+    )
     print(f"simulate: wrote {len(paths)} exposures and truth.csv to {Path(args.out).resolve()}")
     return 0
 
 
 def cmd_ingest(args, cfg: Config) -> int:
-    from .fitsio import list_inputs
-    from .ingest import ingest, main_summary_exit
+    from desomspark.ingest.fitsio import list_inputs
+    from desomspark.stages.ingest import ingest, main_summary_exit
 
     list_inputs(args.input)  # nothing to read: say so before Spark starts
     spark = _spark(args, cfg)
-    summary = ingest(spark, args.input, _lake(args, create=True), night=args.night, cfg=cfg.ingest, camera=args.camera)
+    summary = ingest(
+        spark, args.input, _lake(args, create=True), night=args.night, cfg=cfg.ingest, camera=args.camera
+    )
     return main_summary_exit(summary)
 
 
 def cmd_train_desom1(args, cfg: Config) -> int:
-    from .desom1 import train_desom1
+    from desomspark.stages.train_desom1 import train_desom1
 
     lake = _lake(args)
-    train_desom1(_spark(args, cfg), lake, cfg, iterations=args.iterations, processes=args.processes,
-                 gpu=args.gpu, sample_size=args.sample, resume=args.resume, batch_size=args.batch_size,
-                 cluster=args.cluster)
+    train_desom1(
+        _spark(args, cfg),
+        lake,
+        cfg,
+        iterations=args.iterations,
+        processes=args.processes,
+        gpu=args.gpu,
+        sample_size=args.sample,
+        resume=args.resume,
+        batch_size=args.batch_size,
+        cluster=args.cluster,
+    )
     return 0
 
 
 def cmd_promote(args, cfg: Config) -> int:
-    from .registry import CHAMPION, promote
+    from desomspark.registry import CHAMPION, promote
 
     version = promote(_lake(args), cfg.mlflow, args.model, args.version)
     print(f"promote: {args.model} version {version} is now '{CHAMPION}'")
@@ -228,7 +336,7 @@ def cmd_promote(args, cfg: Config) -> int:
 
 
 def cmd_histovectors(args, cfg: Config) -> int:
-    from .pipeline import run_histovectors
+    from desomspark.stages.nightly import run_histovectors
 
     lake = _lake(args)
     run_histovectors(_spark(args, cfg), lake, cfg, args.desom1, [args.night] if args.night else None)
@@ -236,14 +344,14 @@ def cmd_histovectors(args, cfg: Config) -> int:
 
 
 def cmd_train_desom2(args, cfg: Config) -> int:
-    from .desom2 import train_desom2
+    from desomspark.stages.train_desom2 import train_desom2
 
     train_desom2(_lake(args), cfg, iterations=args.iterations, desom1_version=args.desom1)
     return 0
 
 
 def cmd_assign(args, cfg: Config) -> int:
-    from .pipeline import run_assign
+    from desomspark.stages.nightly import run_assign
 
     lake = _lake(args)
     run_assign(_spark(args, cfg), lake, cfg, args.desom2, [args.night] if args.night else None)
@@ -251,8 +359,8 @@ def cmd_assign(args, cfg: Config) -> int:
 
 
 def cmd_nightly(args, cfg: Config) -> int:
-    from .fitsio import list_inputs
-    from .pipeline import nightly
+    from desomspark.ingest.fitsio import list_inputs
+    from desomspark.stages.nightly import nightly
 
     list_inputs(args.input)  # nothing to read: say so before Spark starts
     lake = _lake(args, create=True)
@@ -261,25 +369,32 @@ def cmd_nightly(args, cfg: Config) -> int:
 
 
 def cmd_watch(args, cfg: Config) -> int:
-    from .watch import watch
+    from desomspark.stages.watch import watch
 
     if not Path(args.input).is_dir():  # the stream needs its folder: say so before Spark starts
         raise FileNotFoundError(f"{args.input} is not a folder")
     lake = _lake(args, create=True)
-    watch(_spark(args, cfg), str(Path(args.input).resolve()), lake, cfg, night=args.night, camera=args.camera,
-          timeout=args.timeout)
+    watch(
+        _spark(args, cfg),
+        str(Path(args.input).resolve()),
+        lake,
+        cfg,
+        night=args.night,
+        camera=args.camera,
+        timeout=args.timeout,
+    )
     return 0
 
 
 def cmd_serve(args, cfg: Config) -> int:
-    from .console import serve
+    from desomspark.serve.console import serve
 
     serve(_lake(args), cfg, args.host, args.port)
     return 0
 
 
 def cmd_demo(args, cfg: Config) -> int:
-    from .demo import demo
+    from desomspark.evaluation.demo import demo
 
     if args.conf is None:  # the demo's own small settings
         cfg = load_config(conf_dir() / "local.yaml")
@@ -289,25 +404,26 @@ def cmd_demo(args, cfg: Config) -> int:
 
 
 def cmd_label(args, cfg: Config) -> int:
-    from . import registry
-    from .explore import label_cell
-    from .model import ModelSpec
+    from desomspark import registry
+    from desomspark.serve.explore import label_cell
 
     if args.unlabel == (args.label is not None):
         raise UserError("give either --label NAME or --unlabel")
     lake = _lake(args)
-    _, version, meta = registry.champion_metadata(lake, cfg, "desom2")
-    row = label_cell(lake, version, args.cell, None if args.unlabel else args.label,
-                     ModelSpec.from_dict(meta).map_shape)
+    desom2 = registry.registered(lake, cfg, "desom2")
+    version = desom2.version
+    row = label_cell(lake, version, args.cell, None if args.unlabel else args.label, desom2.map_shape)
     what = f"'{row['label']}'" if row["label"] else "unlabelled"
-    print(f"label: cell {args.cell[0]},{args.cell[1]} of desom2 v{version} is {what} (by {row['author']}); "
-          f"export, similar and report show it now; 'desomspark assign' writes it into past nights' "
-          f"assignments, nightly into new ones")
+    print(
+        f"label: cell {args.cell[0]},{args.cell[1]} of desom2 v{version} is {what} (by {row['author']}); "
+        f"export, similar and report show it now; 'desomspark assign' writes it into past nights' "
+        f"assignments, nightly into new ones"
+    )
     return 0
 
 
 def cmd_export(args, cfg: Config) -> int:
-    from .explore import export
+    from desomspark.serve.explore import export
 
     n = export(_lake(args), args.out, args.format)
     print(f"export: {n} exposures written to {args.out}")
@@ -315,34 +431,36 @@ def cmd_export(args, cfg: Config) -> int:
 
 
 def cmd_similar(args, cfg: Config) -> int:
-    from . import registry
-    from .explore import similar
+    from desomspark import registry
+    from desomspark.serve.explore import similar
 
     lake = _lake(args)
-    uri, version, meta = registry.champion_metadata(lake, cfg, "desom2")
-    table = similar(lake, uri, meta, args.exposure, args.k)
-    print(f"similar to {args.exposure} (desom2 v{version} latent space):")
+    desom2 = registry.registered(lake, cfg, "desom2")
+    table = similar(lake, desom2, args.exposure, args.k)
+    print(f"similar to {args.exposure} (desom2 v{desom2.version} latent space):")
     print(table.to_string(index=False))
     return 0
 
 
 def cmd_filter(args, cfg: Config) -> int:
-    from . import registry
-    from .explore import filter_node
-    from .model import ModelSpec
+    from desomspark import registry
+    from desomspark.serve.explore import filter_node
 
     lake = _lake(args)
-    _, version, meta = registry.champion_metadata(lake, cfg, "desom1")
-    table = filter_node(lake, args.node, args.min_fraction, ModelSpec.from_dict(meta).map_shape)
-    print(f"{len(table)} exposures with >= {args.min_fraction:.0%} of detections on DESOM-1 node "
-          f"{args.node[0]},{args.node[1]} (column, row)")
+    table = filter_node(
+        lake, args.node, args.min_fraction, registry.registered(lake, cfg, "desom1").map_shape
+    )
+    print(
+        f"{len(table)} exposures with >= {args.min_fraction:.0%} of detections on DESOM-1 node "
+        f"{args.node[0]},{args.node[1]} (column, row)"
+    )
     if len(table):
         print(table.to_string(index=False))
     return 0
 
 
 def cmd_report(args, cfg: Config) -> int:
-    from .report import write_report
+    from desomspark.serve.report import write_report
 
     index = write_report(_lake(args), cfg, args.out)
     print(f"report: open {index}")
@@ -350,7 +468,7 @@ def cmd_report(args, cfg: Config) -> int:
 
 
 def cmd_evaluate(args, cfg: Config) -> int:
-    from .evaluate import evaluate
+    from desomspark.evaluation.evaluate import evaluate
 
     evaluate(_lake(args), cfg, args.out)
     return 0

@@ -5,6 +5,7 @@ Every stage takes one of the dataclasses below, so the numbers that steer a run
 place (``conf/default.yaml``) and recorded with the run.  A user file given with
 ``--conf`` is merged over the defaults key by key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from .errors import UserError
+
+from desomspark.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,14 @@ class IngestConfig:
     clip_percentiles: tuple[float, float] = (1.0, 95.0)
     min_ccd_side: int = 128
     window_size: int = 500
+    max_pixstack: int = 20_000_000
 
     def __post_init__(self):
         if not 0 <= self.trail_column_tolerance < 90:
-            raise UserError(f"[ingest] trail_column_tolerance is in degrees from 0 to 90, "
-                            f"not {self.trail_column_tolerance}")
+            raise UserError(
+                f"[ingest] trail_column_tolerance is in degrees from 0 to 90, "
+                f"not {self.trail_column_tolerance}"
+            )
 
 
 @dataclass(frozen=True)
@@ -116,8 +121,17 @@ class Desom2Config:
     clip_sigma: float = 3.0
     log_every: int = 500
     transform: str = "hellinger"
-    qa_inputs: tuple[str, ...] = ("fwhm", "elongation_median", "elongation_p90", "detections_per_ccd", "sky",
-                                  "sky_rms", "sky_spread", "background_structure", "depth")
+    qa_inputs: tuple[str, ...] = (
+        "fwhm",
+        "elongation_median",
+        "elongation_p90",
+        "detections_per_ccd",
+        "sky",
+        "sky_rms",
+        "sky_spread",
+        "background_structure",
+        "depth",
+    )
     qa_weight: float = 0.25
     node_smoothing: float = 1.0
 
@@ -151,8 +165,10 @@ class WatchConfig:
     def __post_init__(self):
         unknown = set(self.rules) - set(ALERT_RULES)
         if unknown:
-            raise UserError(f"[watch] rules: unknown rule(s) {', '.join(sorted(unknown))} "
-                            f"(known: {', '.join(ALERT_RULES)})")
+            raise UserError(
+                f"[watch] rules: unknown rule(s) {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(ALERT_RULES)})"
+            )
         if not 0 < self.novelty_quantile < 1:
             raise UserError(f"[watch] novelty_quantile must lie between 0 and 1, not {self.novelty_quantile}")
         if self.alert_window < 1 or self.dead_ccd_exposures < 1 or self.settle_seconds < 0:
@@ -200,8 +216,10 @@ def conf_dir() -> Path:
     """
     if "DESOMSPARK_CONF_DIR" in os.environ:
         return Path(os.environ["DESOMSPARK_CONF_DIR"])
-    for candidate in (Path(__file__).resolve().parents[1] / "conf",
-                      Path(sys.prefix) / "share" / "desomspark" / "conf"):
+    for candidate in (
+        Path(__file__).resolve().parents[1] / "conf",
+        Path(sys.prefix) / "share" / "desomspark" / "conf",
+    ):
         if (candidate / "default.yaml").exists():
             return candidate
     raise FileNotFoundError("conf/default.yaml not found; set DESOMSPARK_CONF_DIR")

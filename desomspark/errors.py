@@ -8,6 +8,7 @@ not belong together (``registry.ModelMismatch``).  The command line prints
 these as ``desomspark COMMAND: message`` with no traceback; anything else is
 a bug and keeps its traceback.
 """
+
 from __future__ import annotations
 
 

@@ -6,6 +6,7 @@ script) calls :func:`to_stdout` once: the ``desomspark`` logger then writes
 bare messages to stdout, the operator's console and the scheduler's job log.
 A library user configures logging as they like and sees nothing by default.
 """
+
 from __future__ import annotations
 
 import logging

@@ -4,6 +4,7 @@
 
 Arguments are those of `desomspark train-desom1 --help`; the work is in the desomspark package.
 """
+
 import sys
 
 from desomspark.cli import main

@@ -6,6 +6,7 @@ Arguments are those of `desomspark watch --help`; the work is in the desomspark 
 Its checkpoint lives in LAKE/_watch/checkpoint: a restarted application carries on where
 the last one stopped, each exposure sorted once.
 """
+
 import sys
 
 from desomspark.cli import main

@@ -8,6 +8,7 @@ folders to models/desom1 and models/desom2, and rewrites models/MODEL_CARD.md
 with the data, settings and metrics.  A fresh install registers these as its
 first champions, so ``nightly`` assigns exposures before anyone trains.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,15 +22,15 @@ from mlflow import MlflowClient
 
 from desomspark import registry
 from desomspark.config import load_config
-from desomspark.demo import class_table
-from desomspark.desom1 import train_desom1
-from desomspark.desom2 import train_desom2
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
-from desomspark.metrics import nmi, purity
-from desomspark.pipeline import run_assign, run_histovectors
-from desomspark.simulate import simulate_night, small_config
-from desomspark.spark import get_spark
+from desomspark.desom.metrics import nmi, purity
+from desomspark.evaluation.demo import class_table
+from desomspark.evaluation.simulate import simulate_night, small_config
+from desomspark.lake.layout import Lake
+from desomspark.stages.ingest import ingest
+from desomspark.stages.nightly import run_assign, run_histovectors
+from desomspark.stages.spark import get_spark
+from desomspark.stages.train_desom1 import train_desom1
+from desomspark.stages.train_desom2 import train_desom2
 
 HERE = Path(__file__).resolve().parent
 NIGHT = "20251120"
@@ -43,15 +44,25 @@ def copy_model(name: str, version: str, target: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--exposures", type=int, default=96)
     parser.add_argument("--iterations", type=int, default=800)
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     cfg = load_config(HERE.parent / "conf" / "local.yaml")
-    cfg = replace(cfg, desom1=replace(cfg.desom1, iterations=args.iterations, batch_size=args.batch_size,
-                                      checkpoint_every=200, log_every=100),
-                  desom2=replace(cfg.desom2, iterations=3000))
+    cfg = replace(
+        cfg,
+        desom1=replace(
+            cfg.desom1,
+            iterations=args.iterations,
+            batch_size=args.batch_size,
+            checkpoint_every=200,
+            log_every=100,
+        ),
+        desom2=replace(cfg.desom2, iterations=3000),
+    )
     sim = replace(small_config(cfg.simulate, 4, (1024, 1024)), p_dead_ccd=0.02)
     with tempfile.TemporaryDirectory() as tmp:
         lake = Lake(f"{tmp}/lake")
@@ -83,27 +94,29 @@ CPU, as a starting point, not as the paper's production models.  Re-make with
 
 Both are MLflow models in the `pt2` format (`torch.export`: a graph and
 tensors, loaded without unpickling code).  Input -> one row per sample:
-`[node, latent distance, latent vector...]` (`desomspark.model.split_inference`).
+`[node, latent distance, latent vector...]` (`desomspark.desom.model.split_inference`).
 
 ## Data
 - {args.exposures} simulated exposures, balanced over Good, BT, RBT, B-Seeing,
   BadFocus, BGP (gradient, scattered light, crowded, low exposure); 4 CCDs of
-  1024x1024 each, seed 2024 (`desomspark.simulate`).
+  1024x1024 each, seed 2024 (`desomspark.evaluation.simulate`).
 - {n_cutouts} cutouts (32x32, up to 100 per CCD, sep detection as SExtractor).
 
 ## DESOM-1 (`desom1/`)
 - Conv autoencoder 32-64-128 / Dense 512 / latent 160, SOM 25x25 (paper architecture).
 - {args.iterations} iterations, batch {args.batch_size}, gamma {cfg.desom1.gamma},
   T {cfg.desom1.t_max} -> {cfg.desom1.t_min}, Adam lr {cfg.desom1.learning_rate}; DDP on 2 CPU processes.
-- Final: loss {f1.get('loss', float('nan')):.5f}, reconstruction MSE {f1.get('reconstruction', float('nan')):.5f},
-  quantization error {f1.get('quantization_error', float('nan')):.3f}, topographic error {f1.get('topographic_error', float('nan')):.3f}.
+- Final: loss {f1.get("loss", float("nan")):.5f}, reconstruction MSE
+{f1.get("reconstruction", float("nan")):.5f},
+  quantization error {f1.get("quantization_error", float("nan")):.3f}, topographic error
+  {f1.get("topographic_error", float("nan")):.3f}.
 - Extra: `extra_files/extra.npz` holds `decoded_prototypes` (625x32x32) and `prototypes` (625x160).
 
 ## DESOM-2 (`desom2/`)
-- Dense autoencoder 625-450-300-100, SOM {d2['map_shape'][0]}x{d2['map_shape'][1]} (scaled to
+- Dense autoencoder 625-450-300-100, SOM {d2["map_shape"][0]}x{d2["map_shape"][1]} (scaled to
   {args.exposures} exposures), {cfg.desom2.iterations} iterations, gamma {cfg.desom2.gamma}.
 - Normalisation inside the model: clip above mean + 3 sigma, z-score per vector, per-bin min-max fitted here.
-- Final: loss {f2['loss']:.5f}, topographic error {f2['topographic_error']:.3f}.
+- Final: loss {f2["loss"]:.5f}, topographic error {f2["topographic_error"]:.3f}.
 - On its training exposures: purity {pur:.3f}, NMI {mi:.3f} against the simulated classes.
 
 Exposures per cell and true class (training night):

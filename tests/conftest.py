@@ -1,4 +1,5 @@
 """Shared fixtures: a real local Spark session and small simulated nights on disk."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from desomspark.config import load_config
-from desomspark.simulate import simulate_night, small_config
+from desomspark.evaluation.simulate import simulate_night, small_config
 
 # Spark's Python workers must run the interpreter that has the project
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -24,7 +25,8 @@ HOSTILE_OBJECT = "<script>window.__pwned = 1</script>M31 & co"
 @pytest.fixture(autouse=True)
 def _no_inherited_mlflow_store(monkeypatch):
     """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI: a command a test starts must find
-    its own lake's store, not the last one this process used."""
+    its own lake's store, not the last one this process used.
+    """
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
 
@@ -42,16 +44,20 @@ def small_sim(config):
 @pytest.fixture(scope="session")
 def spark():
     from desomspark.config import SparkConfig
-    from desomspark.spark import get_spark
+    from desomspark.stages.spark import get_spark
 
-    cfg = SparkConfig(master="local[2]", app_name="desomspark-tests", properties={
-        "spark.sql.shuffle.partitions": "4",
-        "spark.ui.enabled": "false",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.session.timeZone": "UTC",
-        "spark.driver.memory": "2g",
-        "spark.sql.execution.arrow.pyspark.enabled": "true",
-    })
+    cfg = SparkConfig(
+        master="local[2]",
+        app_name="desomspark-tests",
+        properties={
+            "spark.sql.shuffle.partitions": "4",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.sql.session.timeZone": "UTC",
+            "spark.driver.memory": "2g",
+            "spark.sql.execution.arrow.pyspark.enabled": "true",
+        },
+    )
     session = get_spark(cfg)
     yield session
     session.stop()
@@ -78,12 +84,13 @@ def airflow_python():
 def mapped_lake(spark, small_sim, tmp_path_factory, config):
     """A balanced night (36 exposures: enough for purity to tell clusterings apart), one file's OBJECT
     header made hostile, one file not FITS at all, mapped with the default models.  Shared by the report
-    and the console, whose tests leave its labels as they found them."""
+    and the console, whose tests leave its labels as they found them.
+    """
     from astropy.io import fits
 
-    from desomspark.ingest import ingest
-    from desomspark.lake import Lake
-    from desomspark.pipeline import run_assign, run_histovectors
+    from desomspark.lake.layout import Lake
+    from desomspark.stages.ingest import ingest
+    from desomspark.stages.nightly import run_assign, run_histovectors
 
     raw = tmp_path_factory.mktemp("report-raw")
     files = simulate_night(raw, 36, small_sim, seed=21, mix="balanced", processes=2, progress=False)

@@ -1,4 +1,5 @@
-"""A Spark standalone cluster and an MLflow server on 127.0.0.1, for tests, benchmarks and trying the cluster path.
+"""A Spark standalone cluster and an MLflow server on 127.0.0.1, for tests, benchmarks and trying the cluster
+path.
 
 These are the real servers an operator runs (``spark-class ...Master`` /
 ``...Worker`` from the pyspark package, ``mlflow server`` with a sqlite
@@ -8,6 +9,7 @@ started, when the ``with`` block ends::
     with StandaloneCluster(workers=2, work_dir=tmp) as cluster, MlflowServer(tmp / "mlflow") as mlflow:
         subprocess.run(spark_submit_command(cluster.master_url, "jobs/nightly.py", ...), env=mlflow.env())
 """
+
 from __future__ import annotations
 
 import json
@@ -35,20 +37,26 @@ def spark_home() -> str:
     return os.path.dirname(pyspark.__file__)
 
 
-def _wait(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+def _wait(
+    predicate, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None
+):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: process exited with {proc.returncode}"
-                               + (f"; log: {log.read_text()[-2000:]}" if log and log.exists() else ""))
+            raise RuntimeError(
+                f"{what}: process exited with {proc.returncode}"
+                + (f"; log: {log.read_text()[-2000:]}" if log and log.exists() else "")
+            )
         try:
             if predicate():
                 return
         except OSError:
             pass
         time.sleep(0.5)
-    raise TimeoutError(f"{what}: not ready after {timeout:.0f} s" +
-                       (f"; log: {log.read_text()[-2000:]}" if log and log.exists() else ""))
+    raise TimeoutError(
+        f"{what}: not ready after {timeout:.0f} s"
+        + (f"; log: {log.read_text()[-2000:]}" if log and log.exists() else "")
+    )
 
 
 def _start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
@@ -74,8 +82,14 @@ def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 20) -> No
 def spark_env(extra: dict | None = None) -> dict:
     """Environment of Spark's processes: this interpreter for Python, loopback only."""
     env = dict(os.environ)
-    env.update({"SPARK_HOME": spark_home(), "SPARK_LOCAL_IP": HOST, "PYSPARK_PYTHON": sys.executable,
-                "PYSPARK_DRIVER_PYTHON": sys.executable})
+    env.update(
+        {
+            "SPARK_HOME": spark_home(),
+            "SPARK_LOCAL_IP": HOST,
+            "PYSPARK_PYTHON": sys.executable,
+            "PYSPARK_DRIVER_PYTHON": sys.executable,
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -106,8 +120,20 @@ class StandaloneCluster:
         cls = os.path.join(spark_home(), "bin", "spark-class")
         env = spark_env({"SPARK_LOG_DIR": str(self.dir)})
         log = self.dir / "master.log"
-        self.master = _start([cls, "org.apache.spark.deploy.master.Master", "--host", HOST, "--port", str(self.port),
-                              "--webui-port", str(self.ui_port)], log, env)
+        self.master = _start(
+            [
+                cls,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--webui-port",
+                str(self.ui_port),
+            ],
+            log,
+            env,
+        )
         _wait(lambda: "workers" in self.state(), 60, "spark master", self.master, log)
         for k in range(self.n_workers):
             self.add_worker(k, env)
@@ -118,9 +144,25 @@ class StandaloneCluster:
         cls = os.path.join(spark_home(), "bin", "spark-class")
         work = self.dir / f"worker{k}"
         work.mkdir(exist_ok=True)
-        proc = _start([cls, "org.apache.spark.deploy.worker.Worker", self.master_url, "--host", HOST,
-                       "--cores", str(self.cores), "--memory", self.memory, "--webui-port", str(free_port()),
-                       "--work-dir", str(work)], self.dir / f"worker{k}.log", env or spark_env())
+        proc = _start(
+            [
+                cls,
+                "org.apache.spark.deploy.worker.Worker",
+                self.master_url,
+                "--host",
+                HOST,
+                "--cores",
+                str(self.cores),
+                "--memory",
+                self.memory,
+                "--webui-port",
+                str(free_port()),
+                "--work-dir",
+                str(work),
+            ],
+            self.dir / f"worker{k}.log",
+            env or spark_env(),
+        )
         self.workers.append(proc)
         return proc
 
@@ -150,19 +192,42 @@ class MlflowServer:
     def env(self, base: dict | None = None) -> dict:
         """An environment whose MLflow client uses this server and fails fast when it is down."""
         env = dict(base if base is not None else os.environ)
-        env.update({"MLFLOW_TRACKING_URI": self.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"})
+        env.update(
+            {
+                "MLFLOW_TRACKING_URI": self.uri,
+                "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+                "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+            }
+        )
         return env
 
     def start(self) -> "MlflowServer":
         self.root.mkdir(parents=True, exist_ok=True)
         mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-        self.proc = _start([mlflow, "server", "--host", HOST, "--port", str(self.port), "--workers", "1",
-                            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-                            "--artifacts-destination", str(self.root / "artifacts")],
-                           self.root / "server.log")
-        _wait(lambda: urllib.request.urlopen(f"{self.uri}/health", timeout=5).status == 200, 120,
-              "mlflow server", self.proc, self.root / "server.log")
+        self.proc = _start(
+            [
+                mlflow,
+                "server",
+                "--host",
+                HOST,
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+            ],
+            self.root / "server.log",
+        )
+        _wait(
+            lambda: urllib.request.urlopen(f"{self.uri}/health", timeout=5).status == 200,
+            120,
+            "mlflow server",
+            self.proc,
+            self.root / "server.log",
+        )
         return self
 
     def stop(self) -> None:
@@ -177,12 +242,19 @@ class MlflowServer:
         self.stop()
 
 
-def spark_submit_command(master: str, script: str, *args: str, conf: dict | None = None,
-                         executor_env: dict | None = None) -> list[str]:
+def spark_submit_command(
+    master: str, script: str, *args: str, conf: dict | None = None, executor_env: dict | None = None
+) -> list[str]:
     """``spark-submit`` of one of ``jobs/*.py`` with the project's interpreter on driver and executors."""
-    cmd = [os.path.join(spark_home(), "bin", "spark-submit"), "--master", master,
-           "--conf", f"spark.pyspark.python={sys.executable}",
-           "--conf", f"spark.pyspark.driver.python={sys.executable}"]
+    cmd = [
+        os.path.join(spark_home(), "bin", "spark-submit"),
+        "--master",
+        master,
+        "--conf",
+        f"spark.pyspark.python={sys.executable}",
+        "--conf",
+        f"spark.pyspark.driver.python={sys.executable}",
+    ]
     for key, value in (conf or {}).items():
         cmd += ["--conf", f"{key}={value}"]
     for key, value in (executor_env or {}).items():

@@ -4,6 +4,7 @@
 stage commands run out of order (a lake with cutouts but no histo-vectors)
 must say what to run first in one line, with no traceback.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,18 +14,23 @@ import sys
 import pandas as pd
 import pytest
 import yaml
-
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
 from tools import child_env
+
+from desomspark.lake.layout import Lake
+from desomspark.stages.ingest import ingest
 
 #: the JVM's own start-up line: nothing in Spark can turn it off (README, "What an error looks like")
 JVM_LINE = "WARNING: Using incubator modules"
 
 
 def _cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "desomspark.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=child_env(DESOMSPARK_AUTHOR="tests"))
+    return subprocess.run(
+        [sys.executable, "-m", "desomspark.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=child_env(DESOMSPARK_AUTHOR="tests"),
+    )
 
 
 def _own_lines(stderr: str) -> list[str]:
@@ -49,7 +55,7 @@ def test_demo_runs_the_whole_chain(demo_run):
     lake, done = demo_run
     assert done.returncode == 0, done.stderr[-3000:]
     assert "map neighbour accuracy" in done.stdout and "demo: done" in done.stdout
-    assert not _own_lines(done.stderr), done.stderr[-2000:]          # quiet: nothing but the JVM's line
+    assert not _own_lines(done.stderr), done.stderr[-2000:]  # quiet: nothing but the JVM's line
     assert os.path.isfile(lake.path("report", "index.html"))
     assigned = lake.read("assignments").to_pandas()
     assert set(assigned["night"]) == {"20251120", "20251121"}
@@ -77,18 +83,22 @@ def ingested_only(spark, night_dir, tmp_path_factory, config):
     return lake
 
 
-@pytest.mark.parametrize("command, says", [
-    ("assign", "run histovectors first"),
-    ("train-desom2", "run histovectors first"),
-    ("report", "run assign first"),
-    ("evaluate", "run assign first"),
-])
+@pytest.mark.parametrize(
+    "command, says",
+    [
+        ("assign", "run histovectors first"),
+        ("train-desom2", "run histovectors first"),
+        ("report", "run assign first"),
+        ("evaluate", "run assign first"),
+    ],
+)
 def test_a_stage_run_too_early_says_what_to_run_first(ingested_only, tmp_path, command, says):
     extra = ["--out", str(tmp_path / "out")] if command in ("report", "evaluate") else []
     done = _cli(command, "--lake", ingested_only.root, *extra)
     assert done.returncode == 1
-    assert _own_lines(done.stderr) == [line for line in _own_lines(done.stderr)
-                                       if line.startswith(f"desomspark {command}: ")], done.stderr[-2000:]
+    assert _own_lines(done.stderr) == [
+        line for line in _own_lines(done.stderr) if line.startswith(f"desomspark {command}: ")
+    ], done.stderr[-2000:]
     (line,) = _own_lines(done.stderr)
     assert says in line and "Traceback" not in done.stderr
 
@@ -113,7 +123,12 @@ client.send_command("m\\nd\\no1\\ne\\n", retry=False)
 def test_a_gateway_lost_at_exit_stays_off_stderr_unless_verbose(verbose):
     # Py4J's finaliser thread can send "delete" to a JVM already exiting, and Py4J logs that
     # on the root logger: a command that succeeded must not end with its traceback
-    done = subprocess.run([sys.executable, "-c", _LOST_GATEWAY, "-v" if verbose else "-"],
-                          capture_output=True, text=True, timeout=60, env=child_env())
+    done = subprocess.run(
+        [sys.executable, "-c", _LOST_GATEWAY, "-v" if verbose else "-"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=child_env(),
+    )
     assert done.returncode == 0, done.stderr
     assert ("Exception while sending command" in done.stderr) == verbose, done.stderr

@@ -4,6 +4,7 @@ The lake is the report's (36 mapped exposures, one with a hostile OBJECT
 header).  The tests label cells and undo, so that they leave its labels as
 they found them.
 """
+
 from __future__ import annotations
 
 import io
@@ -16,14 +17,14 @@ from dataclasses import replace
 
 import pandas as pd
 import pytest
-
 from conftest import HOSTILE_OBJECT
-from desomspark.console import create_app
-from desomspark.explore import export
-from desomspark.pipeline import run_assign
-from desomspark.queries import current_labels
 from localcluster import free_port
 from tools import child_env, open_browser
+
+from desomspark.lake.queries import current_labels
+from desomspark.serve.console import create_app
+from desomspark.serve.explore import export
+from desomspark.stages.nightly import run_assign
 
 
 class Console:
@@ -33,9 +34,23 @@ class Console:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.proc = subprocess.Popen([sys.executable, "-m", "desomspark.cli", "serve", "--lake", lake.root,
-                                      "--host", host, "--port", str(self.port)],
-                                     stdout=open(log, "w"), stderr=subprocess.STDOUT, env=child_env(**env))
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "desomspark.cli",
+                "serve",
+                "--lake",
+                lake.root,
+                "--host",
+                host,
+                "--port",
+                str(self.port),
+            ],
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            env=child_env(**env),
+        )
 
     def wait_up(self, timeout: float = 180) -> "Console":
         deadline = time.time() + timeout
@@ -45,7 +60,9 @@ class Console:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=10):
                     return self
             except OSError:
-                assert time.time() < deadline, f"serve not up after {timeout} s:\n{self.log.read_text()[-3000:]}"
+                assert time.time() < deadline, (
+                    f"serve not up after {timeout} s:\n{self.log.read_text()[-3000:]}"
+                )
                 time.sleep(0.5)
 
     def stop(self) -> None:
@@ -55,6 +72,7 @@ class Console:
 
 def _request(url: str, data: dict | None = None, headers: dict | None = None) -> tuple[int, str]:
     """(status, body) of a GET, or of a form POST when ``data`` is given; redirects are not followed."""
+
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args, **kwargs):
             return None
@@ -103,10 +121,11 @@ def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spa
         WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith(f"/cell/{x}/{y}"))
         mosaic = browser.find_element(By.CSS_SELECTOR, f'img[src$="/{exposure_id}/mosaic.png"]')
         WebDriverWait(browser, 30).until(
-            lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", mosaic))
-        assert browser.execute_script("return arguments[0].naturalWidth", mosaic) > 100   # 2x2 CCDs of 128 px
-        assert HOSTILE_OBJECT in browser.find_element(By.TAG_NAME, "body").text          # shown as text ...
-        assert browser.execute_script("return window.__pwned === undefined")              # ... never run
+            lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", mosaic)
+        )
+        assert browser.execute_script("return arguments[0].naturalWidth", mosaic) > 100  # 2x2 CCDs of 128 px
+        assert HOSTILE_OBJECT in browser.find_element(By.TAG_NAME, "body").text  # shown as text ...
+        assert browser.execute_script("return window.__pwned === undefined")  # ... never run
         assert browser.find_elements(By.TAG_NAME, "script") == []
         assert browser.find_element(By.ID, "label").text == "(none)"
 
@@ -116,28 +135,30 @@ def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spa
         browser.find_element(By.ID, "label-submit").click()
         # the form's page is replaced by the cell's: an element read as it goes is stale, not a failure
         WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException]).until(
-            lambda b: b.find_element(By.ID, "label").text == "BT")
+            lambda b: b.find_element(By.ID, "label").text == "BT"
+        )
         browser.save_screenshot(str(tmp_path / "cell.png"))
         labelled = _exported(mapped_lake, tmp_path, x, y)
-        assert len(labelled) >= 1 and set(labelled["label"]) == {"BT"}                  # export carries it
+        assert len(labelled) >= 1 and set(labelled["label"]) == {"BT"}  # export carries it
         assigned = run_assign(spark, mapped_lake, config)
         assert set(assigned[(assigned.cell_x == x) & (assigned.cell_y == y)]["label"]) == {"BT"}  # and assign
 
         browser.find_element(By.ID, "undo").click()
         WebDriverWait(browser, 30, ignored_exceptions=[StaleElementReferenceException]).until(
-            lambda b: b.find_element(By.ID, "label").text == "(none)")
-        assert _exported(mapped_lake, tmp_path, x, y)["label"].isna().all()               # undo restores
+            lambda b: b.find_element(By.ID, "label").text == "(none)"
+        )
+        assert _exported(mapped_lake, tmp_path, x, y)["label"].isna().all()  # undo restores
 
         browser.get(f"{console.url}/map")
         assert f"/cell/{x}/{y}" in browser.find_element(By.ID, f"cell-{x}-{y}").get_attribute("href")
         browser.get(f"{console.url}/exposure/{night}/{exposure_id}")
         assert HOSTILE_OBJECT in browser.find_element(By.TAG_NAME, "body").text
         first = browser.find_elements(By.CSS_SELECTOR, "table.similar tbody tr td a")[0]
-        assert first.text == exposure_id                                                 # itself first
+        assert first.text == exposure_id  # itself first
         assert browser.execute_script("return window.__pwned === undefined")
     finally:
         browser.quit()
-    run_assign(spark, mapped_lake, config)   # the lake's assignments as the other tests expect them
+    run_assign(spark, mapped_lake, config)  # the lake's assignments as the other tests expect them
 
 
 def test_tables_download_as_csv_and_bad_requests_get_clear_errors(console, mapped_lake, hostile):
@@ -150,10 +171,13 @@ def test_tables_download_as_csv_and_bad_requests_get_clear_errors(console, mappe
     status, body = _request(f"{console.url}/nights?format=csv")
     assert status == 200 and night in body and "divergence" in body.splitlines()[0]
     status, body = _request(f"{console.url}/map?format=csv")
-    assert status == 200 and len(pd.read_csv(io.StringIO(body))) == assigned.groupby(["cell_x", "cell_y"]).ngroups
+    assert (
+        status == 200
+        and len(pd.read_csv(io.StringIO(body))) == assigned.groupby(["cell_x", "cell_y"]).ngroups
+    )
 
     status, body = _request(f"{console.url}/exposure/{night}/{exposure_id}?format=csv&table=fields")
-    assert status == 200 and HOSTILE_OBJECT in body                                 # CSV is data, not a page
+    assert status == 200 and HOSTILE_OBJECT in body  # CSV is data, not a page
     status, body = _request(f"{console.url}/nights?format=csv&table=alerts")
     assert status == 200 and body.splitlines()[0].startswith("night,alert_id,rule")
 
@@ -170,39 +194,68 @@ def test_tables_download_as_csv_and_bad_requests_get_clear_errors(console, mappe
     assert status == 200 and "exposures" in body
     # a form on another site posting to the console is refused, whatever it says
     before = len(mapped_lake.read("labels"))
-    status, _ = _request(f"{console.url}/cell/{x}/{y}/label", {"label": "Good"},
-                         {"Origin": "http://evil.example"})
+    status, _ = _request(
+        f"{console.url}/cell/{x}/{y}/label", {"label": "Good"}, {"Origin": "http://evil.example"}
+    )
     assert status == 403 and len(mapped_lake.read("labels")) == before
 
 
 def test_bound_elsewhere_the_console_needs_its_token(mapped_lake, hostile, tmp_path):
     _, _, x, y = hostile
-    refused = subprocess.run([sys.executable, "-m", "desomspark.cli", "serve", "--lake", mapped_lake.root,
-                              "--host", "0.0.0.0", "--port", str(free_port())],
-                             capture_output=True, text=True, env=child_env(), timeout=120)
+    refused = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "desomspark.cli",
+            "serve",
+            "--lake",
+            mapped_lake.root,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(free_port()),
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
     assert refused.returncode != 0 and "DESOMSPARK_CONSOLE_TOKEN" in refused.stderr
 
-    server = Console(mapped_lake, tmp_path / "serve.log", host="0.0.0.0",
-                     DESOMSPARK_CONSOLE_TOKEN="s3cret").wait_up()
+    server = Console(
+        mapped_lake, tmp_path / "serve.log", host="0.0.0.0", DESOMSPARK_CONSOLE_TOKEN="s3cret"
+    ).wait_up()
     try:
-        labels = lambda: len(mapped_lake.read("labels"))
+
+        def labels():
+            return len(mapped_lake.read("labels"))
+
         before = labels()
-        answer = lambda *args: (_request(*args), server.log.read_text()[-2000:])
-        assert answer(f"{server.url}/cell/{x}/{y}")[0][0] == 200                      # reading needs nothing
+
+        def answer(*args):
+            return (_request(*args), server.log.read_text()[-2000:])
+
+        assert answer(f"{server.url}/cell/{x}/{y}")[0][0] == 200  # reading needs nothing
         (status, body), log = answer(f"{server.url}/cell/{x}/{y}/label", {"label": "Good"})
         assert status == 403 and "token" in body, (status, body, log)
-        (status, body), log = answer(f"{server.url}/cell/{x}/{y}/label", {"label": "Good"},
-                                     {"Authorization": "Bearer wrong"})
+        (status, body), log = answer(
+            f"{server.url}/cell/{x}/{y}/label", {"label": "Good"}, {"Authorization": "Bearer wrong"}
+        )
         assert status == 403, (status, body, log)
-        assert labels() == before                                                      # nothing changed
+        assert labels() == before  # nothing changed
         bearer = {"Authorization": "Bearer s3cret"}
         (status, body), log = answer(f"{server.url}/cell/{x}/{y}/label", {"label": "Good"}, bearer)
         assert status == 303, (status, body, log)
         version = mapped_lake.read("assignments").to_pandas()["desom2_version"].iloc[0]
-        assert current_labels(mapped_lake, version).set_index(["cell_x", "cell_y"]).loc[(x, y), "label"] == "Good"
+        assert (
+            current_labels(mapped_lake, version).set_index(["cell_x", "cell_y"]).loc[(x, y), "label"]
+            == "Good"
+        )
         (status, body), log = answer(f"{server.url}/cell/{x}/{y}/undo", {}, bearer)
         assert status == 303, (status, body, log)
-        assert (x, y) not in set(zip(*[current_labels(mapped_lake, version).dropna()[c] for c in ("cell_x", "cell_y")]))
+        assert (x, y) not in set(
+            zip(*[current_labels(mapped_lake, version).dropna()[c] for c in ("cell_x", "cell_y")])
+        )
     finally:
         server.stop()
 
@@ -223,11 +276,12 @@ def test_a_cell_pages_its_members(mapped_lake, config, hostile):
 
 
 def test_downloaded_tables_open_as_data_in_a_spreadsheet():
-    from desomspark.console import spreadsheet_safe
+    from desomspark.serve.console import spreadsheet_safe
 
-    frame = pd.DataFrame({"label": ["=HYPERLINK(\"http://x\")", "Good", "@SUM(A1)", None],
-                          "offset": [-1.5, 2.0, 0.0, 1.0]})
+    frame = pd.DataFrame(
+        {"label": ['=HYPERLINK("http://x")', "Good", "@SUM(A1)", None], "offset": [-1.5, 2.0, 0.0, 1.0]}
+    )
     safe = spreadsheet_safe(frame)
-    assert safe["label"].tolist() == ["'=HYPERLINK(\"http://x\")", "Good", "'@SUM(A1)", None]
+    assert safe["label"].tolist() == ['\'=HYPERLINK("http://x")', "Good", "'@SUM(A1)", None]
     assert safe["offset"].tolist() == [-1.5, 2.0, 0.0, 1.0]
-    assert frame["label"].iloc[0].startswith("=")                                   # the caller's frame untouched
+    assert frame["label"].iloc[0].startswith("=")  # the caller's frame untouched

@@ -1,4 +1,6 @@
-"""DESOM-1 trained with DDP (2 CPU processes, gloo) launched by TorchDistributor, tracked in a real MLflow store."""
+"""DESOM-1 trained with DDP (2 CPU processes, gloo) launched by TorchDistributor, tracked in a real MLflow
+store."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,8 +10,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
+from desomspark.lake.layout import Lake
+from desomspark.stages.ingest import ingest
 
 
 @pytest.fixture(scope="module")
@@ -22,15 +24,18 @@ def lake(spark, night_dir, tmp_path_factory, config):
 @pytest.fixture(scope="module")
 def small_config(config):
     """A 6x6 DESOM-1 with the paper's layers, trained briefly."""
-    return replace(config, desom1=replace(config.desom1, map_shape=(6, 6), iterations=40, batch_size=64,
-                                          checkpoint_every=20, log_every=10))
+    return replace(
+        config,
+        desom1=replace(
+            config.desom1, map_shape=(6, 6), iterations=40, batch_size=64, checkpoint_every=20, log_every=10
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(spark, lake, small_config):
-    from desomspark.desom1 import train_desom1
-
-    from desomspark.train import load_checkpoint
+    from desomspark.desom.train import load_checkpoint
+    from desomspark.stages.train_desom1 import train_desom1
 
     result = train_desom1(spark, lake, small_config, processes=2, sample_size=800)
     # the trained weights as they were (a later test trains again in this lake)
@@ -55,15 +60,25 @@ def test_sample_is_uniform_and_fixed(spark, lake, small_config):
 
     import pyarrow.dataset as ds
 
-    from desomspark.desom1 import training_sample
+    from desomspark.stages.train_desom1 import training_sample
 
-    keys = lambda s: sorted(map(tuple, ds.dataset(s.path).to_table(
-        columns=["exposure_id", "hdu_index", "source_index"]).to_pandas().to_numpy().tolist()))
+    def keys(s):
+        return sorted(
+            map(
+                tuple,
+                ds.dataset(s.path)
+                .to_table(columns=["exposure_id", "hdu_index", "source_index"])
+                .to_pandas()
+                .to_numpy()
+                .tolist(),
+            )
+        )
+
     a = training_sample(spark, lake, 800, seed=5)
     first = keys(a)
-    assert training_sample(spark, lake, 800, seed=5) == a            # reused, not drawn again
+    assert training_sample(spark, lake, 800, seed=5) == a  # reused, not drawn again
     shutil.rmtree(a.path)
-    b = training_sample(spark, lake, 800, seed=5)                    # drawn again from the cutouts
+    b = training_sample(spark, lake, 800, seed=5)  # drawn again from the cutouts
     assert b == a and keys(b) == first and len(first) == a.rows
     other = keys(training_sample(spark, lake, 800, seed=6))
     # drawn independently, two samples share about the sampled fraction of their rows, not all of them
@@ -100,12 +115,16 @@ def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
     assert run.info.run_name == f"desom1 6x6 {small_config.desom1.iterations} its nights {night}"
     assert len(run.data.tags["git_commit"]) >= 40 and run.data.tags["training_nights"] == night
     (dataset,) = run.inputs.dataset_inputs
-    assert dataset.dataset.name == "desom1 training cutouts" and dataset.dataset.digest.startswith("n800-seed")
+    assert dataset.dataset.name == "desom1 training cutouts" and dataset.dataset.digest.startswith(
+        "n800-seed"
+    )
     assert {t.key: t.value for t in dataset.tags}["rows"] == run.data.tags["training_rows"]
     assert "6x6" in version.description and night in version.description
     # the signature says what comes out, not only what goes in
     outputs = mlflow.models.get_model_info(f"models:/desom1/{trained['version']}").signature.outputs.to_dict()
-    assert [o["name"] for o in outputs] == ["node_distance_latent"] and list(outputs[0]["tensor-spec"]["shape"]) == [-1, 162]
+    assert [o["name"] for o in outputs] == ["node_distance_latent"] and list(
+        outputs[0]["tensor-spec"]["shape"]
+    ) == [-1, 162]
     # no experiment outside the lake (MLflow's Default one is homed there too)
     assert all(e.artifact_location.startswith(f"file://{lake.root}/") for e in client.search_experiments())
     assert "loss" in run.data.metrics and "topographic_error" in run.data.metrics
@@ -120,8 +139,9 @@ def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
     # the served graph (pt2) is the trained model: same nodes, distances and latent vectors on real cutouts
     import torch
 
-    from desomspark.cutout import decode_pixels
-    from desomspark.model import DesomInference, ModelSpec, split_inference
+    from desomspark.desom.model import DesomInference, ModelSpec, split_inference
+    from desomspark.ingest.cutout import decode_pixels
+
     state = trained["state"]
     trained_model = ModelSpec.from_dict(state["spec"]).build()
     trained_model.load_state_dict(state["model"])
@@ -137,8 +157,14 @@ def test_registry_holds_model_alias_params_and_png(lake, trained, small_config):
 
 
 def test_promote_moves_champion(lake, trained):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "desomspark.cli", "promote", "--lake", lake.root, *a],
-                                    capture_output=True, text=True, timeout=120)
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "desomspark.cli", "promote", "--lake", lake.root, *a],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
     done = run("--model", "desom1", "--version", trained["version"])
     assert done.returncode == 0, done.stderr
     from mlflow import MlflowClient
@@ -149,31 +175,49 @@ def test_promote_moves_champion(lake, trained):
 
 
 def test_resume_without_a_run_is_refused(spark, tmp_path, small_config):
-    from desomspark.desom1 import train_desom1
+    from desomspark.stages.train_desom1 import train_desom1
 
     with pytest.raises(ValueError, match="no interrupted DESOM-1 run"):
         train_desom1(spark, Lake(str(tmp_path)), small_config, resume=True)
 
 
 def test_a_killed_train_desom1_resumes_from_its_checkpoint(lake, tmp_path):
-    """Kill the command (driver, torchrun and ranks) mid-training; ``--resume`` finishes the same MLflow run."""
+    """Kill the command (driver, torchrun and ranks) mid-training; ``--resume`` finishes the same MLflow
+    run."""
     import os
     import signal
     import time
 
     import yaml
 
-    from desomspark.train import load_checkpoint
+    from desomspark.desom.train import load_checkpoint
 
     conf = tmp_path / "small.yaml"
-    conf.write_text(yaml.safe_dump({"desom1": {"map_shape": [6, 6], "batch_size": 32, "checkpoint_every": 10,
-                                               "log_every": 10}}))
-    args = [sys.executable, "-m", "desomspark.cli", "train-desom1", "--lake", lake.root, "--conf", str(conf),
-            "--master", "local[2]"]
+    conf.write_text(
+        yaml.safe_dump(
+            {"desom1": {"map_shape": [6, 6], "batch_size": 32, "checkpoint_every": 10, "log_every": 10}}
+        )
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "desomspark.cli",
+        "train-desom1",
+        "--lake",
+        lake.root,
+        "--conf",
+        str(conf),
+        "--master",
+        "local[2]",
+    ]
     checkpoint = lake.path("checkpoints/desom1/last.pt")
     started = time.time()
-    proc = subprocess.Popen(args + ["--iterations", "400", "--sample", "600"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        args + ["--iterations", "400", "--sample", "600"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = started + 300
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(checkpoint) and os.path.getmtime(checkpoint) > started:
@@ -197,6 +241,6 @@ def test_a_killed_train_desom1_resumes_from_its_checkpoint(lake, tmp_path):
     registry.connect(lake)
     client = MlflowClient()
     version = client.get_model_version_by_alias("desom1", "challenger")
-    assert version.run_id == run_id             # the interrupted run, finished
+    assert version.run_id == run_id  # the interrupted run, finished
     steps = [m.step for m in client.get_metric_history(run_id, "loss")]
-    assert max(steps) == 400 and len(steps) == len(set(steps)) == 40   # every 10 iterations, once
+    assert max(steps) == 400 and len(steps) == len(set(steps)) == 40  # every 10 iterations, once

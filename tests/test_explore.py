@@ -1,4 +1,5 @@
 """Labelling that propagates through assign, export, similar exposures and node filters."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,11 +9,11 @@ import pandas as pd
 import pytest
 
 from desomspark import registry
-from desomspark.explore import export, filter_node, label_cell, similar
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
-from desomspark.pipeline import run_assign, run_histovectors
-from desomspark.registry import resolve_model
+from desomspark.lake.layout import Lake
+from desomspark.registry import registered
+from desomspark.serve.explore import export, filter_node, label_cell, similar
+from desomspark.stages.ingest import ingest
+from desomspark.stages.nightly import run_assign, run_histovectors
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +27,17 @@ def lake(spark, night_dir, tmp_path_factory, config):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "desomspark.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "desomspark.cli", *args], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_a_label_reaches_every_exposure_of_its_cell(spark, lake, config, monkeypatch):
     before = lake.read("assignments").to_pandas()
     cell = before.iloc[0]
     monkeypatch.setenv("DESOMSPARK_AUTHOR", "night-astronomer")
-    uri, version = resolve_model(lake, config, "desom2")
-    shape = tuple(registry.model_metadata(uri)["map_shape"])
+    desom2 = registered(lake, config, "desom2")
+    version, shape = desom2.version, desom2.map_shape
     row = label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), "BadFocus", shape)
     assert row["author"] == "night-astronomer"
     after = run_assign(spark, lake, config)
@@ -52,27 +54,28 @@ def test_a_label_shows_at_once_where_results_are_read(lake, config, tmp_path):
     """No assign needed: export and similar read the labels as they are now."""
     table = lake.read("assignments").to_pandas()
     cell = table.iloc[0]
-    uri, version = resolve_model(lake, config, "desom2")
-    meta = registry.model_metadata(uri)
+    desom2 = registered(lake, config, "desom2")
+    version, shape = desom2.version, desom2.map_shape
     members = table[(table["cell_x"] == cell.cell_x) & (table["cell_y"] == cell.cell_y)]["exposure_id"]
-    label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), "Ghost", tuple(meta["map_shape"]))
+    label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), "Ghost", shape)
     try:
-        assert lake.read("assignments").to_pandas()["label"].isna().all()   # the table is not rewritten ...
+        assert lake.read("assignments").to_pandas()["label"].isna().all()  # the table is not rewritten ...
         export(lake, str(tmp_path / "now.csv"), "csv")
         csv = pd.read_csv(tmp_path / "now.csv", dtype={"exposure_id": str}).set_index("exposure_id")
-        assert (csv.loc[members, "label"] == "Ghost").all()                 # ... yet export shows the label
+        assert (csv.loc[members, "label"] == "Ghost").all()  # ... yet export shows the label
         assert csv.drop(index=members)["label"].isna().all()
-        near = similar(lake, uri, meta, members.iloc[0], k=len(table))
+        near = similar(lake, desom2, members.iloc[0], k=len(table))
         assert near.iloc[0]["label"] == "Ghost"
         assert (near.set_index("exposure_id").loc[members, "label"] == "Ghost").all()
     finally:
-        label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), None, tuple(meta["map_shape"]))
+        label_cell(lake, version, (int(cell.cell_x), int(cell.cell_y)), None, shape)
     export(lake, str(tmp_path / "after.csv"), "csv")
     assert pd.read_csv(tmp_path / "after.csv")["label"].isna().all()
 
 
 def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path, config):
-    """A lake copied elsewhere (shared storage) serves its models from its own mlartifacts/, not the old place."""
+    """A lake copied elsewhere (shared storage) serves its models from its own mlartifacts/, not the old
+    place."""
     import os
     import shutil
     import sqlite3
@@ -81,13 +84,22 @@ def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path, config):
     shutil.copytree(lake.root, moved)
     # a cell labelled before the night: the new night's exposures that land there carry the label
     first = lake.read("assignments").to_pandas().sort_values("exposure_id").iloc[0]
-    shape = tuple(registry.model_metadata(resolve_model(lake, config, "desom2")[0])["map_shape"])
+    shape = registered(lake, config, "desom2").map_shape
     label_cell(Lake(str(moved)), first.desom2_version, (int(first.cell_x), int(first.cell_y)), "Ghost", shape)
     hidden = lake.path("mlartifacts") + ".hidden"
     os.rename(lake.path("mlartifacts"), hidden)  # the old place is gone: nothing may be read from it
     try:
-        done = _cli("nightly", "--lake", str(moved), "--input", str(night_dir), "--night", "20251122",
-                    "--master", "local[2]")
+        done = _cli(
+            "nightly",
+            "--lake",
+            str(moved),
+            "--input",
+            str(night_dir),
+            "--night",
+            "20251122",
+            "--master",
+            "local[2]",
+        )
     finally:
         os.rename(hidden, lake.path("mlartifacts"))
     assert done.returncode == 0, done.stderr[-2000:]
@@ -102,10 +114,14 @@ def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path, config):
         experiments = [loc for (loc,) in db.execute("SELECT artifact_location FROM experiments")]
     assert locations and all(loc.startswith(f"file://{moved}/mlartifacts/") for loc in locations)
     assert all(loc.startswith(f"file://{moved}/mlartifacts") for loc in experiments)
-    with sqlite3.connect(lake.path("mlflow.db")) as db:     # the lake it was copied from is untouched
-        assert db.execute("SELECT artifact_location FROM experiments WHERE name = 'desomspark'").fetchone()[0] \
+    with sqlite3.connect(lake.path("mlflow.db")) as db:  # the lake it was copied from is untouched
+        assert (
+            db.execute("SELECT artifact_location FROM experiments WHERE name = 'desomspark'").fetchone()[0]
             == f"file://{lake.root}/mlartifacts"
-    assert not os.path.exists(os.path.join(lake.root, "20251122")) and "20251122" not in lake.nights("exposures")
+        )
+    assert not os.path.exists(os.path.join(lake.root, "20251122")) and "20251122" not in lake.nights(
+        "exposures"
+    )
 
 
 def test_export_csv_and_parquet(lake, tmp_path):
@@ -120,14 +136,13 @@ def test_export_csv_and_parquet(lake, tmp_path):
 
 
 def test_similar_returns_the_exposure_itself_first(lake, config):
-    uri, _ = resolve_model(lake, config, "desom2")
-    meta = registry.model_metadata(uri)
+    desom2 = registered(lake, config, "desom2")
     exposures = lake.read("assignments").to_pandas()["exposure_id"]
-    table = similar(lake, uri, meta, exposures.iloc[3], k=5)
+    table = similar(lake, desom2, exposures.iloc[3], k=5)
     assert table["exposure_id"].iloc[0] == exposures.iloc[3] and table["distance"].iloc[0] == 0
     assert len(table) == 5 and table["distance"].is_monotonic_increasing
     with pytest.raises(ValueError, match="no histo-vector"):
-        similar(lake, uri, meta, "nope", 3)
+        similar(lake, desom2, "nope", 3)
 
 
 def test_filter_finds_exposures_rich_in_a_node(lake):
@@ -147,12 +162,19 @@ def test_filter_finds_exposures_rich_in_a_node(lake):
 def test_a_mistyped_lake_is_not_created(tmp_path):
     """Only ingest, nightly and demo make a lake; a typo elsewhere says so and leaves nothing behind."""
     missing = tmp_path / "nolake"
-    for args in (["similar", "--exposure", "1000000"], ["export", "--format", "csv", "--out", str(tmp_path / "x.csv")],
-                 ["report", "--out", str(tmp_path / "r")], ["assign"], ["train-desom2"]):
+    for args in (
+        ["similar", "--exposure", "1000000"],
+        ["export", "--format", "csv", "--out", str(tmp_path / "x.csv")],
+        ["report", "--out", str(tmp_path / "r")],
+        ["assign"],
+        ["train-desom2"],
+    ):
         done = _cli(args[0], "--lake", str(missing), *args[1:])
         assert done.returncode == 1, (args, done.stderr)
-        assert done.stderr.strip().splitlines()[-1] == \
-            f"desomspark {args[0]}: lake {missing} does not exist (ingest or nightly create a lake)"
+        assert (
+            done.stderr.strip().splitlines()[-1]
+            == f"desomspark {args[0]}: lake {missing} does not exist (ingest or nightly create a lake)"
+        )
     assert not missing.exists()
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -171,7 +193,10 @@ def test_command_line(lake, tmp_path):
     assert done.returncode == 0 and "'Good'" in done.stdout, done.stderr
     assert _cli("label", "--lake", lake.root, "--cell", "0,0").returncode == 1
     out = tmp_path / "e.csv"
-    assert _cli("export", "--lake", lake.root, "--format", "csv", "--out", str(out)).returncode == 0 and out.exists()
+    assert (
+        _cli("export", "--lake", lake.root, "--format", "csv", "--out", str(out)).returncode == 0
+        and out.exists()
+    )
     exposure = lake.read("assignments").to_pandas()["exposure_id"].iloc[0]
     done = _cli("similar", "--lake", lake.root, "--exposure", exposure, "-k", "3")
     assert done.returncode == 0 and exposure in done.stdout.splitlines()[2]
@@ -182,21 +207,26 @@ def test_command_line(lake, tmp_path):
     node = int(counts.sum(0).argmax())
     share = counts[:, node] / counts.sum(1)
     threshold = float(np.round(share.max() / 2, 3))  # some exposures above, others below
-    done = _cli("filter", "--lake", lake.root, "--node", f"{node % 25},{node // 25}", "--min-fraction", str(threshold))
+    done = _cli(
+        "filter", "--lake", lake.root, "--node", f"{node % 25},{node // 25}", "--min-fraction", str(threshold)
+    )
     expected = int((share >= threshold).sum())
-    assert done.returncode == 0 and f"\n{expected} exposures with >= " in "\n" + done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0 and f"\n{expected} exposures with >= " in "\n" + done.stdout, (
+        done.stdout + done.stderr
+    )
     assert 0 < expected < len(share)
 
 
 def test_a_label_belongs_to_its_map_version(spark, lake, config, tmp_path):
     """Cells of a new DESOM-2 are other cells: once it is promoted an old label labels nothing, in assign
-    and in export; promoted back, the old map has its label again."""
+    and in export; promoted back, the old map has its label again.
+    """
     from dataclasses import replace
 
-    from desomspark.desom2 import train_desom2
+    from desomspark.stages.train_desom2 import train_desom2
 
-    uri, old = resolve_model(lake, config, "desom2")
-    shape = tuple(registry.model_metadata(uri)["map_shape"])
+    champion = registered(lake, config, "desom2")
+    old, shape = champion.version, champion.map_shape
     first = lake.read("assignments").to_pandas().iloc[0]
     cell = (int(first.cell_x), int(first.cell_y))
     label_cell(lake, old, cell, "BadFocus", shape)

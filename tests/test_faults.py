@@ -1,4 +1,6 @@
-"""Crashes while writing the lake: no partial night is left visible, and the next writer finishes a decided commit."""
+"""Crashes while writing the lake: no partial night is left visible, and the next writer finishes a decided
+commit."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,11 +9,15 @@ import fsspec.implementations.local as local_fs
 import pandas as pd
 import pytest
 
-from desomspark.ingest import ingest
-from desomspark.lake import COMMIT_FILE, Lake
+from desomspark.lake.layout import COMMIT_FILE, Lake
+from desomspark.stages.ingest import ingest
 
-TABLES = {"exposures": ["exposure_id"], "ccds": ["exposure_id", "hdu_index"],
-          "cutouts": ["exposure_id", "hdu_index", "source_index"], "rejects": ["path"]}
+TABLES = {
+    "exposures": ["exposure_id"],
+    "ccds": ["exposure_id", "hdu_index"],
+    "cutouts": ["exposure_id", "hdu_index", "source_index"],
+    "rejects": ["path"],
+}
 
 
 class Crash(RuntimeError):
@@ -55,12 +61,14 @@ def test_a_crash_before_the_commit_leaves_nothing_visible(spark, small_night, tm
     assert Lake(lake.root).recover() == []
 
 
-def test_a_crash_inside_the_commit_is_rolled_forward(spark, small_night, tmp_path, config, reference, monkeypatch):
+def test_a_crash_inside_the_commit_is_rolled_forward(
+    spark, small_night, tmp_path, config, reference, monkeypatch
+):
     lake = Lake(str(tmp_path / "lake"))
     real_mv, moves = local_fs.LocalFileSystem.mv, []
 
     def mv_then_crash(self, *args, **kwargs):
-        if len(moves) == 2:                      # two tables moved in, then the process dies
+        if len(moves) == 2:  # two tables moved in, then the process dies
             raise Crash("killed in the middle of the commit")
         moves.append(args)
         return real_mv(self, *args, **kwargs)
@@ -69,8 +77,8 @@ def test_a_crash_inside_the_commit_is_rolled_forward(spark, small_night, tmp_pat
     with pytest.raises(Crash):
         ingest(spark, str(small_night), lake, cfg=config.ingest)
     monkeypatch.undo()
-    assert lake.read("exposures").num_rows > 0 and lake.read("cutouts").num_rows == 0   # half committed ...
-    recovered = Lake(lake.root).recover()                                                  # ... until the next writer
+    assert lake.read("exposures").num_rows > 0 and lake.read("cutouts").num_rows == 0  # half committed ...
+    recovered = Lake(lake.root).recover()  # ... until the next writer
     assert len(recovered) == 1
     for table in TABLES:
         assert _table(lake, table).equals(reference[table]), table

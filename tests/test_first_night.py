@@ -5,6 +5,7 @@ markers), so the section cannot drift from what works.  Only the training
 lengths are shortened for the test, and the labelled cell is one the map
 actually uses.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from desomspark.lake import Lake
+from desomspark.lake.layout import Lake
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SHORTER = {"--iterations 20000": "--iterations 40", "--iterations 10000": "--iterations 300"}
@@ -39,12 +40,26 @@ def _run(line: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_the_readme_first_night_gives_a_labelled_map(night_dir, tmp_path):
     lake_dir = tmp_path / "my-lake"
-    env = dict(os.environ, NIGHT_DIR=str(night_dir), LAKE=str(lake_dir), DESOMSPARK_AUTHOR="first-night",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        NIGHT_DIR=str(night_dir),
+        LAKE=str(lake_dir),
+        DESOMSPARK_AUTHOR="first-night",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     commands = first_night_commands()
     assert [shlex.split(c)[1] for c in commands] == [
-        "ingest", "train-desom1", "promote", "histovectors", "train-desom2", "promote", "assign", "report",
-        "label", "export"]
+        "ingest",
+        "train-desom1",
+        "promote",
+        "histovectors",
+        "train-desom2",
+        "promote",
+        "assign",
+        "report",
+        "label",
+        "export",
+    ]
     lake = Lake(str(lake_dir))
     for line in commands:
         if " label " in line:
@@ -54,7 +69,8 @@ def test_the_readme_first_night_gives_a_labelled_map(night_dir, tmp_path):
         done = _run(line, env)
         assert done.returncode == 0, f"{line}\n{done.stderr[-3000:]}"
         # quiet: no Spark start-up warnings nor MLflow INFO lines between the command's own lines
-        assert not [l for l in done.stderr.splitlines() if " WARN " in l or " INFO " in l], done.stderr[-2000:]
+        noisy = [line for line in done.stderr.splitlines() if " WARN " in line or " INFO " in line]
+        assert not noisy, done.stderr[-2000:]
         if line.split()[1] == "promote":
             assert "is now 'champion'" in done.stdout
 

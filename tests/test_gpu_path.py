@@ -5,6 +5,7 @@ pandas, scikit-learn; no Spark, MLflow, sep, astropy, PyYAML or fsspec): a
 smoke run here hides those packages from it and from the training rank it
 starts.  Resuming must keep the run's own way of stepping Adam.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,17 +17,17 @@ import numpy as np
 import pytest
 import torch
 
-from desomspark.mapping import cutout_nodes
-from desomspark.model import DesomInference, ModelSpec, split_inference
+from desomspark.desom.mapping import cutout_nodes
+from desomspark.desom.model import DesomInference, ModelSpec, split_inference
+from desomspark.desom.train import TrainJob, load_optimizer_state, scaled_learning_rate
 from desomspark.errors import UserError
-from desomspark.train import TrainJob, load_optimizer_state, scaled_learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 
 HIDDEN = ("pyspark", "py4j", "mlflow", "sep", "astropy", "yaml", "fsspec", "galsim", "matplotlib")
 
 # imported first by every Python started with this folder on PYTHONPATH (the check and its rank)
-BLOCKER = f'''
+BLOCKER = f"""
 import sys
 
 class _BareGpuHost:
@@ -36,7 +37,7 @@ class _BareGpuHost:
         return None
 
 sys.meta_path.insert(0, _BareGpuHost())
-'''
+"""
 
 
 def test_gpu_check_runs_without_spark_mlflow_sep_astropy(tmp_path):
@@ -44,8 +45,21 @@ def test_gpu_check_runs_without_spark_mlflow_sep_astropy(tmp_path):
     (tmp_path / "site" / "sitecustomize.py").write_text(BLOCKER)
     out = tmp_path / "figures.json"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path / "site"), "HOME": str(tmp_path)}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--quick", "--device", "cpu",
-                           "--json", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu_check.py"),
+            "--quick",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FAILED" not in proc.stdout, proc.stdout
     figures = json.loads(out.read_text())
@@ -82,7 +96,9 @@ def test_resume_keeps_this_runs_adam_and_its_step_count():
         layer(torch.randn(8, 4)).square().mean().backward()
         eager.step()
     saved = eager.state_dict()
-    fused = torch.optim.Adam(layer.parameters(), lr=1e-3, fused=True)  # as a GPU run makes it (fused on CPU here)
+    fused = torch.optim.Adam(
+        layer.parameters(), lr=1e-3, fused=True
+    )  # as a GPU run makes it (fused on CPU here)
     load_optimizer_state(fused, saved)
     assert fused.param_groups[0]["fused"] is True
     state = fused.state[layer.weight]
@@ -94,8 +110,19 @@ def test_resume_keeps_this_runs_adam_and_its_step_count():
 
 def test_a_training_job_refuses_an_unknown_precision():
     with pytest.raises(UserError, match="precision"):
-        TrainJob(kind="desom1", sample_path="s", checkpoint_path="c", spec={}, iterations=1, batch_size=1,
-                 learning_rate=1e-3, gamma=0.0, t_max=1.0, t_min=0.5, precision="fp16")
+        TrainJob(
+            kind="desom1",
+            sample_path="s",
+            checkpoint_path="c",
+            spec={},
+            iterations=1,
+            batch_size=1,
+            learning_rate=1e-3,
+            gamma=0.0,
+            t_max=1.0,
+            t_min=0.5,
+            precision="fp16",
+        )
 
 
 def test_learning_rate_follows_the_square_root_of_the_batch():

@@ -4,6 +4,7 @@ The corpus is made here, on disk, from a good simulated night; then a
 property-based test throws mutated and truncated FITS bytes at the per-file
 scan and the per-HDU reader, which must never raise past their reject path.
 """
+
 from __future__ import annotations
 
 import io
@@ -18,11 +19,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from desomspark.config import IngestConfig
-from desomspark.fitsio import Reject, read_ccd, scan_file
-from desomspark.ingest import _ccd_task, ingest
-from desomspark.lake import Lake
-from desomspark.schema import REJECT_REASONS
-from desomspark.simulate import simulate_night
+from desomspark.evaluation.simulate import simulate_night
+from desomspark.ingest.fitsio import Reject, read_ccd, scan_file
+from desomspark.lake.layout import Lake
+from desomspark.lake.schema import REJECT_REASONS
+from desomspark.stages.ingest import _ccd_task, ingest
 
 
 def _card(key: str, value: str) -> bytes:
@@ -31,7 +32,7 @@ def _card(key: str, value: str) -> bytes:
 
 def _replace_card(raw: bytes, key: str, value: str, start: int = 0) -> bytes:
     at = raw.index(f"{key:<8}=".encode(), start)
-    return raw[:at] + _card(key, value) + raw[at + 80:]
+    return raw[:at] + _card(key, value) + raw[at + 80 :]
 
 
 def _image_file(path, data, header=None):
@@ -41,7 +42,8 @@ def _image_file(path, data, header=None):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory, night_dir, small_sim):
-    """Four good exposures plus one of each kind of hostility; returns (dir, {name: expected reason or None})."""
+    """Four good exposures plus one of each kind of hostility; returns (dir,
+    {name: expected reason or None})."""
     d = tmp_path_factory.mktemp("hostile")
     good = sorted(night_dir.glob("*.fits"))[:4]
     for p in good:
@@ -70,15 +72,23 @@ def corpus(tmp_path_factory, night_dir, small_sim):
     (d / "bitpix7.fits").write_bytes(_replace_card(small, "BITPIX", "7", ext).replace(b"88001", b"88002"))
     expected["bitpix7.fits"] = "bad_header"
     # a 3-D cube and a table-only file
-    fits.HDUList([fits.PrimaryHDU(header=header(88003)), fits.ImageHDU(np.zeros((3, 256, 256), np.float32))]
-                 ).writeto(d / "cube.fits")
+    fits.HDUList(
+        [fits.PrimaryHDU(header=header(88003)), fits.ImageHDU(np.zeros((3, 256, 256), np.float32))]
+    ).writeto(d / "cube.fits")
     expected["cube.fits"] = "wrong_dimensions"
-    fits.HDUList([fits.PrimaryHDU(header=header(88004)), fits.BinTableHDU.from_columns(
-        [fits.Column(name="flux", format="E", array=np.arange(5.0))])]).writeto(d / "table_only.fits")
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(header=header(88004)),
+            fits.BinTableHDU.from_columns([fits.Column(name="flux", format="E", array=np.arange(5.0))]),
+        ]
+    ).writeto(d / "table_only.fits")
     expected["table_only.fits"] = "no_image_hdu"
     # a good exposure whose header strings carry HTML and a non-ASCII byte: processed, strings kept as text
-    scripted = raw.replace(primary.cards["OBJECT"].image.encode(),
-                           _card("OBJECT", "'<script>x()</script>'").replace(b"x()", b"x\xe9)"), 1)
+    scripted = raw.replace(
+        primary.cards["OBJECT"].image.encode(),
+        _card("OBJECT", "'<script>x()</script>'").replace(b"x()", b"x\xe9)"),
+        1,
+    )
     scripted = _replace_card(scripted, "EXPNUM", "88005")
     (d / "scripted.fits").write_bytes(scripted)
     expected["scripted.fits"] = None
@@ -88,8 +98,9 @@ def corpus(tmp_path_factory, night_dir, small_sim):
     with fits.open(packed) as hdul:
         offset, size = hdul[2]._data_offset, hdul[2]._data_size
     data = bytearray(packed.read_bytes())
-    data[offset + 64: offset + size - 64] = np.random.default_rng(1).integers(
-        0, 256, size - 128, dtype=np.uint8).tobytes()
+    data[offset + 64 : offset + size - 64] = (
+        np.random.default_rng(1).integers(0, 256, size - 128, dtype=np.uint8).tobytes()
+    )
     data = bytes(data)
     (d / "corrupt_tiles.fits.fz").write_bytes(_replace_card(data, "EXPNUM", "88006"))
     expected["corrupt_tiles.fits.fz"] = None  # partial: its other CCDs are fine
@@ -119,7 +130,9 @@ def test_every_hostile_input_is_a_reject_and_the_rest_is_processed(spark, corpus
     # the corrupt tiles cost one CCD, not the exposure
     tiles = exposures[exposures["path"].str.endswith("corrupt_tiles.fits.fz")].iloc[0]
     assert tiles["status"] == "partial" and tiles["n_ccds_rejected"] >= 1 and tiles["n_ccds_used"] >= 1
-    hdu_rejects = rejects[rejects["path"].str.endswith("corrupt_tiles.fits.fz") & rejects["hdu_index"].notna()]
+    hdu_rejects = rejects[
+        rejects["path"].str.endswith("corrupt_tiles.fits.fz") & rejects["hdu_index"].notna()
+    ]
     assert set(hdu_rejects["reason"]) == {"unreadable_data"}
     # the HTML in the header is kept as a string (the report escapes it), the odd byte does not stop the file
     obj = exposures.loc[exposures["path"].str.endswith("scripted.fits"), "object"].iloc[0]
@@ -147,9 +160,11 @@ TINY = _tiny_fits()
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(flips=st.lists(st.tuples(st.integers(0, len(TINY) - 1), st.integers(0, 255)), max_size=12),
-       cut=st.one_of(st.none(), st.integers(0, len(TINY))),
-       header_bias=st.booleans())
+@given(
+    flips=st.lists(st.tuples(st.integers(0, len(TINY) - 1), st.integers(0, 255)), max_size=12),
+    cut=st.one_of(st.none(), st.integers(0, len(TINY))),
+    header_bias=st.booleans(),
+)
 def test_fuzzed_fits_never_escapes_the_reject_path(tmp_path_factory, flips, cut, header_bias):
     data = bytearray(TINY)
     for offset, value in flips:
@@ -160,7 +175,7 @@ def test_fuzzed_fits_never_escapes_the_reject_path(tmp_path_factory, flips, cut,
         data = data[:cut]
     path = tmp_path_factory.mktemp("fuzz") / "f.fits"
     path.write_bytes(bytes(data))
-    scan = scan_file(str(path), min_side=64)            # must not raise
+    scan = scan_file(str(path), min_side=64)  # must not raise
     if scan.file_reject is not None:
         assert scan.file_reject.reason in REJECT_REASONS
         return
@@ -171,5 +186,7 @@ def test_fuzzed_fits_never_escapes_the_reject_path(tmp_path_factory, flips, cut,
             assert image.ndim == 2 and image.dtype == np.float32
         except Reject as exc:
             assert exc.reason in REJECT_REASONS
-        row, _ = _ccd_task(dict(path=str(path), night="20251120", exposure_id="5", window=True, **asdict(hdu)), cfg)
+        row, _ = _ccd_task(
+            dict(path=str(path), night="20251120", exposure_id="5", window=True, **asdict(hdu)), cfg
+        )
         assert row["reject_reason"] is None or row["reject_reason"] in REJECT_REASONS

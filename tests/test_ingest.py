@@ -1,4 +1,5 @@
 """Ingest through a real local Spark session: bad files become rejects, nothing is lost or doubled."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,18 +12,20 @@ import pandas as pd
 import pytest
 from astropy.io import fits
 
-from desomspark.cutout import decode_pixels
-from desomspark.detect import process_ccd
-from desomspark.fitsio import read_ccd, scan_file
-from desomspark.ingest import ingest, read_and_process
-from desomspark.lake import Lake
-from desomspark.simulate import simulate_night
+from desomspark.evaluation.simulate import simulate_night
+from desomspark.ingest.cutout import decode_pixels
+from desomspark.ingest.detect import process_ccd
+from desomspark.ingest.fitsio import read_ccd, scan_file
+from desomspark.lake.layout import Lake
+from desomspark.stages.ingest import ingest, read_and_process
 
 NIGHT = "20251120"  # the simulator's MJD 61000.3 falls in this night
 
 
 def _mef(path, images, primary=None):
-    hdus = [fits.PrimaryHDU(header=primary)] + [fits.ImageHDU(im, name=f"ccd{i:02d}") for i, im in enumerate(images)]
+    hdus = [fits.PrimaryHDU(header=primary)] + [
+        fits.ImageHDU(im, name=f"ccd{i:02d}") for i, im in enumerate(images)
+    ]
     fits.HDUList(hdus).writeto(path)
     return path
 
@@ -39,7 +42,9 @@ def mixed_night(tmp_path_factory, night_dir):
     rng = np.random.default_rng(0)
     expected = {}
     # a corrupt header: starts like FITS, then garbage
-    (d / "corrupt.fits").write_bytes(b"SIMPLE  =                    T" + bytes(rng.integers(0, 256, 5000, dtype=np.uint8)))
+    (d / "corrupt.fits").write_bytes(
+        b"SIMPLE  =                    T" + bytes(rng.integers(0, 256, 5000, dtype=np.uint8))
+    )
     expected["corrupt.fits"] = "bad_header"
     # truncated inside the first CCD's data
     raw = good[0].read_bytes()
@@ -49,21 +54,29 @@ def mixed_night(tmp_path_factory, night_dir):
     expected["empty.fits"] = "empty_file"
     (d / "notes.fits").write_text("observing log, not an image\n" * 50)
     expected["notes.fits"] = "not_fits"
-    h = primary.copy(); h["EXPNUM"] = 77001
+    h = primary.copy()
+    h["EXPNUM"] = 77001
     _mef(d / "allnan.fits", [np.full(shape, np.nan, np.float32)] * 2, h)
     expected["allnan.fits"] = "all_nan"
-    h = primary.copy(); h["EXPNUM"] = 77002
-    fits.HDUList([fits.PrimaryHDU(header=h), fits.BinTableHDU.from_columns(
-        [fits.Column(name="a", format="E", array=np.arange(3.0))])]).writeto(d / "table.fits")
+    h = primary.copy()
+    h["EXPNUM"] = 77002
+    fits.HDUList(
+        [
+            fits.PrimaryHDU(header=h),
+            fits.BinTableHDU.from_columns([fits.Column(name="a", format="E", array=np.arange(3.0))]),
+        ]
+    ).writeto(d / "table.fits")
     expected["table.fits"] = "no_image_hdu"
-    h = primary.copy(); h["EXPNUM"] = 77003
+    h = primary.copy()
+    h["EXPNUM"] = 77003
     _mef(d / "cube.fits", [np.zeros((3, 256, 256), np.float32)], h)
     expected["cube.fits"] = "wrong_dimensions"
     # one NaN CCD among good ones: usable, status partial
     with fits.open(good[1]) as src:
         images = [hdu.data.astype(np.float32) for hdu in src[1:]]
     images[2][:] = np.nan
-    h = primary.copy(); h["EXPNUM"] = 77004
+    h = primary.copy()
+    h["EXPNUM"] = 77004
     _mef(d / "partial.fits", images, h)
     return d, expected
 
@@ -99,7 +112,7 @@ def test_reject_reasons(ingested):
     file_rejects = rejects[rejects["hdu_index"].isna()].set_index("path")["reason"]
     got = {p.split("/")[-1]: r for p, r in file_rejects.items()}
     assert got == expected
-    assert (rejects["night"] == NIGHT).all()   # rejects without a date join the run's night
+    assert (rejects["night"] == NIGHT).all()  # rejects without a date join the run's night
     partial = rejects[rejects["path"].str.endswith("partial.fits")]
     assert list(partial["reason"]) == ["all_nan"] and list(partial["extname"]) == ["CCD02"]
     exposures = lake.read("exposures").to_pandas().set_index("exposure_id")
@@ -113,7 +126,7 @@ def test_cutouts_and_weights(ingested):
     pixels = decode_pixels(cutouts.column("pixels"))
     assert pixels.shape == (cutouts.num_rows, 32, 32) and cutouts.num_rows > 100
     assert pixels.min() >= 0.0 and pixels.max() <= 1.0
-    assert np.allclose(pixels.max(axis=(1, 2)), 1.0)      # min-max scaled per cutout
+    assert np.allclose(pixels.max(axis=(1, 2)), 1.0)  # min-max scaled per cutout
     ccds = lake.read("ccds").to_pandas()
     c = cutouts.drop(["pixels"]).to_pandas().merge(ccds, on=["night", "exposure_id", "hdu_index"])
     np.testing.assert_allclose(c["weight"], c["n_detected"] / c["n_sampled"], rtol=1e-6)
@@ -123,7 +136,9 @@ def test_cutouts_and_weights(ingested):
     assert per_ccd.sort_index().tolist() == used.sort_index().tolist()
     # a cutout sits on its source: the centre of the stamp is brighter than its border
     centre = pixels[:, 14:18, 14:18].mean(axis=(1, 2))
-    border = np.concatenate([pixels[:, :3].reshape(len(pixels), -1), pixels[:, -3:].reshape(len(pixels), -1)], 1)
+    border = np.concatenate(
+        [pixels[:, :3].reshape(len(pixels), -1), pixels[:, -3:].reshape(len(pixels), -1)], 1
+    )
     assert np.median(centre) > np.median(border.mean(1)) + 0.2
     exposures = lake.read("exposures").to_pandas()
     assert exposures["truth_label"].notna().all()
@@ -131,7 +146,8 @@ def test_cutouts_and_weights(ingested):
 
 
 def test_lake_holds_what_the_ccd_function_gives(ingested, config):
-    """The Arrow path from a CCD task to Parquet changes nothing: one CCD's rows equal process_ccd's output."""
+    """The Arrow path from a CCD task to Parquet changes nothing: one CCD's rows equal process_ccd's
+    output."""
     lake = ingested[0]
     table = lake.read("cutouts").to_pandas()
     exposures = lake.read("exposures").to_pandas().set_index("exposure_id")
@@ -147,19 +163,24 @@ def test_lake_holds_what_the_ccd_function_gives(ingested, config):
 
 
 def test_quality_numbers_are_in_the_tables(ingested):
-    """Each used CCD and each exposure carries the classical numbers, measured with the header's pixel scale."""
+    """Each used CCD and each exposure carries the classical numbers, measured with the header's pixel
+    scale."""
     lake, _, d, _ = ingested
     exposures = lake.read("exposures").to_pandas().set_index("exposure_id")
     ccds = lake.read("ccds").to_pandas()
-    truth = {str(fits.getval(p, "EXPNUM")): (fits.getval(p, "QUALITY"), fits.getval(p, "SIMFWHM"))
-             for p in sorted(d.glob("sim*.fits"))}
+    truth = {
+        str(fits.getval(p, "EXPNUM")): (fits.getval(p, "QUALITY"), fits.getval(p, "SIMFWHM"))
+        for p in sorted(d.glob("sim*.fits"))
+    }
     live = ccds[ccds["reject_reason"].isna() & ~ccds["dead"]]
     assert (live["n_stars"] > 0).mean() > 0.6 and live["background_structure"].notna().all()
     assert (live["fwhm"] / live["fwhm_px"]).dropna().round(4).eq(0.187).all()  # PIXSCAL1 of the simulator
     for exposure, (quality, seeing) in truth.items():
         row = exposures.loc[exposure]
         assert row["sky"] == pytest.approx(live.loc[live["exposure_id"] == exposure, "background"].median())
-        assert row["detections_per_ccd"] > 0 and np.isfinite(row["depth"]) and row["depth"] > 15  # MAGZPT applied (instrumental would be < 0)
+        assert (
+            row["detections_per_ccd"] > 0 and np.isfinite(row["depth"]) and row["depth"] > 15
+        )  # MAGZPT applied (instrumental would be < 0)
         if quality in ("Good", "B-Seeing"):
             assert row["fwhm"] == pytest.approx(seeing, rel=0.15), exposure
     # rejected HDUs carry no numbers
@@ -170,8 +191,12 @@ def test_rerun_gives_identical_tables(spark, ingested, config):
     lake, _, d, _ = ingested
     before = {t: lake.read(t).to_pandas() for t in ("exposures", "ccds", "cutouts", "rejects")}
     ingest(spark, str(d), lake, cfg=config.ingest)
-    keys = {"exposures": ["exposure_id"], "ccds": ["exposure_id", "hdu_index"],
-            "cutouts": ["exposure_id", "hdu_index", "source_index"], "rejects": ["path", "hdu_index"]}
+    keys = {
+        "exposures": ["exposure_id"],
+        "ccds": ["exposure_id", "hdu_index"],
+        "cutouts": ["exposure_id", "hdu_index", "source_index"],
+        "rejects": ["path", "hdu_index"],
+    }
     for table, k in keys.items():
         after = lake.read(table).to_pandas()
         assert len(after) == len(before[table]), table
@@ -191,7 +216,9 @@ def test_compressed_gives_the_same_cutouts(tmp_path, small_sim, config):
     one = replace(small_sim, n_ccds=2)
     plain = simulate_night(tmp_path / "p", 1, one, seed=3, progress=False)[0]
     rice = simulate_night(tmp_path / "z", 1, one, seed=3, compress=True, progress=False)[0]
-    assert [h.hdu_index for h in scan_file(str(rice)).hdus] == [h.hdu_index for h in scan_file(str(plain)).hdus]
+    assert [h.hdu_index for h in scan_file(str(rice)).hdus] == [
+        h.hdu_index for h in scan_file(str(plain)).hdus
+    ]
     for hdu in (1, 2):
         a = process_ccd(read_ccd(str(plain), hdu), "x", hdu, config.ingest)
         b = process_ccd(read_ccd(str(rice), hdu), "x", hdu, config.ingest)
@@ -224,8 +251,15 @@ def test_command_line_exit_status(tmp_path):
     bad.mkdir()
     (bad / "a.fits").write_text("nothing here")
     lake = tmp_path / "lake"
-    run = lambda *a: subprocess.run([sys.executable, "-m", "desomspark.cli", "ingest", *a],
-                                    capture_output=True, text=True, timeout=300)
+
+    def run(*a):
+        return subprocess.run(
+            [sys.executable, "-m", "desomspark.cli", "ingest", *a],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
     done = run("--input", str(bad), "--lake", str(lake), "--master", "local[1]")
     assert done.returncode == 1
     assert "no usable exposure" in done.stderr
@@ -234,7 +268,9 @@ def test_command_line_exit_status(tmp_path):
     # no header to date it and no --night: the night the run started in, a YYYYMMDD string like any other
     assert rejects["night"].str.fullmatch(r"\d{8}").all()
     # quiet by default: none of Spark's start-up warnings, no MLflow INFO lines
-    assert not [line for line in done.stderr.splitlines() if " WARN " in line or "log4j" in line or "INFO" in line]
+    assert not [
+        line for line in done.stderr.splitlines() if " WARN " in line or "log4j" in line or "INFO" in line
+    ]
     verbose = run("--input", str(bad), "--lake", str(lake), "--master", "local[1]", "-v")
     assert verbose.returncode == 1 and "log4j" in verbose.stderr
     # nothing to read: one line, answered before Spark starts
@@ -254,13 +290,13 @@ def test_a_trail_is_cut_out_along_its_length(config):
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[0:512, 0:512].astype(np.float32)
     sky = rng.normal(1000.0, 10.0, (512, 512)).astype(np.float32)
-    for x0, y0 in rng.uniform(40, 470, (40, 2)):   # round stars
-        sky += 800.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5 ** 2))
+    for x0, y0 in rng.uniform(40, 470, (40, 2)):  # round stars
+        sky += 800.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5**2))
     assert np.isnan(process_ccd(sky.copy(), "t", 0, config.ingest).flux).sum() == 0
     angle = np.deg2rad(30.0)
     distance = (xx - 256) * np.sin(angle) - (yy - 256) * np.cos(angle)
     for peak in (3000.0, 300.0):
-        trailed = process_ccd(sky + peak * np.exp(-distance ** 2 / (2 * 1.5 ** 2)), "t", 0, config.ingest)
+        trailed = process_ccd(sky + peak * np.exp(-(distance**2) / (2 * 1.5**2)), "t", 0, config.ingest)
         offset = np.abs((trailed.x - 256) * np.sin(angle) - (trailed.y - 256) * np.cos(angle))
         tiles = np.isnan(trailed.flux)
         # ~440 px of the line lie inside the cutout margins: a dozen cutouts along it
@@ -279,8 +315,12 @@ def test_a_trail_is_cut_out_along_its_length(config):
     hot[100:400, 150:152] += 60000.0
     assert np.isnan(process_ccd(hot, "t", 0, config.ingest).flux).sum() == 0
     tilted = (xx - 256) * np.cos(np.deg2rad(10.0)) - (yy - 256) * np.sin(np.deg2rad(10.0))
-    assert np.isnan(process_ccd(sky + 3000.0 * np.exp(-tilted ** 2 / (2 * 1.5 ** 2)), "t", 0,
-                                config.ingest).flux).sum() >= 8
+    assert (
+        np.isnan(
+            process_ccd(sky + 3000.0 * np.exp(-(tilted**2) / (2 * 1.5**2)), "t", 0, config.ingest).flux
+        ).sum()
+        >= 8
+    )
 
 
 def test_a_column_tolerance_outside_0_to_90_degrees_is_refused():

@@ -1,4 +1,5 @@
 """Histo-vectors in a pandas UDF, DESOM-2, assignment and the nightly job, on a real lake."""
+
 from __future__ import annotations
 
 import copy
@@ -11,17 +12,18 @@ import pytest
 import torch
 
 from desomspark import registry
-from desomspark.cutout import decode_pixels
-from desomspark.desom2 import gaussian_taps, hellinger, smooth_on_grid, train_desom2
-from desomspark.queries import desom2_inputs, input_matrix
-from desomspark.model import split_inference
-from desomspark.histovector import histovector
-from desomspark.mapping import cutout_nodes, map_inputs
+from desomspark.desom.exposure_mapper import gaussian_taps, hellinger, smooth_on_grid
+from desomspark.desom.mapping import cutout_nodes, map_inputs
+from desomspark.desom.model import split_inference
+from desomspark.evaluation.simulate import simulate_night
+from desomspark.ingest.cutout import decode_pixels
+from desomspark.lake.layout import Lake
+from desomspark.lake.queries import desom2_inputs, input_matrix
 from desomspark.registry import ModelMismatch, cached_model, check_desom1
-from desomspark.ingest import ingest
-from desomspark.lake import Lake
-from desomspark.pipeline import nightly, run_assign, run_histovectors
-from desomspark.simulate import simulate_night
+from desomspark.stages.histovectors import histovector
+from desomspark.stages.ingest import ingest
+from desomspark.stages.nightly import nightly, run_assign, run_histovectors
+from desomspark.stages.train_desom2 import train_desom2
 
 TABLES = ("exposures", "ccds", "cutouts", "rejects", "histovectors", "assignments")
 
@@ -29,12 +31,16 @@ TABLES = ("exposures", "ccds", "cutouts", "rejects", "histovectors", "assignment
 @pytest.fixture(scope="module")
 def mapped(spark, night_dir, tmp_path_factory, config):
     """A lake with a small DESOM-1 and DESOM-2 trained on the test night, histo-vectors and cells."""
-    from desomspark.desom1 import train_desom1
+    from desomspark.stages.train_desom1 import train_desom1
 
     lake = Lake(str(tmp_path_factory.mktemp("maplake")))
-    cfg = replace(config, desom1=replace(config.desom1, map_shape=(5, 5), iterations=30, batch_size=64,
-                                         checkpoint_every=0, log_every=10),
-                  desom2=replace(config.desom2, map_shape=None, iterations=200, batch_size=12, log_every=100))
+    cfg = replace(
+        config,
+        desom1=replace(
+            config.desom1, map_shape=(5, 5), iterations=30, batch_size=64, checkpoint_every=0, log_every=10
+        ),
+        desom2=replace(config.desom2, map_shape=None, iterations=200, batch_size=12, log_every=100),
+    )
     ingest(spark, str(night_dir), lake, cfg=cfg.ingest)
     d1 = train_desom1(spark, lake, cfg, processes=1, sample_size=2000)
     run_histovectors(spark, lake, cfg, desom1_uri=f"models:/desom1/{d1['version']}")
@@ -74,7 +80,7 @@ def test_assignments_carry_both_versions_and_cells(mapped):
     rows, cols = d2["map_shape"]
     assert len(table) == 12
     assert set(table["desom1_version"]) == {d1["version"]} and set(table["desom2_version"]) == {d2["version"]}
-    assert ((table["cell"] == table["cell_y"] * cols + table["cell_x"])).all()
+    assert (table["cell"] == table["cell_y"] * cols + table["cell_x"]).all()
     assert table["cell_x"].between(0, cols - 1).all() and table["cell_y"].between(0, rows - 1).all()
     assert (table["distance"] >= 0).all() and table["label"].isna().all()
 
@@ -86,7 +92,7 @@ def test_desom2_normalisation_is_stored_in_the_model(mapped):
     vectors = lake.read("histovectors").to_pandas()
     counts = torch.tensor(np.stack(vectors["counts"]), dtype=torch.float32)
     sigma = registry.model_metadata(uri)["node_smoothing"]
-    assert sigma == d2["mapper"].node_taps.numel() // 2 / 3 > 0        # the conf's 1 node: taps out to 3 sigma
+    assert sigma == d2["mapper"].node_taps.numel() // 2 / 3 > 0  # the conf's 1 node: taps out to 3 sigma
     h = hellinger(smooth_on_grid(counts, gaussian_taps(sigma), (5, 5)))
     np.testing.assert_allclose(extra["bin_scale"], np.full(25, h.max().item()), rtol=1e-5)
     assert registry.model_metadata(uri)["desom1_version"] == d2["desom1_version"]
@@ -94,20 +100,22 @@ def test_desom2_normalisation_is_stored_in_the_model(mapped):
 
 def test_smoothing_over_desom1_nodes_keeps_the_mass_where_the_map_holds_it():
     """One count in a corner node and one in the middle: the middle keeps nearly all its mass
-    inside the 5x5 grid, spread over its neighbours; the corner loses what falls off the map."""
+    inside the 5x5 grid, spread over its neighbours; the corner loses what falls off the map.
+    """
     counts = torch.zeros(2, 25)
     counts[0, 12], counts[1, 0] = 1.0, 1.0
     smooth = smooth_on_grid(counts, gaussian_taps(1.0), (5, 5)).reshape(2, 5, 5)
     assert smooth[0].sum() > 0.97 and smooth[0, 2, 2] == smooth[0].max() < 0.2
-    assert float(smooth[0, 2, 1]) == pytest.approx(float(smooth[0, 1, 2]))              # round ...
-    assert smooth[0, 2, 1] > smooth[0, 1, 1] > smooth[0, 0, 0] > 0                    # ... falling off
+    assert float(smooth[0, 2, 1]) == pytest.approx(float(smooth[0, 1, 2]))  # round ...
+    assert smooth[0, 2, 1] > smooth[0, 1, 1] > smooth[0, 0, 0] > 0  # ... falling off
     assert 0.4 < smooth[1].sum() < 0.55
     assert gaussian_taps(0.0).numel() == 0
 
 
 def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, mapped):
     """A DESOM-2 trained on histo-vectors + QA numbers: the served graph equals the trained mapper,
-    it reads the quality numbers (they change its latent vector), and assign feeds them."""
+    it reads the quality numbers (they change its latent vector), and assign feeds them.
+    """
     lake, cfg, _, _, _ = mapped
     features = ("fwhm", "elongation_median", "sky_spread")
     c = replace(cfg.desom2, qa_inputs=features, qa_weight=1.0)
@@ -118,7 +126,7 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     table, _ = desom2_inputs(lake, d2["desom1_version"], features)
     x = input_matrix(table["counts"], table, features)
     assert x.shape == (12, 25 + 3)
-    x[0, 25] = np.nan                           # an exposure without a measured FWHM still maps
+    x[0, 25] = np.nan  # an exposure without a measured FWHM still maps
     served = cached_model(uri, "cpu")
     node, dist, z = map_inputs(served, x)
     mine = d2["mapper"].eval()
@@ -143,7 +151,9 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     moved[:, 25] += 5 * float(d2["mapper"].qa_scale[0])
     assert not np.allclose(map_inputs(served, moved)[2], z, atol=1e-4)
     # assign joins the exposures' numbers and gives what the served model gives
-    out = run_assign(spark, lake, replace(cfg, desom2=c), desom2_uri=f"models:/desom2/{d2['version']}").set_index("exposure_id")
+    out = run_assign(
+        spark, lake, replace(cfg, desom2=c), desom2_uri=f"models:/desom2/{d2['version']}"
+    ).set_index("exposure_id")
     expected = map_inputs(served, input_matrix(table["counts"], table, features))[0]
     assert list(out.loc[table["exposure_id"], "cell"]) == list(expected)
     # a model trained on the histo-vectors alone, unsmoothed, still serves, through the same assign
@@ -151,24 +161,29 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     d2_alone = train_desom2(lake, replace(cfg, desom2=plain))
     meta_alone = registry.model_metadata(registry.download_uri("desom2", d2_alone["version"]))
     assert not meta_alone.get("qa_inputs") and meta_alone["node_smoothing"] == 0
-    alone = run_assign(spark, lake, replace(cfg, desom2=plain), desom2_uri=f"models:/desom2/{d2_alone['version']}")
+    alone = run_assign(
+        spark, lake, replace(cfg, desom2=plain), desom2_uri=f"models:/desom2/{d2_alone['version']}"
+    )
     assert len(alone) == 12 and set(alone["desom2_version"]) == {d2_alone["version"]}
 
 
 def test_version_mismatch_is_refused(spark, mapped):
     lake, cfg, _, d2, _ = mapped
     with pytest.raises(ModelMismatch, match="desom1 version"):
-        check_desom1({"desom1_version": "1"}, "2")
-    from desomspark.assign import write_assignments
+        check_desom1(registry.RegisteredModel.load("desom2", d2["version"]), "not-" + d2["desom1_version"])
+    from desomspark.stages.assign import write_assignments
 
-    uri = registry.download_uri("desom2", d2["version"])
-    meta = dict(registry.model_metadata(uri), desom1_version="999")
+    served = registry.RegisteredModel.load("desom2", d2["version"])
+    other = registry.RegisteredModel.from_metadata(
+        "desom2", served.version, served.uri, served.metadata | {"desom1_version": "999"}
+    )
     with pytest.raises(ModelMismatch, match="v999"):
-        write_assignments(spark, lake, uri, meta, d2["version"])
+        write_assignments(spark, lake, other)
 
 
 def _same_class_closeness(table: pd.DataFrame) -> tuple[float, float]:
-    """Share of same-class pairs within Manhattan distance 1 on the map, observed and under shuffled labels."""
+    """Share of same-class pairs within Manhattan distance 1 on the map, observed and under shuffled
+    labels."""
     xy = table[["cell_x", "cell_y"]].to_numpy()
     labels = table["truth_label"].to_numpy()
     pairs = list(combinations(range(len(table)), 2))
@@ -186,8 +201,9 @@ def _same_class_closeness(table: pd.DataFrame) -> tuple[float, float]:
 def fresh_nightly(spark, tmp_path_factory, small_sim, config):
     """nightly on a fresh lake (the shipped default models), twice on the same night."""
     raw = tmp_path_factory.mktemp("raw")
-    simulate_night(raw, 30, replace(small_sim, ccd_shape=(1024, 1024)), seed=99, mix="balanced",
-                   progress=False)
+    simulate_night(
+        raw, 30, replace(small_sim, ccd_shape=(1024, 1024)), seed=99, mix="balanced", progress=False
+    )
     lake = Lake(str(tmp_path_factory.mktemp("nightlake")))
     first = nightly(spark, str(raw), lake, "20260301", config)
     snapshot = {t: lake.read(t).to_pandas() for t in TABLES}
@@ -210,9 +226,14 @@ def test_nightly_on_a_fresh_install_uses_the_default_models(fresh_nightly):
 
 def test_nightly_twice_gives_identical_tables(fresh_nightly):
     lake, _, first, second, snapshot = fresh_nightly
-    keys = {"exposures": ["exposure_id"], "ccds": ["exposure_id", "hdu_index"],
-            "cutouts": ["exposure_id", "hdu_index", "source_index"], "rejects": ["path"],
-            "histovectors": ["exposure_id"], "assignments": ["exposure_id"]}
+    keys = {
+        "exposures": ["exposure_id"],
+        "ccds": ["exposure_id", "hdu_index"],
+        "cutouts": ["exposure_id", "hdu_index", "source_index"],
+        "rejects": ["path"],
+        "histovectors": ["exposure_id"],
+        "assignments": ["exposure_id"],
+    }
     for table, k in keys.items():
         after = lake.read(table).to_pandas().sort_values(k).reset_index(drop=True)
         before = snapshot[table].sort_values(k).reset_index(drop=True)

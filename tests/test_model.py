@@ -1,4 +1,5 @@
 """DESOM itself: the SOM layer, the joint loss, and an algorithm check on data nobody here made."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,9 @@ import pytest
 import torch
 
 from desomspark.config import Desom1Config, Desom2Config
-from desomspark.metrics import neighbour_vs_random_distance, nmi, purity
-from desomspark.model import SOM, ModelSpec, desom1, desom2, temperature
-from desomspark.train import Shard, TrainJob, build_model, fit, load_checkpoint, row_groups
+from desomspark.desom.metrics import neighbour_vs_random_distance, nmi, purity
+from desomspark.desom.model import SOM, ModelSpec, desom1, desom2, temperature
+from desomspark.desom.train import Shard, TrainJob, build_model, fit, load_checkpoint, row_groups
 
 
 def test_grid_distance_is_manhattan():
@@ -30,14 +31,14 @@ def test_neighbourhood_and_loss():
     som = SOM((5, 5), 3)
     z = torch.randn(8, 3, requires_grad=True)
     d = som.distances(z)
-    np.testing.assert_allclose(d.detach(), torch.cdist(z, som.prototypes) .detach() ** 2, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(d.detach(), torch.cdist(z, som.prototypes).detach() ** 2, rtol=1e-4, atol=1e-5)
     w = som.neighbourhood(d.argmin(1), t=1.0)
     assert not w.requires_grad
     assert torch.allclose(w[torch.arange(8), d.argmin(1)], torch.ones(8))
     assert (w <= 1).all() and (w > 0).all()
     loss = som.loss(d, t=1.0)
     loss.backward()
-    assert z.grad is not None and som.prototypes.grad is not None   # both sides learn
+    assert z.grad is not None and som.prototypes.grad is not None  # both sides learn
 
 
 def test_temperature_decays_from_max_to_min():
@@ -51,11 +52,11 @@ def test_paper_architecture_shapes():
     x = torch.rand(4, 1, 32, 32)
     z, rec, d = model(x)
     assert z.shape == (4, 160) and rec.shape == x.shape and d.shape == (4, 625)
-    assert 0 <= rec.min().item() and rec.max().item() <= 1        # sigmoid output
+    assert 0 <= rec.min().item() and rec.max().item() <= 1  # sigmoid output
     m2 = desom2(Desom2Config(), 625, (20, 20))
     z2, rec2, d2 = m2(torch.rand(3, 625))
     assert z2.shape == (3, 100) and rec2.shape == (3, 625) and d2.shape == (3, 400)
-    assert (z2 >= 0).all()                                          # ReLU latent
+    assert (z2 >= 0).all()  # ReLU latent
 
 
 def _write_sample(path, x: np.ndarray, rows_per_group: int):
@@ -67,9 +68,23 @@ def _write_sample(path, x: np.ndarray, rows_per_group: int):
 
 def _digits_job(sample, tmp_path, iterations=3000, **kw):
     spec = ModelSpec("desom2", (8, 8), 16, (64,), (256, 128)).to_dict()
-    return TrainJob(kind="desom2", sample_path=sample, checkpoint_path=str(tmp_path / "ckpt.pt"), spec=spec,
-                    iterations=iterations, batch_size=128, learning_rate=2e-3, gamma=0.01, t_max=4.0, t_min=0.3,
-                    seed=0, checkpoint_every=0, log_every=500, column="x", **kw)
+    return TrainJob(
+        kind="desom2",
+        sample_path=sample,
+        checkpoint_path=str(tmp_path / "ckpt.pt"),
+        spec=spec,
+        iterations=iterations,
+        batch_size=128,
+        learning_rate=2e-3,
+        gamma=0.01,
+        t_max=4.0,
+        t_min=0.3,
+        seed=0,
+        checkpoint_every=0,
+        log_every=500,
+        column="x",
+        **kw,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,18 +126,26 @@ def test_neighbouring_prototypes_are_closer_than_random_pairs(digits_model):
     # without a neighbourhood (k-means) map neighbours are random pairs: ratio ~1
     near, far = neighbour_vs_random_distance(model.som.prototypes.detach().numpy(), model.map_shape)
     assert near < 0.8 * far
-    decoded_near, decoded_far = neighbour_vs_random_distance(model.decoded_prototypes().numpy(), model.map_shape)
+    decoded_near, decoded_far = neighbour_vs_random_distance(
+        model.decoded_prototypes().numpy(), model.map_shape
+    )
     assert decoded_near < 0.8 * decoded_far
 
 
 def test_streamed_shard_gives_every_row(tmp_path):
     x = np.arange(50 * 4, dtype=np.float32).reshape(50, 4)
     sample = _write_sample(tmp_path / "s", x, rows_per_group=7)
-    shard = Shard(sample, row_groups(sample), "x", torch.device("cpu"), max_bytes=10,
-                  generator=torch.Generator().manual_seed(1))
+    shard = Shard(
+        sample,
+        row_groups(sample),
+        "x",
+        torch.device("cpu"),
+        max_bytes=10,
+        generator=torch.Generator().manual_seed(1),
+    )
     assert not shard.in_memory and shard.n == 50
     seen = torch.cat([shard.batch(10) for _ in range(5)])
-    assert sorted(seen[:, 0].tolist()) == sorted(x[:, 0].tolist())   # one epoch: each row once
+    assert sorted(seen[:, 0].tolist()) == sorted(x[:, 0].tolist())  # one epoch: each row once
 
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path):
@@ -135,8 +158,12 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     spec = tmp_path / "job.json"
     job.to_json(str(spec))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "desomspark.train", str(spec)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "desomspark.desom.train", str(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 120
     while not (tmp_path / "ckpt.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -148,8 +175,13 @@ def test_killed_training_resumes_from_its_checkpoint(tmp_path):
     stopped = state["iteration"]
     job.resume = True
     job.to_json(str(spec))
-    done = subprocess.run([sys.executable, "-m", "desomspark.train", str(spec)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "desomspark.desom.train", str(spec)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert f"resumed at iteration {stopped}" in done.stdout
     final = load_checkpoint(job.checkpoint_path)
@@ -165,7 +197,7 @@ def test_a_model_spec_rebuilds_its_model_and_refuses_nonsense(tmp_path):
     model = desom1(Desom1Config(map_shape=(4, 5), latent_dim=12, conv_channels=(8, 16), dense_units=32))
     d = model.spec.to_dict()
     assert d["kind"] == "desom1" and d["map_shape"] == [4, 5] and d["input_shape"] == [1, 32, 32]
-    again = ModelSpec.from_dict(d | {"clip_sigma": 3.0})          # other metadata keys are ignored
+    again = ModelSpec.from_dict(d | {"clip_sigma": 3.0})  # other metadata keys are ignored
     rebuilt = again.build()
     assert again == model.spec and rebuilt.map_shape == (4, 5)
     assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in model.parameters()]

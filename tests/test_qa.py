@@ -1,4 +1,6 @@
-"""Classical quality numbers (desomspark.qa) against the simulator's truth, and the neighbour metrics."""
+"""Classical quality numbers (desomspark.ingest.qa) against the simulator's truth, and the neighbour
+metrics."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,9 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from desomspark import metrics, qa
-from desomspark.detect import process_ccd
-from desomspark.simulate import plan_night, simulate_ccd
+from desomspark.desom import metrics
+from desomspark.evaluation.simulate import plan_night, simulate_ccd
+from desomspark.ingest import qa
+from desomspark.ingest.detect import process_ccd
 
 SHAPE = (1024, 1024)
 
@@ -23,35 +26,61 @@ def measured(small_sim, config):
         ccds = []
         for ccd in range(sim.n_ccds):
             pixels, header = simulate_ccd(spec, ccd, sim)
-            result = process_ccd(pixels.astype(np.float32), str(spec.expnum), ccd, config.ingest,
-                                 pixel_scale=header["PIXSCAL1"], saturation=header["SATURATE"])
-            ccds.append(dict(result.qa, reject_reason=None, dead=result.dead, n_detected=result.n_detected,
-                             background=result.background, background_rms=result.background_rms,
-                             true_fwhm=header.get("PSFFWHM", np.nan)))
+            result = process_ccd(
+                pixels.astype(np.float32),
+                str(spec.expnum),
+                ccd,
+                config.ingest,
+                pixel_scale=header["PIXSCAL1"],
+                saturation=header["SATURATE"],
+            )
+            ccds.append(
+                dict(
+                    result.qa,
+                    reject_reason=None,
+                    dead=result.dead,
+                    n_detected=result.n_detected,
+                    background=result.background,
+                    background_rms=result.background_rms,
+                    true_fwhm=header.get("PSFFWHM", np.nan),
+                )
+            )
         frame = pd.DataFrame(ccds)
-        rows.append(dict(qa.exposure_qa(frame, spec.exptime, sim.zero_point), quality=spec.quality, kind=spec.kind,
-                         true_fwhm=float(frame["true_fwhm"].median()),
-                         true_sky=sim.sky_rate * spec.exptime))
+        rows.append(
+            dict(
+                qa.exposure_qa(frame, spec.exptime, sim.zero_point),
+                quality=spec.quality,
+                kind=spec.kind,
+                true_fwhm=float(frame["true_fwhm"].median()),
+                true_sky=sim.sky_rate * spec.exptime,
+            )
+        )
     return pd.DataFrame(rows)
 
 
 def test_fwhm_matches_the_simulated_seeing(measured):
     # seeing is only a FWHM where the PSF is round and single: Good, B-Seeing, and the background classes
-    round_psf = measured[measured["quality"].isin(["Good", "B-Seeing", "Streak"])
-                         | measured["kind"].isin(["scattered", "crowded"])]
+    round_psf = measured[
+        measured["quality"].isin(["Good", "B-Seeing", "Streak"])
+        | measured["kind"].isin(["scattered", "crowded"])
+    ]
     assert len(round_psf) >= 9
     ratio = round_psf["fwhm"] / round_psf["true_fwhm"]
     assert ratio.between(0.9, 1.1).all(), round_psf[["quality", "fwhm", "true_fwhm"]].to_string()
     # and it separates bad seeing from good seeing
-    assert measured.loc[measured["quality"] == "B-Seeing", "fwhm"].min() > \
-        measured.loc[measured["quality"] == "Good", "fwhm"].max()
+    assert (
+        measured.loc[measured["quality"] == "B-Seeing", "fwhm"].min()
+        > measured.loc[measured["quality"] == "Good", "fwhm"].max()
+    )
 
 
 def test_elongation_is_ordered_by_tracking_error(measured):
     median = measured.groupby("quality")["elongation_median"].median()
     assert median["Good"] < 1.12 < median["BT"] < median["RBT"], median.to_string()
-    assert (measured.loc[measured["quality"] == "Good", "elongation_median"].max()
-            < measured.loc[measured["quality"] == "RBT", "elongation_median"].min())
+    assert (
+        measured.loc[measured["quality"] == "Good", "elongation_median"].max()
+        < measured.loc[measured["quality"] == "RBT", "elongation_median"].min()
+    )
 
 
 def test_sky_level_within_two_percent(measured):
@@ -83,10 +112,10 @@ def test_half_sample_mode_and_weighted_median():
 def test_standardise_is_robust_and_fills_missing_values():
     values = np.array([[1.0, 5.0], [2.0, np.nan], [3.0, 5.0], [4.0, 5.0], [5.0, 5.0], [1000.0, 5.0]])
     z = qa.standardise(values, clip=10.0)
-    assert z[5, 0] == 10.0                      # an outlier is clipped, not allowed to dominate
+    assert z[5, 0] == 10.0  # an outlier is clipped, not allowed to dominate
     assert z[0, 0] == pytest.approx((1.0 - 3.5) / (2.5 / 1.349))
-    assert z[1, 1] == 0.0                       # missing -> the median
-    assert np.all(z[:, 1] == 0.0)               # a constant column is all zero
+    assert z[1, 1] == 0.0  # missing -> the median
+    assert np.all(z[:, 1] == 0.0)  # a constant column is all zero
 
 
 def test_neighbour_predictions_on_a_map():
@@ -94,15 +123,17 @@ def test_neighbour_predictions_on_a_map():
     cells = [0, 0, 0, 1, 1, 9]
     positions = {0: (0, 0), 1: (0, 1), 9: (1, 2)}
     predicted = metrics.neighbour_predictions(truth, cells, positions)
-    # cell-mates vote; the lone RBT takes its nearest occupied ring (cell 1 at Chebyshev distance 1; cell 0 is at 2)
+    # cell-mates vote; the lone RBT takes its nearest occupied ring (cell 1 at Chebyshev distance 1; cell 0 is
+    # at 2)
     assert list(predicted) == ["Good", "Good", "Good", "BT", "BT", "BT"]
     scores = metrics.prediction_scores(truth, predicted, "Good", ["Good", "BT"])
     assert scores["neighbour_accuracy"] == pytest.approx(5 / 6)
     assert scores["neighbour_accuracy_6"] == 1.0 and scores["neighbour_good_bad"] == 1.0
     assert scores["neighbour_good_bad_6"] == 1.0
     # a map of singletons is not rewarded: each exposure is judged by its neighbours
-    lonely = metrics.neighbour_predictions(["Good", "BT", "Good", "BT"], [0, 1, 2, 3],
-                                           {0: (0, 0), 1: (0, 1), 2: (0, 2), 3: (0, 3)})
+    lonely = metrics.neighbour_predictions(
+        ["Good", "BT", "Good", "BT"], [0, 1, 2, 3], {0: (0, 0), 1: (0, 1), 2: (0, 2), 3: (0, 3)}
+    )
     assert (lonely == np.array(["Good", "BT", "Good", "BT"])).sum() < 4
 
 
@@ -116,17 +147,18 @@ def test_knn_leaves_the_sample_out():
 
 def test_map_size_keeps_several_exposures_per_cell():
     from desomspark.config import Desom2Config
-    from desomspark.desom2 import desom2_map_shape
+    from desomspark.desom.exposure_mapper import desom2_map_shape
 
     survey = Desom2Config(map_shape=(20, 20), exposures_per_cell=4)
-    assert desom2_map_shape(survey, 50_000) == (20, 20)          # survey-size: the paper's map
-    assert desom2_map_shape(survey, 300) == (9, 9)               # a small night: ~4 per cell, not 261 singletons
+    assert desom2_map_shape(survey, 50_000) == (20, 20)  # survey-size: the paper's map
+    assert desom2_map_shape(survey, 300) == (9, 9)  # a small night: ~4 per cell, not 261 singletons
     assert desom2_map_shape(survey, 8) == (2, 2)
     assert desom2_map_shape(Desom2Config(map_shape=None, exposures_per_cell=4), 1600) == (20, 20)
 
 
 def test_yaml_defaults_and_dataclass_defaults_agree():
-    """conf/default.yaml and the config dataclasses state the same numbers (one may not drift from the other)."""
+    """conf/default.yaml and the config dataclasses state the same numbers (one may not drift from the
+    other)."""
     from desomspark.config import Config, load_config
 
     loaded, declared = load_config(), Config()

@@ -12,6 +12,7 @@ DEBLEND_MINCONT tried (0, 0.001, 0.005); agreement there is 94-100 %
 depending on the field, and the tests hold it to >= 95 % (donuts) and
 >= 90 % (trails).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -22,17 +23,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
-
-from desomspark.detect import detect_sources
-from desomspark.simulate import plan_night, simulate_ccd
 from tools import require_tool
+
+from desomspark.evaluation.simulate import plan_night, simulate_ccd
+from desomspark.ingest.detect import detect_sources
 
 SEXTRACTOR = shutil.which("source-extractor") or shutil.which("sex")
 
 
 @pytest.fixture(autouse=True)
 def _sextractor_installed():
-    require_tool(SEXTRACTOR is not None, "source-extractor is not on PATH (scripts/install_test_tools.sh installs it)")
+    require_tool(
+        SEXTRACTOR is not None, "source-extractor is not on PATH (scripts/install_test_tools.sh installs it)"
+    )
+
+
 CONV = Path("/usr/share/source-extractor/gauss_3.0_7x7.conv")
 
 
@@ -41,20 +46,52 @@ def _sextractor(image: np.ndarray, workdir: Path, cfg) -> np.ndarray:
     (workdir / "xy.param").write_text("X_IMAGE\nY_IMAGE\n")
     conv = CONV if CONV.exists() else workdir / "gauss.conv"
     if not CONV.exists():
-        from desomspark.detect import gaussian_kernel
+        from desomspark.ingest.detect import gaussian_kernel
 
         k = gaussian_kernel(cfg.filter_fwhm, cfg.filter_size)
         conv.write_text("CONV NORM\n" + "\n".join(" ".join(f"{v:.6f}" for v in row) for row in k) + "\n")
-    args = [SEXTRACTOR, str(workdir / "ccd.fits"), "-c", "/dev/null",
-            "-CATALOG_NAME", str(workdir / "cat.txt"), "-CATALOG_TYPE", "ASCII",
-            "-PARAMETERS_NAME", str(workdir / "xy.param"),
-            "-DETECT_THRESH", str(cfg.detect_thresh), "-ANALYSIS_THRESH", str(cfg.detect_thresh),
-            "-DETECT_MINAREA", str(cfg.min_area), "-FILTER", "Y", "-FILTER_NAME", str(conv),
-            "-DEBLEND_NTHRESH", str(cfg.deblend_nthresh), "-DEBLEND_MINCONT", str(cfg.deblend_cont),
-            "-CLEAN", "Y" if cfg.clean else "N", "-CLEAN_PARAM", str(cfg.clean_param),
-            "-BACK_SIZE", str(cfg.back_size), "-BACK_FILTERSIZE", str(cfg.back_filter_size),
-            "-SATUR_LEVEL", "1e9", "-MEMORY_PIXSTACK", "5000000", "-MEMORY_OBJSTACK", "20000",
-            "-VERBOSE_TYPE", "QUIET"]
+    args = [
+        SEXTRACTOR,
+        str(workdir / "ccd.fits"),
+        "-c",
+        "/dev/null",
+        "-CATALOG_NAME",
+        str(workdir / "cat.txt"),
+        "-CATALOG_TYPE",
+        "ASCII",
+        "-PARAMETERS_NAME",
+        str(workdir / "xy.param"),
+        "-DETECT_THRESH",
+        str(cfg.detect_thresh),
+        "-ANALYSIS_THRESH",
+        str(cfg.detect_thresh),
+        "-DETECT_MINAREA",
+        str(cfg.min_area),
+        "-FILTER",
+        "Y",
+        "-FILTER_NAME",
+        str(conv),
+        "-DEBLEND_NTHRESH",
+        str(cfg.deblend_nthresh),
+        "-DEBLEND_MINCONT",
+        str(cfg.deblend_cont),
+        "-CLEAN",
+        "Y" if cfg.clean else "N",
+        "-CLEAN_PARAM",
+        str(cfg.clean_param),
+        "-BACK_SIZE",
+        str(cfg.back_size),
+        "-BACK_FILTERSIZE",
+        str(cfg.back_filter_size),
+        "-SATUR_LEVEL",
+        "1e9",
+        "-MEMORY_PIXSTACK",
+        "5000000",
+        "-MEMORY_OBJSTACK",
+        "20000",
+        "-VERBOSE_TYPE",
+        "QUIET",
+    ]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120, cwd=workdir)
     assert done.returncode == 0, done.stderr
     xy = np.loadtxt(workdir / "cat.txt", ndmin=2)
@@ -75,8 +112,9 @@ def ccds(small_sim):
     return {s.quality: simulate_ccd(s, 0, cfg)[0].astype(np.float32) for s in specs}
 
 
-@pytest.mark.parametrize("quality,agreement", [("Good", 0.99), ("BT", 0.99), ("B-Seeing", 0.99),
-                                               ("BadFocus", 0.95), ("RBT", 0.90)])
+@pytest.mark.parametrize(
+    "quality,agreement", [("Good", 0.99), ("BT", 0.99), ("B-Seeing", 0.99), ("BadFocus", 0.95), ("RBT", 0.90)]
+)
 def test_sep_finds_what_sextractor_finds(ccds, quality, agreement, tmp_path, config):
     image = ccds[quality]
     reference = _sextractor(image, tmp_path, config.ingest)

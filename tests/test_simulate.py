@@ -1,4 +1,5 @@
 """The simulator writes real survey-like FITS, and each class shows its property in the pixels."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,8 @@ import pytest
 import sep
 from astropy.io import fits
 
-from desomspark.detect import detect_sources
-from desomspark.simulate import CLASSES, plan_night, simulate_ccd, simulate_night
+from desomspark.evaluation.simulate import CLASSES, plan_night, simulate_ccd, simulate_night
+from desomspark.ingest.detect import detect_sources
 
 HEADER_KEYS = ("EXPNUM", "EXPTIME", "FILTER", "MJD-OBS", "DATE-OBS", "AIRMASS", "OBJECT", "QUALITY")
 
@@ -54,6 +55,7 @@ def test_same_seed_same_bytes(tmp_path, small_sim):
 
 # --- each class, measured on the image ---------------------------------------
 
+
 @pytest.fixture(scope="module")
 def class_images(small_sim):
     """One 1024x1024 CCD of the first exposure of each class (and BGP kind) of a balanced night."""
@@ -91,8 +93,9 @@ def test_bad_seeing_broadens_stars(class_images, config):
     for name in ("Good", "B-Seeing"):
         image = class_images[name]
         stars, bkg = _bright_stars(image, config)
-        radius, _ = sep.flux_radius(image - bkg.back(), stars["x"], stars["y"], 6.0 * stars["a"], 0.5,
-                                    subpix=5)
+        radius, _ = sep.flux_radius(
+            image - bkg.back(), stars["x"], stars["y"], 6.0 * stars["a"], 0.5, subpix=5
+        )
         fwhm[name] = 2 * float(np.median(radius)) * 0.187  # half-light diameter, arcsec
     assert fwhm["B-Seeing"] > 1.5 * fwhm["Good"]
 
@@ -102,7 +105,7 @@ def _stacked_profile(image, stars, half=12):
     for x, y in zip(stars["x"], stars["y"]):
         ix, iy = int(round(x)), int(round(y))
         if half <= ix < image.shape[1] - half and half <= iy < image.shape[0] - half:
-            stamp = image[iy - half:iy + half + 1, ix - half:ix + half + 1]
+            stamp = image[iy - half : iy + half + 1, ix - half : ix + half + 1]
             stack.append((stamp - np.median(image)) / stamp.max())
     return np.median(stack, axis=0)
 
@@ -116,9 +119,9 @@ def test_bad_focus_stars_have_a_central_dip(class_images, config):
         yy, xx = np.indices(profile.shape)
         r = np.hypot(yy - c, xx - c)
         ring = max(profile[(r >= k) & (r < k + 1)].mean() for k in range(1, 10))
-        ratios[name] = profile[c - 1:c + 2, c - 1:c + 2].mean() / ring
-    assert ratios["Good"] > 0.9          # centre is the peak
-    assert ratios["BadFocus"] < 0.8      # a donut: the ring outshines the centre
+        ratios[name] = profile[c - 1 : c + 2, c - 1 : c + 2].mean() / ring
+    assert ratios["Good"] > 0.9  # centre is the peak
+    assert ratios["BadFocus"] < 0.8  # a donut: the ring outshines the centre
 
 
 def test_low_exposure_gives_fewer_detections(class_images, config):
@@ -141,7 +144,7 @@ def test_background_problems_show_in_the_background(class_images, config):
 
 def test_satellite_trails_cross_ccds_as_straight_lines(small_sim):
     """A Streak exposure's trails come from the exposure alone: continuous from CCD to CCD."""
-    from desomspark.simulate import streak_lines
+    from desomspark.evaluation.simulate import streak_lines
 
     cfg = replace(small_sim, p_hot_column=0.0, p_dead_ccd=0.0)
     spec = next(s for s in plan_night(14, seed=3, mix="balanced", cfg=cfg) if s.quality == "Streak")
@@ -178,8 +181,25 @@ def test_survey_mix_follows_the_real_class_mix(small_sim):
 
 def test_command_line_writes_a_night(tmp_path):
     out = tmp_path / "night"
-    cmd = [sys.executable, "-m", "desomspark.cli", "simulate", "--out", str(out), "--exposures", "3",
-           "--ccds", "2", "--ccd-shape", "256", "256", "--mix", "survey", "--seed", "4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "desomspark.cli",
+        "simulate",
+        "--out",
+        str(out),
+        "--exposures",
+        "3",
+        "--ccds",
+        "2",
+        "--ccd-shape",
+        "256",
+        "256",
+        "--mix",
+        "survey",
+        "--seed",
+        "4",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert len(list(out.glob("*.fits"))) == 3 and (out / "truth.csv").exists()

@@ -7,6 +7,7 @@ equal those of a batch ``nightly`` over the same files.  With every cell
 labelled bad, a run of exposures raises one alert, and a real HTTP server
 receives it.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,31 +25,49 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tools import child_env
 
 from desomspark import registry
 from desomspark.config import WatchConfig
-from desomspark.explore import label_cells
-from desomspark.lake import Lake
-from desomspark.pipeline import nightly
-from desomspark.watch import Alert, bad_runs, dead_ccds, novelties, post_webhook
-from tools import child_env
+from desomspark.lake.layout import Lake
+from desomspark.serve.explore import label_cells
+from desomspark.stages.nightly import nightly
+from desomspark.stages.watch import Alert, bad_runs, dead_ccds, novelties, post_webhook
 
 NIGHT = "20251120"
 TABLES = ("exposures", "ccds", "cutouts", "rejects", "histovectors", "assignments")
-KEYS = {"exposures": ["exposure_id"], "ccds": ["exposure_id", "hdu_index"],
-        "cutouts": ["exposure_id", "hdu_index", "source_index"], "rejects": ["path", "hdu_index"],
-        "histovectors": ["exposure_id"], "assignments": ["exposure_id"]}
+KEYS = {
+    "exposures": ["exposure_id"],
+    "ccds": ["exposure_id", "hdu_index"],
+    "cutouts": ["exposure_id", "hdu_index", "source_index"],
+    "rejects": ["path", "hdu_index"],
+    "histovectors": ["exposure_id"],
+    "assignments": ["exposure_id"],
+}
 
 
 class Watcher:
     """``desomspark watch`` in its own process group, its output in a file."""
 
     def __init__(self, lake: Path, arrivals: Path, log: Path, conf: Path | None = None):
-        args = [sys.executable, "-m", "desomspark.cli", "watch", "--lake", str(lake), "--input", str(arrivals),
-                "--night", NIGHT, "--master", "local[2]"] + (["--conf", str(conf)] if conf else [])
+        args = [
+            sys.executable,
+            "-m",
+            "desomspark.cli",
+            "watch",
+            "--lake",
+            str(lake),
+            "--input",
+            str(arrivals),
+            "--night",
+            NIGHT,
+            "--master",
+            "local[2]",
+        ] + (["--conf", str(conf)] if conf else [])
         self.log = log
-        self.proc = subprocess.Popen(args, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True,
-                                     env=child_env())
+        self.proc = subprocess.Popen(
+            args, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True, env=child_env()
+        )
 
     def output(self) -> str:
         return self.log.read_text()
@@ -76,7 +95,7 @@ def _write_slowly(src: Path, target: Path, until, timeout: float = 120) -> None:
         while not until():
             assert time.time() < deadline and written < len(data) // 2, "the watcher never saw the file"
             time.sleep(0.5)
-            fh.write(data[written:written + 1024])
+            fh.write(data[written : written + 1024])
             fh.flush()
             written += 1024
         fh.write(data[written:])
@@ -86,7 +105,9 @@ def _wait(condition, what: str, watcher: Watcher, timeout: float = 300) -> None:
     """Wait for an event of the lake or the log (checked each second), failing with the watcher's output."""
     deadline = time.time() + timeout
     while not condition():
-        assert watcher.proc.poll() is None, f"watch exited while waiting for {what}:\n{watcher.output()[-3000:]}"
+        assert watcher.proc.poll() is None, (
+            f"watch exited while waiting for {what}:\n{watcher.output()[-3000:]}"
+        )
         assert time.time() < deadline, f"no {what} after {timeout} s:\n{watcher.output()[-3000:]}"
         time.sleep(1.0)
 
@@ -123,11 +144,17 @@ def watched(night_dir, tmp_path_factory):
     # a copy of a landed exposure under another name; a file whose writer died half-way; and a file
     # written in place, slowly: it is listed half-written and read once it is complete
     _drop([files[0]], arrivals, name=f"zz-copy-of-{files[0].name}")
-    (arrivals / "zz-abandoned.fits").write_bytes(files[11].read_bytes()[:files[11].stat().st_size // 2])
-    _write_slowly(files[10], arrivals / files[10].name,
-                  until=lambda: "still being written to settle" in watcher.output())
-    _wait(lambda: _assigned(lake) == 8 and lake.read("rejects").num_rows >= 2, "the files written in place",
-          watcher)
+    (arrivals / "zz-abandoned.fits").write_bytes(files[11].read_bytes()[: files[11].stat().st_size // 2])
+    _write_slowly(
+        files[10],
+        arrivals / files[10].name,
+        until=lambda: "still being written to settle" in watcher.output(),
+    )
+    _wait(
+        lambda: _assigned(lake) == 8 and lake.read("rejects").num_rows >= 2,
+        "the files written in place",
+        watcher,
+    )
     watcher.kill(signal.SIGINT)
     return lake, arrivals, files, killed_at, watcher.output(), tmp
 
@@ -146,11 +173,13 @@ def test_files_still_being_written_copies_and_abandoned_files(watched):
     assert "still being written to settle" in output
     rejects = lake.read("rejects").to_pandas().groupby("path")["reason"].agg(set).to_dict()
     # the copy is refused whole; of the abandoned file, the CCDs written before its writer died are used
-    assert rejects == {str(arrivals / "zz-abandoned.fits"): {"truncated"},
-                       str(arrivals / f"zz-copy-of-{files[0].name}"): {"duplicate_exposure"}}
+    assert rejects == {
+        str(arrivals / "zz-abandoned.fits"): {"truncated"},
+        str(arrivals / f"zz-copy-of-{files[0].name}"): {"duplicate_exposure"},
+    }
     exposures = lake.read("exposures").to_pandas().set_index("path")
     assert exposures["exposure_id"].is_unique and len(exposures) == 8
-    assert exposures.loc[str(arrivals / files[10].name), "status"] == "ok"              # read once complete
+    assert exposures.loc[str(arrivals / files[10].name), "status"] == "ok"  # read once complete
     assert exposures.loc[str(arrivals / "zz-abandoned.fits"), "status"] == "partial"
 
 
@@ -185,12 +214,15 @@ def test_a_run_of_bad_exposures_raises_one_alert_and_the_webhook_gets_it(watched
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         # the operator labels every cell of the champion map bad (tracking trouble)
-        uri, version = registry.resolve_model(lake, config, "desom2")
-        rows, cols = registry.model_metadata(uri)["map_shape"]
+        desom2 = registry.registered(lake, config, "desom2")
+        version, (rows, cols) = desom2.version, desom2.map_shape
         label_cells(lake, version, [(x, y) for y in range(rows) for x in range(cols)], "BT", (rows, cols))
         conf = tmp / "hook.yaml"
-        conf.write_text(yaml.safe_dump({"watch": {"webhook": f"http://127.0.0.1:{server.server_port}/alerts",
-                                                  "trigger_seconds": 2}}))
+        conf.write_text(
+            yaml.safe_dump(
+                {"watch": {"webhook": f"http://127.0.0.1:{server.server_port}/alerts", "trigger_seconds": 2}}
+            )
+        )
         watcher = Watcher(Path(lake.root), arrivals, tmp / "watch-alerts.log", conf)
         _drop(sources, arrivals)
         _wait(lambda: _assigned(lake) == 12 and lake.nights("alerts"), "the alert", watcher)
@@ -205,47 +237,77 @@ def test_a_run_of_bad_exposures_raises_one_alert_and_the_webhook_gets_it(watched
 
 
 def test_the_rule_fires_once_per_run_and_a_dead_webhook_is_skipped():
-    table = pd.DataFrame({"exposure_id": [f"e{i}" for i in range(12)], "mjd_obs": range(12),
-                          "cell_x": 0, "cell_y": 0,
-                          "label": [None, None, "BT", "BT", "BT", "BT", None, None, None, None, "BT", "Good"]})
+    table = pd.DataFrame(
+        {
+            "exposure_id": [f"e{i}" for i in range(12)],
+            "mjd_obs": range(12),
+            "cell_x": 0,
+            "cell_y": 0,
+            "label": [None, None, "BT", "BT", "BT", "BT", None, None, None, None, "BT", "Good"],
+        }
+    )
     cfg = WatchConfig(alert_window=5, alert_min_bad=3)
     alerts = bad_runs(table, NIGHT, cfg)
-    assert [a.exposures for a in alerts] == [("e2", "e3", "e4")]        # e5 continues the same run
+    assert [a.exposures for a in alerts] == [("e2", "e3", "e4")]  # e5 continues the same run
     table["label"] = [None, None, "BT", "BT", "BT", None, None, None, None, "BGP", "BGP", "BGP"]
     # the window empties of bad exposures, then fills again: a second run, a second alert
     assert [a.exposures for a in bad_runs(table, NIGHT, cfg)] == [("e2", "e3", "e4"), ("e9", "e10", "e11")]
     down = Alert(NIGHT, "bad_run", ("e2",), ("0,0",), "test")
-    assert post_webhook("http://127.0.0.1:9/alerts", down, timeout=2.0) is False   # logged, never raised
+    assert post_webhook("http://127.0.0.1:9/alerts", down, timeout=2.0) is False  # logged, never raised
 
 
 def test_novelty_fires_on_an_exposure_unlike_those_before_it():
     rng = np.random.default_rng(1)
     distance = rng.normal(1.0, 0.1, 40)
     distance[[30, 35]] = 5.0, 8.0
-    table = pd.DataFrame({"exposure_id": [f"e{i:02d}" for i in range(40)], "mjd_obs": range(40),
-                          "cell_x": 1, "cell_y": 2, "distance": distance})
+    table = pd.DataFrame(
+        {
+            "exposure_id": [f"e{i:02d}" for i in range(40)],
+            "mjd_obs": range(40),
+            "cell_x": 1,
+            "cell_y": 2,
+            "distance": distance,
+        }
+    )
     cfg = WatchConfig(novelty_quantile=0.99, novelty_margin=1.5, novelty_min_reference=20)
     alerts = novelties(table, NIGHT, cfg)
     assert [a.exposures for a in alerts] == [("e30",), ("e35",)] and alerts[0].cells == ("1,2",)
     # the same night, with past nights as the reference: the first exposures are judged too
     table.loc[2, "distance"] = 5.0
-    assert [a.exposures for a in novelties(table, NIGHT, cfg, reference=rng.normal(1.0, 0.1, 100))] == \
-        [("e02",), ("e30",), ("e35",)]
+    assert [a.exposures for a in novelties(table, NIGHT, cfg, reference=rng.normal(1.0, 0.1, 100))] == [
+        ("e02",),
+        ("e30",),
+        ("e35",),
+    ]
     assert novelties(table, NIGHT, WatchConfig(novelty_min_reference=100)) == []
 
 
 def test_a_ccd_dead_on_consecutive_exposures_raises_one_alert():
-    rows = [{"exposure_id": f"e{i}", "mjd_obs": float(i), "hdu_index": h, "extname": f"ccd{h:02d}",
-             "n_detected": 50, "dead": False, "reject_reason": None} for i in range(8) for h in (1, 2, 3)]
+    rows = [
+        {
+            "exposure_id": f"e{i}",
+            "mjd_obs": float(i),
+            "hdu_index": h,
+            "extname": f"ccd{h:02d}",
+            "n_detected": 50,
+            "dead": False,
+            "reject_reason": None,
+        }
+        for i in range(8)
+        for h in (1, 2, 3)
+    ]
     ccds = pd.DataFrame(rows)
-    dark = lambda ccd, exps: ccds["extname"].eq(ccd) & ccds["exposure_id"].isin(exps)
-    ccds.loc[dark("ccd02", ["e2", "e3", "e4", "e5"]), "n_detected"] = 0         # one long run: one alert
-    ccds.loc[dark("ccd03", ["e2", "e3"]), "dead"] = True                         # dies with it: the same alert
-    ccds.loc[dark("ccd01", ["e6"]), "reject_reason"] = "all_nan"                 # one exposure only: no alert
+
+    def dark(ccd, exps):
+        return ccds["extname"].eq(ccd) & ccds["exposure_id"].isin(exps)
+
+    ccds.loc[dark("ccd02", ["e2", "e3", "e4", "e5"]), "n_detected"] = 0  # one long run: one alert
+    ccds.loc[dark("ccd03", ["e2", "e3"]), "dead"] = True  # dies with it: the same alert
+    ccds.loc[dark("ccd01", ["e6"]), "reject_reason"] = "all_nan"  # one exposure only: no alert
     alerts = dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=2))
     assert [(a.exposures, a.ccds) for a in alerts] == [(("e2", "e3"), ("ccd02", "ccd03"))]
     unnamed = dead_ccds(ccds.assign(extname=None), NIGHT, WatchConfig(dead_ccd_exposures=2))
-    assert unnamed[0].ccds == ("HDU 2", "HDU 3")                          # files without EXTNAME
+    assert unnamed[0].ccds == ("HDU 2", "HDU 3")  # files without EXTNAME
     assert alerts[0].alert_id == f"dead_ccd:{NIGHT}:e2" and "ccd02, ccd03" in alerts[0].detail
     assert len(dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=3))) == 1
     assert dead_ccds(ccds, NIGHT, WatchConfig(dead_ccd_exposures=5)) == []
@@ -260,14 +322,26 @@ def test_unknown_rules_are_refused():
 
 def test_a_night_unlike_the_nights_before_it_is_flagged(tmp_path):
     """Drift: three nights over the same cells, then one whose exposures fall elsewhere."""
-    from desomspark import plots
-    from desomspark.drift import jensen_shannon, night_drift
+    from desomspark.serve import plots
+    from desomspark.serve.drift import jensen_shannon, night_drift
 
     rng = np.random.default_rng(0)
-    frames = [pd.DataFrame({"night": f"2025112{i}", "cell": rng.choice(4, 40), "distance": rng.random(40),
-                            "label": "Good"}) for i in range(3)]
-    frames.append(pd.DataFrame({"night": "20251123", "cell": rng.choice([8, 9], 40), "distance": 3 + rng.random(40),
-                                "label": ["BT"] * 30 + [None] * 10}))
+    frames = [
+        pd.DataFrame(
+            {"night": f"2025112{i}", "cell": rng.choice(4, 40), "distance": rng.random(40), "label": "Good"}
+        )
+        for i in range(3)
+    ]
+    frames.append(
+        pd.DataFrame(
+            {
+                "night": "20251123",
+                "cell": rng.choice([8, 9], 40),
+                "distance": 3 + rng.random(40),
+                "label": ["BT"] * 30 + [None] * 10,
+            }
+        )
+    )
     drift = night_drift(pd.concat(frames, ignore_index=True), n_cells=16, window=7, threshold=0.35)
     assert list(drift["flagged"]) == [False, False, False, True]
     assert np.isnan(drift["divergence"].iloc[0]) and drift["divergence"].iloc[1:3].max() < 0.1

@@ -5,6 +5,7 @@
 instead of skipping its tests quietly.  A developer's laptop without them
 still runs the rest.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,12 +41,21 @@ def open_browser(tmp_path):
     from selenium.webdriver.chrome.service import Service
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    require_tool(bool(chromium and driver),
-                 "chromium / chromedriver not installed (scripts/install_test_tools.sh installs them)")
+    require_tool(
+        bool(chromium and driver),
+        "chromium / chromedriver not installed (scripts/install_test_tools.sh installs them)",
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-extensions", "--window-size=1400,1000",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-extensions",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)

@@ -1,4 +1,5 @@
-"""Airflow DAG: the nightly desomspark run, spark-submit of jobs/nightly.py through deploy/schedule/nightly.sh.
+"""Airflow DAG: the nightly desomspark run, spark-submit of jobs/nightly.py through
+deploy/schedule/nightly.sh.
 
 Copy this file into the DAGs folder.  The scheduler's environment (or Airflow
 Variables, see below) gives SPARK_MASTER and MLFLOW_TRACKING_URI; the night is
@@ -6,9 +7,10 @@ the UTC day before the run, as in the cron entry.
 
 Airflow Variables (optional): ``desomspark_home`` (default /opt/desomspark).
 """
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from airflow.providers.standard.operators.bash import BashOperator
 from airflow.sdk import DAG
@@ -21,10 +23,14 @@ with DAG(
     dag_id="desomspark_nightly",
     description="ingest -> histo-vectors -> assign for last night, with the champion models",
     schedule=NIGHTLY,
-    start_date=datetime(2026, 1, 1, tzinfo=timezone.utc),
+    start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=15), "execution_timeout": timedelta(hours=6)},
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(minutes=15),
+        "execution_timeout": timedelta(hours=6),
+    },
     tags=["desomspark", "survey"],
 ) as dag:
     nightly = BashOperator(

@@ -1,0 +1,340 @@
+"""One CCD: background, sources, a sample of them, and their cutouts.
+
+:func:`process_ccd` is the whole per-CCD work of the ingest, as a plain
+function over a numpy image, so that tests run it without Spark and the
+benchmark times exactly what a Spark task does.
+
+Detection follows the original SExtractor run (README, "Decisions"): background in
+64-px boxes with a 3x3 median filter, a 7x7 Gaussian filter of FWHM 3 px
+*convolved* with the image (SExtractor's filtering, not sep's default matched
+filter), threshold 2 sigma of the global background RMS, 5 connected pixels,
+32 deblending levels with minimum contrast 0, cleaning on.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import sep
+
+from desomspark.config import IngestConfig
+from desomspark.ingest.cutout import cut, encode_pixels, normalise
+from desomspark.ingest.qa import CCD_QA_COLUMNS, ccd_qa
+from desomspark.lake.schema import CUTOUT_SIZE
+
+# sep allocates its pixel stack on every extract call, so a large stack for all CCDs
+# costs more than detection on most of them (README, "Measured speed"): start from
+# sep's default and grow it only for the crowded or trailed CCD that fills it.
+DEFAULT_PIXSTACK = sep.get_extract_pixstack()
+PIXSTACK_GROWTH = 4
+sep.set_sub_object_limit(8192)  # deblending a long trail: a limit, not an allocation per call
+
+
+class TooCrowded(RuntimeError):
+    """More pixels above the threshold than ``ingest.max_pixstack`` allows (a reject ``too_crowded``)."""
+
+
+THUMBNAIL_MAX_SIDE = 128
+
+
+def gaussian_kernel(fwhm: float, size: int) -> np.ndarray:
+    """``size`` x ``size`` Gaussian filter of the given FWHM (pixels), made as SExtractor's are.
+
+    SExtractor's ``gauss_3.0_7x7.conv`` is, to its last printed digit, a
+    unit-peak Gaussian with sigma = FWHM / 2.35 averaged over 10 x 10
+    sub-pixels and rounded to 6 decimals.  A point-sampled Gaussian differs by
+    a few per cent and changes which faint sources pass the threshold and how
+    trails are deblended.
+    """
+    sigma = fwhm / 2.35  # SExtractor's rounded constant, not 2 sqrt(2 ln 2)
+    sub = (np.arange(10) + 0.5) / 10 - 0.5
+    x = (np.arange(size) - (size - 1) / 2.0)[:, None] + sub[None, :]
+    one_d = np.exp(-(x**2) / (2.0 * sigma**2)).mean(axis=1)
+    return np.round(np.outer(one_d, one_d), 6).astype(np.float32)
+
+
+def sample_seed(exposure_id: str, hdu_index: int) -> int:
+    """A seed fixed by (exposure, CCD): the same sources are sampled on every run."""
+    return zlib.crc32(f"{exposure_id}/{hdu_index}".encode())
+
+
+@dataclass
+class CcdResult:
+    """What one CCD gives: its ``ccds`` row fields and its cutouts (columns)."""
+
+    n_detected: int = 0
+    n_sampled: int = 0
+    background: float = float("nan")
+    background_rms: float = float("nan")
+    dead: bool = False
+    reject_reason: str | None = None
+    reject_detail: str | None = None
+    thumbnail: bytes = b""
+    thumbnail_shape: tuple[int, int] = (0, 0)
+    window: bytes = b""
+    window_shape: tuple[int, int] = (0, 0)
+    source_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    x: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    y: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    flux: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    pixels: list[bytes] = field(default_factory=list)
+    #: the classical quality numbers of :func:`qa.ccd_qa` (NaN for a dead CCD)
+    qa: dict = field(
+        default_factory=lambda: {c: float("nan") for c in CCD_QA_COLUMNS} | {"n_stars": 0, "n_saturated": 0}
+    )
+
+    @property
+    def weight(self) -> float:
+        """Detections each cutout stands for (paper section 5.2)."""
+        return self.n_detected / self.n_sampled if self.n_sampled else 0.0
+
+
+def detect_sources(
+    image: np.ndarray, cfg: IngestConfig, kernel: np.ndarray | None = None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, sep.Background]:
+    """sep background and source catalogue of a native float32 image without NaN.
+
+    ``kernel`` replaces the Gaussian filter built from ``cfg`` (e.g. a
+    SExtractor ``.conv`` file's numbers); ``mask`` (True = flagged pixel)
+    keeps pixels out of the background and of detection.
+    """
+    if kernel is None:
+        kernel = gaussian_kernel(cfg.filter_fwhm, cfg.filter_size)
+    bkg = sep.Background(
+        image, mask=mask, bw=cfg.back_size, bh=cfg.back_size, fw=cfg.back_filter_size, fh=cfg.back_filter_size
+    )
+    residual = image - bkg.back()
+    # SExtractor without a weight map thresholds at DETECT_THRESH x the global RMS
+    objects = extract_growing(
+        residual,
+        cfg.max_pixstack,
+        thresh=cfg.detect_thresh,
+        err=bkg.globalrms,
+        mask=mask,
+        minarea=cfg.min_area,
+        filter_kernel=np.asarray(kernel, dtype=np.float32),
+        filter_type="conv",
+        deblend_nthresh=cfg.deblend_nthresh,
+        deblend_cont=cfg.deblend_cont,
+        clean=cfg.clean,
+        clean_param=cfg.clean_param,
+    )
+    return objects, bkg
+
+
+def extract_growing(residual: np.ndarray, max_pixstack: int, **kwargs) -> np.ndarray:
+    """``sep.extract`` with sep's default pixel stack, grown x4 and retried while sep reports it full.
+
+    The stack goes back to the default afterwards, so the next CCD pays only
+    for what it needs.  Raises :class:`TooCrowded` past ``max_pixstack``.
+    """
+    stack = DEFAULT_PIXSTACK
+    try:
+        while True:
+            sep.set_extract_pixstack(stack)
+            try:
+                return sep.extract(residual, **kwargs)
+            except Exception as exc:  # sep raises a bare Exception; its text says which limit
+                if "pixel buffer full" not in str(exc):
+                    raise
+                if stack >= max_pixstack:
+                    raise TooCrowded(
+                        f"more than {max_pixstack:,} pixels above the threshold (ingest.max_pixstack)"
+                    ) from None
+                stack = min(stack * PIXSTACK_GROWTH, max_pixstack)
+    finally:
+        sep.set_extract_pixstack(DEFAULT_PIXSTACK)
+
+
+def flagged_in_windows(mask: np.ndarray, x: np.ndarray, y: np.ndarray, size: int) -> np.ndarray:
+    """Number of flagged pixels in the ``size`` x ``size`` cutout window of each source (summed-area
+    table)."""
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    table[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
+    half = size // 2
+    x0 = np.clip(np.rint(x).astype(int) - half, 0, mask.shape[1])
+    y0 = np.clip(np.rint(y).astype(int) - half, 0, mask.shape[0])
+    x1, y1 = np.clip(x0 + size, 0, mask.shape[1]), np.clip(y0 + size, 0, mask.shape[0])
+    return table[y1, x1] - table[y0, x1] - table[y1, x0] + table[y0, x0]
+
+
+def trail_tiles(
+    objects: np.ndarray, size: int, min_elongation: float, column_tolerance: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Extra cutout centres every ``size`` pixels along detections that are trails.
+
+    A satellite trail crossing a CCD is one detection of thousands of pixels
+    (or a few, after deblending): sampled as one source among a hundred it
+    barely moves the exposure's histo-vector, while it spoils a strip of the
+    CCD.  Detections at least ``min_elongation`` times longer than wide and
+    longer than two cutouts are tiled along their major axis instead.  For a
+    uniform line of length L the second-moment semi-axis ``a`` is L/sqrt(12),
+    so the line runs sqrt(3) a on each side of its centroid.
+
+    Lines within ``column_tolerance`` degrees of the readout columns are not
+    tiled: there the detector draws them (a saturated star's bleed, a hot
+    column), on good exposures as often as on bad ones, and tiling them gave
+    good exposures the look of trailed ones.  Sky trails lie at any angle, so
+    a tolerance of a few degrees spares nearly all of them.
+
+    Returns
+    -------
+    x, y : ndarray
+        Tile centres (the centroid itself, already a detection, excluded).
+    """
+    if min_elongation <= 0 or len(objects) == 0:
+        return np.zeros(0), np.zeros(0)
+    a, b = objects["a"].astype(float), objects["b"].astype(float)
+    half_length = np.sqrt(3.0) * a
+    # sep's theta: radians from the x axis (the rows), in [-pi/2, pi/2]; a column is at +-pi/2
+    along_columns = np.abs(np.cos(objects["theta"].astype(float))) < np.sin(np.radians(column_tolerance))
+    trails = np.flatnonzero(
+        (a >= min_elongation * np.maximum(b, 1e-3)) & (half_length >= size) & ~along_columns
+    )
+    xs, ys = [], []
+    for i in trails:
+        n = int(half_length[i] // size)
+        steps = size * np.concatenate([np.arange(-n, 0), np.arange(1, n + 1)])
+        xs.append(objects["x"][i] + steps * np.cos(objects["theta"][i]))
+        ys.append(objects["y"][i] + steps * np.sin(objects["theta"][i]))
+    if not xs:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _stretch(image: np.ndarray, level: float, rms: float) -> np.ndarray:
+    """uint8 display stretch: sky at ~25, asinh above it (faint and bright sources both visible)."""
+    rms = rms if np.isfinite(rms) and rms > 0 else 1.0
+    level = level if np.isfinite(level) else 0.0
+    stretched = np.arcsinh((image - level) / (3.0 * rms)) / np.arcsinh(100.0)
+    return np.clip(25 + 230 * stretched, 0, 255).astype(np.uint8)
+
+
+def thumbnail(
+    image: np.ndarray, level: float, rms: float, max_side: int = THUMBNAIL_MAX_SIDE
+) -> tuple[bytes, tuple[int, int]]:
+    """Block-averaged uint8 view of a whole CCD, for focal-plane mosaics."""
+    factor = max(1, int(np.ceil(max(image.shape) / max_side)))
+    h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    small = image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+    q = _stretch(small, level, rms)
+    return q.tobytes(), q.shape
+
+
+def window(image: np.ndarray, level: float, rms: float, side: int) -> tuple[bytes, tuple[int, int]]:
+    """The central ``side`` x ``side`` pixels of a CCD at full resolution (uint8, same stretch)."""
+    h, w = image.shape
+    y0, x0 = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    q = _stretch(image[y0 : y0 + side, x0 : x0 + side], level, rms)
+    return q.tobytes(), q.shape
+
+
+def _views(result: CcdResult, image: np.ndarray, level: float, rms: float, window_size: int) -> None:
+    result.thumbnail, result.thumbnail_shape = thumbnail(image, level, rms)
+    if window_size > 0:
+        result.window, result.window_shape = window(image, level, rms, window_size)
+
+
+def process_ccd(
+    image: np.ndarray,
+    exposure_id: str,
+    hdu_index: int,
+    cfg: IngestConfig = IngestConfig(),
+    keep_window: bool = False,
+    pixel_scale: float | None = None,
+    saturation: float | None = None,
+    mask: np.ndarray | None = None,
+) -> CcdResult:
+    """Detect, sample and cut out the sources of one CCD.
+
+    Parameters
+    ----------
+    image : ndarray (H, W)
+        The CCD as read from FITS (any float dtype; NaN allowed).
+    exposure_id, hdu_index
+        Seed the sampling, so that a re-run picks the same sources.
+    cfg : IngestConfig
+    keep_window : bool
+        Also keep the central ``cfg.window_size`` pixels at full resolution.
+    pixel_scale, saturation : float, optional
+        arcsec per pixel and saturation level (ADU), from the header, for the
+        quality numbers (:func:`qa.ccd_qa`).
+    mask : ndarray of bool (H, W), optional
+        Pixels a mask plane flags (bad, saturated, cosmic ray, edge): kept
+        out of the background and of detection, and no cutout overlaps one.
+
+    Returns
+    -------
+    CcdResult
+        ``dead`` for a constant, all-NaN or source-less CCD;
+        ``reject_reason`` set when the CCD cannot be used at all.
+    """
+    result = CcdResult()
+    image, mask, median = _fill_flagged(image, mask)
+    if image is None:
+        result.dead, result.reject_reason, result.reject_detail = True, "all_nan", "every pixel is NaN"
+        return result
+    window = cfg.window_size if keep_window else 0
+    if float(image.max()) == float(image.min()):
+        result.dead = True
+        result.background, result.background_rms = median, 0.0
+        _views(result, image, median, 1.0, window)
+        return result
+    try:
+        objects, bkg = detect_sources(image, cfg, mask=mask)
+    except TooCrowded as exc:
+        result.reject_reason, result.reject_detail = "too_crowded", str(exc)
+        return result
+    result.background, result.background_rms = float(bkg.globalback), float(bkg.globalrms)
+    _views(result, image, result.background, result.background_rms, window)
+    result.qa = ccd_qa(image, objects, bkg, cfg.back_size, pixel_scale, saturation)
+    x, y, flux, inside = _candidates(objects, image.shape, cfg, mask)
+    result.n_detected = int(inside.size)
+    if inside.size == 0:
+        result.dead = True
+        return result
+    rng = np.random.default_rng(sample_seed(exposure_id, hdu_index))
+    n = min(cfg.max_per_ccd, inside.size)
+    chosen = np.sort(rng.choice(inside, size=n, replace=False))  # without replacement (paper §5.2)
+    stamps = normalise(cut(image, x[chosen], y[chosen], CUTOUT_SIZE), tuple(cfg.clip_percentiles))
+    result.n_sampled = n
+    result.source_index = chosen.astype(np.int32)
+    result.x = x[chosen].astype(np.float32)
+    result.y = y[chosen].astype(np.float32)
+    result.flux = flux[chosen].astype(np.float32)
+    result.pixels = encode_pixels(stamps)
+    return result
+
+
+def _fill_flagged(image: np.ndarray, mask: np.ndarray | None):
+    """(native float32 image with NaN and flagged pixels set to the median, the mask or None, median);
+    the image is None when no pixel is usable."""
+    image = np.ascontiguousarray(image, dtype=np.float32)
+    finite = np.isfinite(image)
+    if mask is not None:
+        mask = np.ascontiguousarray(mask, dtype=bool)
+        finite &= ~mask
+    if not finite.any():
+        return None, None, float("nan")
+    median = float(np.median(image[finite]))
+    if not finite.all():
+        image = np.where(finite, image, np.float32(median))
+    return image, (mask if mask is not None and mask.any() else None), median
+
+
+def _candidates(objects: np.ndarray, shape: tuple[int, int], cfg: IngestConfig, mask: np.ndarray | None):
+    """Where cutouts may be cut: (x, y, flux, indices of the usable ones) over sources then trail tiles."""
+    h, w = shape
+    m = cfg.edge_margin
+    # sources first, then the trail tiles: a tile's source_index is past the catalogue's end
+    tile_x, tile_y = trail_tiles(objects, CUTOUT_SIZE, cfg.trail_elongation, cfg.trail_column_tolerance)
+    x = np.concatenate([objects["x"], tile_x])
+    y = np.concatenate([objects["y"], tile_y])
+    flux = np.concatenate([objects["flux"], np.full(tile_x.size, np.nan)])
+    inside = np.flatnonzero((x >= m) & (x <= w - 1 - m) & (y >= m) & (y <= h - 1 - m))
+    if mask is not None and inside.size:
+        # a cutout must not show a flagged pixel: count them in each source's window
+        inside = inside[flagged_in_windows(mask, x[inside], y[inside], CUTOUT_SIZE) == 0]
+    return x, y, flux, inside

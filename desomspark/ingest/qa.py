@@ -1,0 +1,360 @@
+"""Classical image-quality numbers, from the sep catalogue the ingest already made.
+
+Survey operators judge an exposure by a handful of numbers: seeing (PSF FWHM),
+the shape of the stars (elongation a/b, ellipticity 1 - b/a), the sky level
+and noise, how flat the background is, how many sources were found, how many
+saturated, and how deep the image goes.  :func:`ccd_qa` measures them on one
+CCD from the detections and background of :func:`detect.detect_sources` (no
+second detection pass); :func:`exposure_qa` combines the CCDs of an exposure.
+They are stored in ``ccds/`` and ``exposures/``, shown in the report and
+``export``, used by ``evaluate`` as the classical baseline, and offered to
+DESOM-2 as extra inputs (:data:`QA_FEATURES`).
+
+PSF stars
+---------
+Bright (isophotal S/N >= 20), unsaturated, isolated (no other detection
+within 12 px), away from the CCD edges; of those, the brightest 64 among the
+smaller half by half-light radius (cost: the FWHM below is the expensive
+measure), rid of cosmic-ray-like sources sharper than a PSF; then the
+*stellar locus*: galaxies are larger than the PSF, so the stars are the
+sources whose half-light radius is within 20 % of the half-sample mode of the
+smallest third.  Their
+
+* FWHM is measured directly as the diameter of the area above half the peak
+  (2 sqrt(A / pi)), on a 4x sub-sampled stamp, with no assumption on the
+  profile (Kolmogorov seeing, a trail or a donut alike), less the broadening
+  by the pixel and the interpolation;
+* elongation and ellipticity come from their second moments in a circular
+  Gaussian window of twice the PSF's half-light radius, which, unlike
+  isophotal moments, do not depend on the detection threshold.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import sep
+from scipy.spatial import cKDTree
+
+from desomspark.ingest.cutout import cut
+
+#: per-exposure numbers a classical baseline (and DESOM-2's extra inputs) use
+QA_FEATURES = (
+    "fwhm",
+    "elongation_median",
+    "elongation_p90",
+    "detections_per_ccd",
+    "sky",
+    "sky_rms",
+    "sky_spread",
+    "background_structure",
+    "depth",
+)
+
+#: per-CCD numbers (columns of ``ccds/``)
+CCD_QA_COLUMNS = (
+    "n_stars",
+    "fwhm_px",
+    "fwhm",
+    "elongation_median",
+    "elongation_p90",
+    "ellipticity_median",
+    "background_structure",
+    "n_saturated",
+    "flux_sn10",
+)
+
+MIN_SNR = 20.0
+ISOLATION_PX = 12.0
+EDGE_PX = 16
+LOCUS_TOLERANCE = 0.2
+SUBSAMPLE = 4
+SATURATION_FRACTION = 0.8
+MIN_FWHM_PX = 1.5
+MAX_MEASURED = 64  # PSF-star candidates whose FWHM is measured (the brightest of the smaller half)
+
+
+def half_sample_mode(values: np.ndarray) -> float:
+    """Robust mode of a sample (Bickel's half-sample mode): the densest half, halved until 2 values remain."""
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    while len(v) > 3:
+        half = (len(v) + 1) // 2
+        widths = v[half - 1 :] - v[: len(v) - half + 1]
+        start = int(np.argmin(widths))
+        v = v[start : start + half]
+    if len(v) == 3:
+        return float(
+            v[:2].mean() if v[1] - v[0] < v[2] - v[1] else v[1:].mean() if v[1] - v[0] > v[2] - v[1] else v[1]
+        )
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def half_max_fwhm(stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """FWHM (px) of each star: the diameter of the area above half its peak, on a sub-sampled stamp.
+
+    ``dx, dy`` are each centroid's offset from the stamp's central pixel.
+    The stamp is bilinearly sub-sampled ``SUBSAMPLE`` times, the peak taken
+    as the sub-sampled maximum near the centre, and only the connected area
+    around the centre is counted (a neighbour's wing does not add to it).
+    """
+    n, side, _ = stamps.shape
+    fine = (np.arange(side * SUBSAMPLE) + 0.5) / SUBSAMPLE - 0.5
+    i0 = np.clip(np.floor(fine).astype(int), 0, side - 2)
+    t = (fine - i0).astype(np.float32)
+    # bilinear interpolation along y then x
+    rows = stamps[:, i0, :] * (1 - t)[None, :, None] + stamps[:, i0 + 1, :] * t[None, :, None]
+    up = rows[:, :, i0] * (1 - t)[None, None, :] + rows[:, :, i0 + 1] * t[None, None, :]
+    centre = (side - 1) / 2.0
+    yy, xx = np.meshgrid(fine - centre, fine - centre, indexing="ij")
+    r = np.hypot(xx[None] - dx[:, None, None], yy[None] - dy[:, None, None])
+    peak = np.where(r < 1.5, up, -np.inf).max(axis=(1, 2))
+    above = up >= 0.5 * peak[:, None, None]
+    # the half-maximum area of a star is compact around it: count within the
+    # largest radius at which the ring is still mostly above half maximum
+    area = (above & (r < _core_radius(above, r))).sum(axis=(1, 2)) / SUBSAMPLE**2
+    measured = 2.0 * np.sqrt(area / np.pi)
+    # the pixel (variance 1/12 px^2) and the bilinear interpolation (1/6 px^2) broaden
+    # the profile: removed in quadrature as a Gaussian of variance 1/4 px^2
+    return np.sqrt(np.clip(measured**2 - (2.3548 * 0.5) ** 2, 0.0, None))
+
+
+def _core_radius(above: np.ndarray, r: np.ndarray, step: float = 0.5) -> np.ndarray:
+    """Per stamp, the first radius (px) at which less than half of a ring lies above half maximum."""
+    edges = np.arange(0.0, r.max(), step)
+    out = np.full(len(above), edges[-1])[:, None, None]
+    found = np.zeros(len(above), bool)
+    for lo in edges[1:]:
+        ring = (r >= lo) & (r < lo + step)
+        frac = (above & ring).sum(axis=(1, 2)) / np.maximum(ring.sum(axis=(1, 2)), 1)
+        stop = (frac < 0.5) & ~found
+        out[stop, 0, 0] = lo + step / 2
+        found |= stop
+    return out
+
+
+def windowed_shape(
+    stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray, sigma: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """(a/b, 1 - b/a) of each star from second moments in a circular Gaussian window of ``sigma`` px."""
+    side = stamps.shape[1]
+    c = np.arange(side) - (side - 1) / 2.0
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    x = xx[None] - dx[:, None, None]
+    y = yy[None] - dy[:, None, None]
+    w = np.exp(-(x**2 + y**2) / (2 * sigma**2)) * np.clip(stamps, 0, None)
+    total = w.sum(axis=(1, 2))
+    total = np.where(total > 0, total, 1.0)
+    ixx, iyy, ixy = (
+        (w * x * x).sum(axis=(1, 2)) / total,
+        (w * y * y).sum(axis=(1, 2)) / total,
+        (w * x * y).sum(axis=(1, 2)) / total,
+    )
+    mean = (ixx + iyy) / 2
+    root = np.sqrt(((ixx - iyy) / 2) ** 2 + ixy**2)
+    a2, b2 = mean + root, np.clip(mean - root, 1e-6, None)
+    ratio = np.sqrt(a2 / b2)
+    return ratio, 1.0 - 1.0 / ratio
+
+
+def ccd_qa(
+    image: np.ndarray,
+    objects: np.ndarray,
+    bkg: sep.Background,
+    mesh_size: int,
+    pixel_scale: float | None,
+    saturation: float | None,
+) -> dict[str, float]:
+    """The classical quality numbers of one CCD (see the module docstring).
+
+    Parameters
+    ----------
+    image : ndarray (H, W)
+        The CCD, native float32 without NaN (as :func:`detect.detect_sources` saw it).
+    objects, bkg
+        sep's catalogue and background of ``image``.
+    mesh_size : int
+        The background mesh (``back_size``): the background map is sampled once per mesh.
+    pixel_scale : float, optional
+        arcsec per pixel; without it ``fwhm`` (arcsec) is NaN and only ``fwhm_px`` is known.
+    saturation : float, optional
+        ADU at which the detector saturates; default: the image's maximum.
+
+    Returns
+    -------
+    dict
+        The keys of :data:`CCD_QA_COLUMNS`; NaN where no PSF star was found.
+    """
+    rms = float(bkg.globalrms)
+    back = bkg.back()
+    mesh = back[mesh_size // 2 :: mesh_size, mesh_size // 2 :: mesh_size]
+    out = dict.fromkeys(CCD_QA_COLUMNS, float("nan"))
+    out["n_stars"] = 0
+    out["background_structure"] = float(np.std(mesh) / rms) if rms > 0 else float("nan")
+    saturation = float(saturation) if saturation else float(image.max())
+    saturated = _saturated(image, objects, saturation)
+    out["n_saturated"] = int(saturated.sum())
+    idx, half = _isolated_bright(image.shape, objects, saturated, rms)
+    if idx.size < 3:
+        return out
+    stars = _psf_stars(image - back, objects, idx, half)
+    if stars is None:
+        return out
+    fwhm, stamps, dx, dy, mode = stars
+    fwhm_px = float(np.median(fwhm))
+    ratio, ellipticity = windowed_shape(stamps, dx, dy, sigma=max(2.0 * mode, 1.0))
+    out.update(
+        n_stars=int(fwhm.size),
+        fwhm_px=fwhm_px,
+        fwhm=fwhm_px * pixel_scale if pixel_scale else float("nan"),
+        elongation_median=float(np.median(ratio)),
+        elongation_p90=float(np.percentile(ratio, 90)),
+        ellipticity_median=float(np.median(ellipticity)),
+        # a point source at S/N 10 in an optimal (Gaussian) aperture: 10 rms sqrt(4 pi) sigma
+        flux_sn10=10.0 * rms * math.sqrt(4 * math.pi) * fwhm_px / 2.3548,
+    )
+    return out
+
+
+def _saturated(image: np.ndarray, objects: np.ndarray, saturation: float) -> np.ndarray:
+    """Whether each source's peak pixel reaches saturation."""
+    h, w = image.shape
+    xp = np.clip(objects["xpeak"], 0, w - 1)
+    yp = np.clip(objects["ypeak"], 0, h - 1)
+    return image[yp, xp] >= SATURATION_FRACTION * saturation
+
+
+def _isolated_bright(
+    shape: tuple[int, int], objects: np.ndarray, saturated: np.ndarray, rms: float
+) -> tuple[np.ndarray, int]:
+    """The PSF star candidates: bright, unsaturated, isolated, away from the edge; and the stamp half-size."""
+    h, w = shape
+    n = len(objects)
+    if n == 0:
+        return np.zeros(0, int), 8
+    x, y = objects["x"], objects["y"]
+    snr = objects["flux"] / (rms * np.sqrt(np.maximum(objects["npix"], 1))) if rms > 0 else np.zeros(n)
+    nearest = (
+        cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)[0][:, 1]
+        if n > 1
+        else np.full(n, np.inf)
+    )
+    # stamp, aperture and isolation scale with the source size (seeing of 0.5" or 2.5", donuts)
+    bright = (snr >= MIN_SNR) & ~saturated
+    size = float(np.median(np.sqrt(objects["a"][bright] * objects["b"][bright]))) if bright.any() else 2.0
+    half = int(np.clip(np.ceil(4 * size), 8, 32))
+    margin = EDGE_PX + half
+    inside = (x >= margin) & (x <= w - 1 - margin) & (y >= margin) & (y <= h - 1 - margin)
+    return np.flatnonzero(bright & (nearest >= max(ISOLATION_PX, half)) & inside), half
+
+
+def _psf_stars(residual: np.ndarray, objects: np.ndarray, idx: np.ndarray, half: int):
+    """The candidates that are PSF stars: (FWHM px, stamps, sub-pixel offsets dx, dy, locus radius),
+    or None where fewer than three are."""
+    x, y = objects["x"], objects["y"]
+    r50, _ = sep.flux_radius(residual, x[idx], y[idx], np.full(idx.size, float(half)), 0.5, subpix=5)
+    # stars are the smallest sources: the half-light FWHM (the costly part) is measured on the
+    # brightest MAX_MEASURED of the smaller half only
+    finite = np.isfinite(r50) & (r50 > 0)
+    idx, r50 = idx[finite], r50[finite]
+    small = r50 <= np.median(r50) if idx.size > 2 * MAX_MEASURED else np.ones(idx.size, bool)
+    idx, r50 = idx[small], r50[small]
+    brightest = np.argsort(-objects["flux"][idx], kind="stable")[:MAX_MEASURED]
+    idx, r50 = idx[brightest], r50[brightest]
+    stamps = cut(residual, x[idx], y[idx], 2 * half + 1)  # centred on the nearest pixel
+    dx, dy = x[idx] - np.rint(x[idx]), y[idx] - np.rint(y[idx])
+    fwhm = half_max_fwhm(stamps, dx, dy)
+    # a PSF is sampled (FWHM >= 1.5 px) and as concentrated as a PSF: cosmic rays, hot
+    # pixels and sources hit by them are sharper than their half-light radius allows
+    concentration = fwhm / np.where(r50 > 0, r50, np.nan)
+    psf_like = np.isfinite(r50) & (fwhm >= MIN_FWHM_PX) & (concentration >= 1.4)
+    r50, fwhm, stamps, dx, dy = r50[psf_like], fwhm[psf_like], stamps[psf_like], dx[psf_like], dy[psf_like]
+    if r50.size < 3:
+        return None
+    # the stellar locus: stars are the smallest sources; galaxies, even when they
+    # outnumber them, are larger.  The mode of the smallest third finds them.
+    mode = half_sample_mode(np.sort(r50)[: max(3, r50.size // 3)])
+    stars = np.abs(r50 - mode) <= LOCUS_TOLERANCE * mode
+    if stars.sum() < 3:
+        return None
+    return fwhm[stars], stamps[stars], dx[stars], dy[stars], mode
+
+
+#: per-exposure numbers (columns of ``exposures/``), from :func:`exposure_qa`
+EXPOSURE_QA_COLUMNS = (
+    "fwhm",
+    "fwhm_px",
+    "elongation_median",
+    "elongation_p90",
+    "ellipticity_median",
+    "detections_per_ccd",
+    "sky",
+    "sky_rms",
+    "sky_spread",
+    "background_structure",
+    "n_saturated",
+    "depth",
+)
+
+
+def weighted_median(values, weights) -> float:
+    """Median of ``values`` with ``weights``, ignoring NaN values and non-positive weights."""
+    v, w = np.asarray(values, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+    ok = np.isfinite(v) & np.isfinite(w) & (w > 0)
+    if not ok.any():
+        return float("nan")
+    v, w = v[ok], w[ok]
+    order = np.argsort(v)
+    cumulative = np.cumsum(w[order])
+    return float(v[order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+
+
+def exposure_qa(ccds, exptime: float | None, zero_point: float | None = None) -> dict[str, float]:
+    """The quality numbers of one exposure from the ``ccds`` rows of its used, live CCDs.
+
+    Star-based numbers are medians of the CCD values weighted by each CCD's
+    number of PSF stars; sky numbers are medians over CCDs, and
+    ``sky_spread`` is how much the sky differs from CCD to CCD (std / median
+    rms: a gradient or scattered light across the focal plane).
+    """
+    out = dict.fromkeys(EXPOSURE_QA_COLUMNS, float("nan"))
+    out["n_saturated"] = 0
+    live = ccds[ccds["reject_reason"].isna() & ~ccds["dead"].astype(bool)]
+    if live.empty:
+        return out
+    stars = live["n_stars"].fillna(0).to_numpy()
+    for column in ("fwhm", "fwhm_px", "elongation_median", "elongation_p90", "ellipticity_median"):
+        out[column] = weighted_median(live[column], stars)
+    sky, rms = live["background"].to_numpy(float), live["background_rms"].to_numpy(float)
+    out.update(
+        detections_per_ccd=float(live["n_detected"].mean()),
+        sky=float(np.median(sky)),
+        sky_rms=float(np.median(rms)),
+        sky_spread=float(np.std(sky) / np.median(rms)) if np.median(rms) > 0 else float("nan"),
+        background_structure=float(np.nanmedian(live["background_structure"].to_numpy(float))),
+        n_saturated=int(live["n_saturated"].fillna(0).sum()),
+    )
+    flux = weighted_median(live["flux_sn10"], stars)
+    if exptime and exptime > 0 and np.isfinite(flux) and flux > 0:
+        out["depth"] = float((zero_point or 0.0) - 2.5 * np.log10(flux / exptime))
+    return out
+
+
+def robust_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per column: (median, IQR / 1.349 -- the std of a Gaussian -- or the std, or 1), ignoring NaN."""
+    q = np.asarray(values, dtype=np.float64)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        median = np.nanmedian(q, axis=0)
+        iqr = np.nanpercentile(q, 75, axis=0) - np.nanpercentile(q, 25, axis=0)
+        sd = np.nanstd(q, axis=0)
+    spread = np.where(iqr > 0, iqr / 1.349, np.where(sd > 0, sd, 1.0))
+    return np.where(np.isfinite(median), median, 0.0), np.where(np.isfinite(spread), spread, 1.0)
+
+
+def standardise(values: np.ndarray, clip: float = 10.0) -> np.ndarray:
+    """Robust z-scores of each column (:func:`robust_scale`), clipped to +-``clip``, NaN -> 0 (the median)."""
+    center, spread = robust_scale(values)
+    z = np.clip((np.asarray(values, dtype=np.float64) - center) / spread, -clip, clip)
+    return np.where(np.isnan(z), 0.0, z)

@@ -1,0 +1,159 @@
+"""Read-side queries of the lake shared by the report, evaluate, export and the explorers.
+
+* :func:`map_members` -- the exposures a DESOM-2 version assigned, with their headers and numbers;
+* :func:`current_labels`, :func:`with_current_labels` -- the labels as they stand now;
+* :func:`exposure_views` -- each exposure's focal-plane mosaic and full-resolution window;
+* :func:`night_summaries` -- one line per night: files used and rejected, CCDs, cutouts, labels;
+* :func:`desom2_inputs`, :func:`input_matrix` -- the histo-vectors (and quality numbers) as
+  DESOM-2 reads them, for training, assigning and searching alike.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+
+from desomspark.serve import plots
+from desomspark.errors import UserError
+from desomspark.lake.layout import Lake
+from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
+
+
+def label_history(lake: Lake, desom2_version: str, cell: tuple[int, int] | None = None) -> pd.DataFrame:
+    """The label log of a DESOM-2 version (or of one of its cells), oldest entry first."""
+    labels = lake.read("labels").to_pandas()
+    keep = labels["desom2_version"] == str(desom2_version)
+    if cell is not None:
+        keep &= (labels["cell_x"] == cell[0]) & (labels["cell_y"] == cell[1])
+    return labels[keep].sort_values("labelled_at", kind="stable").reset_index(drop=True)
+
+
+def current_labels(lake: Lake, desom2_version: str) -> pd.DataFrame:
+    """The label of each cell of a DESOM-2 version: the latest entry per cell (null = unlabelled)."""
+    labels = label_history(lake, desom2_version)
+    if labels.empty:
+        return pd.DataFrame(columns=["cell_x", "cell_y", "label"])
+    # not groupby().last(): it skips nulls, and an unlabel (null) must win too
+    latest = labels.drop_duplicates(["cell_x", "cell_y"], keep="last")
+    return latest[["cell_x", "cell_y", "label"]]
+
+
+def with_current_labels(lake: Lake, assignments: pd.DataFrame) -> pd.DataFrame:
+    """``assignments`` with each row's ``label`` taken from ``labels/`` now, for its own DESOM-2 version.
+
+    A label takes effect when results are read (export, report, similar), not
+    only when ``assign`` next writes the table: an astronomer sees it at once.
+    """
+    out = assignments.drop(columns=["label"], errors="ignore")
+    if out.empty:
+        return out.assign(label=pd.Series(dtype=object))
+    parts = []
+    for version, rows in out.groupby("desom2_version", sort=False):
+        labels = current_labels(lake, str(version)).astype({"cell_x": "int64", "cell_y": "int64"})
+        rows = rows.astype({"cell_x": "int64", "cell_y": "int64"})
+        parts.append(rows.merge(labels, on=["cell_x", "cell_y"], how="left").set_index(rows.index))
+    return pd.concat(parts).loc[out.index]
+
+
+def map_members(lake: Lake, desom2_version: str) -> pd.DataFrame:
+    """Every exposure assigned by one DESOM-2 version, with its header fields and quality numbers."""
+    assigned = lake.read("assignments").to_pandas()
+    assigned = assigned[assigned["desom2_version"] == str(desom2_version)]
+    exposures = lake.read("exposures", columns=["night", "exposure_id", "path", "object", "filter", "exptime",
+                                                "airmass", "date_obs", "truth_label",
+                                                *EXPOSURE_QA_COLUMNS]).to_pandas()
+    return assigned.merge(exposures, on=["night", "exposure_id"], how="left")
+
+
+def night_summaries(lake: Lake) -> pd.DataFrame:
+    """Per night: exposures ok / partial, rejected files (counted and named with their reason),
+    CCDs, cutouts, assigned exposures."""
+    exposures = lake.read("exposures", columns=["night", "status", "n_ccds_used", "n_cutouts"]).to_pandas()
+    rejects = lake.read("rejects", columns=["night", "path", "hdu_index", "reason"]).to_pandas()
+    files = rejects[rejects["hdu_index"].isna()]
+    assigned = with_current_labels(lake, lake.read("assignments", columns=[
+        "night", "exposure_id", "cell_x", "cell_y", "desom2_version"]).to_pandas())
+    nights = sorted(set(exposures["night"]) | set(rejects["night"]))
+    rows = []
+    for night in nights:
+        e = exposures[exposures["night"] == night]
+        a = assigned[assigned["night"] == night]
+        labels = a["label"].fillna("(unlabelled)").value_counts()
+        rows.append({"night": night, "ok": int((e["status"] == "ok").sum()),
+                     "partial": int((e["status"] == "partial").sum()),
+                     "rejected_files": int((files["night"] == night).sum()),
+                     "rejected": "; ".join(f"{os.path.basename(str(r.path))} ({r.reason})"
+                                           for r in files[files["night"] == night].itertuples()),
+                     "ccds": int(e["n_ccds_used"].sum()), "cutouts": int(e["n_cutouts"].sum()),
+                     "assigned": int(a["exposure_id"].nunique()),
+                     "labels": ", ".join(f"{k}: {v}" for k, v in labels.items())})
+    return pd.DataFrame(rows)
+
+
+def _image(data, height: int, width: int) -> np.ndarray | None:
+    if data is None or not height or not width:
+        return None
+    return np.frombuffer(data, dtype=np.uint8).reshape(int(height), int(width))
+
+
+def exposure_views(lake: Lake, exposure_ids: list[str], nights: list[str] | None = None) -> dict[str, dict]:
+    """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails and its full-resolution ``window``.
+
+    ``nights``, when known, limits the search to their partitions.
+    """
+    if not exposure_ids:
+        return {}
+    ccds = lake.read("ccds", nights=nights,
+                     columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "dead", "thumbnail",
+                              "thumbnail_height", "thumbnail_width", "window", "window_height", "window_width"],
+                     where=ds.field("exposure_id").isin(list(exposure_ids))).to_pandas()
+    views = {}
+    for exposure_id, group in ccds.sort_values("hdu_index").groupby("exposure_id"):
+        thumbs = [(int(r.ccd_row), int(r.ccd_col), img) for r in group.itertuples()
+                  if (img := _image(r.thumbnail, r.thumbnail_height, r.thumbnail_width)) is not None]
+        # the central CCD's window, unless it is dead (a black square): then the next one kept
+        windows = [w for r in central_first(group).itertuples()
+                   if (w := _image(r.window, r.window_height, r.window_width)) is not None]
+        views[exposure_id] = {"mosaic": plots.focal_plane(thumbs), "window": windows[0] if windows else None}
+    return views
+
+
+def central_first(group: pd.DataFrame) -> pd.DataFrame:
+    """An exposure's CCDs, live before dead, each nearest the focal-plane centre first."""
+    placed = group[(group["ccd_row"] >= 0) & (group["ccd_col"] >= 0)]
+    if placed.empty:
+        distance = group["hdu_index"].astype(float)
+    else:
+        cy = (placed["ccd_row"].min() + placed["ccd_row"].max()) / 2
+        cx = (placed["ccd_col"].min() + placed["ccd_col"].max()) / 2
+        distance = (group["ccd_row"] - cy) ** 2 + (group["ccd_col"] - cx) ** 2
+    order = pd.DataFrame({"dead": group["dead"].fillna(False).astype(bool), "d": distance, "i": group["hdu_index"]})
+    return group.loc[order.sort_values(["dead", "d", "i"]).index]
+
+
+def input_matrix(counts, qa: pd.DataFrame | None, qa_inputs: tuple[str, ...] | list[str]) -> np.ndarray:
+    """DESOM-2's raw input rows: the counts, then the ``qa_inputs`` columns (float32, NaN kept)."""
+    x = np.stack(list(counts)).astype(np.float32)
+    if qa_inputs:
+        x = np.concatenate([x, qa[list(qa_inputs)].to_numpy(dtype=np.float32)], axis=1)
+    return x
+
+
+def desom2_inputs(lake: Lake, desom1_version: str | None = None,
+                  qa_inputs: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
+    """Every histo-vector of the lake made by one DESOM-1 version (default: the most recent one),
+    with the exposures' ``qa_inputs`` columns."""
+    table = lake.read("histovectors").to_pandas()
+    if table.empty:
+        raise UserError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
+    versions = sorted(table["desom1_version"].unique(), key=lambda v: int(v) if v.isdigit() else v)
+    version = str(desom1_version or versions[-1])
+    table = table[table["desom1_version"] == version].sort_values(["night", "exposure_id"])
+    if table.empty:
+        raise UserError(f"no histo-vectors of desom1 version {version} (have: {', '.join(versions)})")
+    if qa_inputs:
+        qa = lake.read("exposures", columns=["night", "exposure_id", *qa_inputs]).to_pandas()
+        table = table.merge(qa, on=["night", "exposure_id"], how="left")
+    return table.reset_index(drop=True), version

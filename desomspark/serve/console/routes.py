@@ -1,0 +1,385 @@
+"""The console's pages, as module-level routes of one blueprint over the app's shared :class:`LakeView`.
+
+Each route reads the map (``view().map()``), answers HTML, CSV
+(``?format=csv``) or PNG, and never builds paths from what a request names:
+cells, nights and exposure ids are checked and used as filter values.
+"""
+
+from __future__ import annotations
+
+import hmac
+import io
+import re
+import time
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+from flask import Blueprint, Response, abort, current_app, redirect, render_template, request, url_for
+
+from desomspark.errors import UserError
+from desomspark.lake.layout import Lake
+from desomspark.lake.queries import night_summaries
+from desomspark.serve import explore, plots
+from desomspark.serve.console.view import LakeView, cell_colours, listing, spreadsheet_safe
+from desomspark.serve.drift import night_drift
+from desomspark.serve.mapstate import MEMBER_COLUMNS, MapState, with_labels
+
+bp = Blueprint("console", __name__)
+
+#: how a map cell can be coloured
+COLOURINGS = ("label", "count", "novelty")
+NIGHT = re.compile(r"^\d{8}$")
+TOKEN_COOKIE = "desomspark_token"
+EXTENSION = "desomspark"  # the key of the console's state in ``app.extensions`` (see app.create_app)
+
+
+# --- what every route works on: set once per application by create_app ---------------------------
+def view() -> LakeView:
+    return current_app.extensions[EXTENSION]["view"]
+
+
+def lake() -> Lake:
+    return view().lake
+
+
+def settings():
+    return view().cfg
+
+
+def token() -> str | None:
+    return current_app.extensions[EXTENSION]["token"]
+
+
+def image(
+    night: str, exposure_id: str, kind: str, d1_version: str, d1_shape: tuple[int, int]
+) -> bytes | None:
+    """An exposure's PNG, made once per worker (an LRU cache of the app)."""
+    return current_app.extensions[EXTENSION]["images"](night, exposure_id, kind, d1_version, d1_shape)
+
+
+# --- checks and answers shared by the routes ------------------------------------------------------
+def the_cell(data: MapState, x: int, y: int) -> None:
+    rows, cols = data.shape
+    if not (0 <= x < cols and 0 <= y < rows):
+        abort(404, f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{data.d2_version}")
+
+
+def the_night(night: str) -> str:
+    if not NIGHT.match(night):
+        abort(404, f"{night!r} is not a night (YYYYMMDD)")
+    return night
+
+
+def wants_csv() -> bool:
+    fmt = request.args.get("format", "html")
+    if fmt not in ("html", "csv"):
+        abort(400, f"format must be html or csv, not {fmt!r}")
+    return fmt == "csv"
+
+
+def csv(frame: pd.DataFrame, name: str) -> Response:
+    return Response(
+        spreadsheet_safe(frame).to_csv(index=False),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{name}.csv"'},
+    )
+
+
+def png(image: bytes | None, missing: str, max_age: int = 3600) -> Response:
+    """An image made once (cached by the browser for ``max_age`` s), or 404 with ``missing``."""
+    if image is None:
+        abort(404, missing)
+    return Response(image, mimetype="image/png", headers={"Cache-Control": f"max-age={max_age}"})
+
+
+def page_number(n_rows: int) -> tuple[int, int]:
+    try:
+        page = int(request.args.get("page", "1"))
+    except ValueError:
+        abort(400, "page must be a whole number")
+    pages = max(1, -(-n_rows // settings().console.page_size))
+    if not 1 <= page <= pages:
+        abort(404, f"page {page} of {pages}")
+    return page, pages
+
+
+@bp.get("/healthz")
+def healthz():
+    return {"lake": lake().root, "desom2_version": view().map().d2_version}
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login():
+    supplied = request.values.get("token")
+    if supplied is None:
+        return render_template("console/login.html")
+    if not token() or not hmac.compare_digest(supplied.encode(), token().encode()):
+        abort(403, "wrong token")
+    response = redirect(url_for(".map_page"), 303)
+    response.set_cookie(TOKEN_COOKIE, token(), httponly=True, samesite="Strict")
+    return response
+
+
+@bp.get("/")
+def home():
+    return redirect(url_for(".map_page"))
+
+
+@bp.get("/map")
+def map_page():
+    by = request.args.get("by", "label")
+    if by not in COLOURINGS:
+        abort(400, f"colour cells by one of {', '.join(COLOURINGS)}, not {by!r}")
+    data = view().map()
+    labels = view().label_of(data.d2_version)
+    if wants_csv():
+        return csv(with_labels(data.cells, labels), "cells")
+
+    def render():
+        colours = cell_colours(data.cells, labels, by)
+        by_cell = {(int(r.cell_x), int(r.cell_y)): r for r in data.cells.itertuples()}
+        return render_template(
+            "console/map.html",
+            data=data,
+            by=by,
+            colourings=COLOURINGS,
+            colours=colours,
+            by_cell=by_cell,
+            labels=labels,
+            legend=plots.label_colours(labels.values()),
+            novelty_range=(data.cells["novelty"].min(), data.cells["novelty"].max()),
+            top=int(data.cells["count"].max()),
+        )
+
+    return view().cached(data, ("map", by, view().labels(data.d2_version).shape[0]), render)
+
+
+@bp.get("/cell/<int:x>/<int:y>")
+def cell_page(x: int, y: int):
+    data = view().map()
+    the_cell(data, x, y)
+    members = data.cell(x, y)
+    labels = view().label_of(data.d2_version)
+    everything = view().labels(data.d2_version)
+    if wants_csv():
+        if request.args.get("table") == "history":
+            return csv(
+                everything[(everything["cell_x"] == x) & (everything["cell_y"] == y)], f"cell_{x}_{y}_labels"
+            )
+        return csv(members.assign(label=labels.get((x, y))), f"cell_{x}_{y}")
+    page, pages = page_number(len(members))
+
+    def render():
+        shown = members.iloc[(page - 1) * settings().console.page_size : page * settings().console.page_size]
+        history = everything[(everything["cell_x"] == x) & (everything["cell_y"] == y)]
+        columns = [k for k in MEMBER_COLUMNS if k in shown and (k != "truth_label" or shown[k].notna().any())]
+        return render_template(
+            "console/cell.html",
+            data=data,
+            x=x,
+            y=y,
+            members=shown,
+            n_members=len(members),
+            columns=columns,
+            page=page,
+            pages=pages,
+            label=labels.get((x, y)),
+            known_labels=sorted(set(everything["label"].dropna()) | set(settings().watch.good_labels)),
+            history=history.iloc[::-1],
+            novelty=members["distance"].median(),
+        )
+
+    # rendered once per cell page and state of the labels (a label anywhere can enter the list of names)
+    return view().cached(data, ("cell", x, y, page, len(everything)), render)
+
+
+@bp.post("/cell/<int:x>/<int:y>/label")
+def label_page(x: int, y: int):
+    data = view().map()
+    the_cell(data, x, y)
+    label = (request.form.get("label") or "").strip()
+    if len(label) > 64 or any(ord(ch) < 32 for ch in label):
+        abort(400, "a label is at most 64 printable characters")
+    explore.label_cell(lake(), data.d2_version, (x, y), label or None, data.shape)
+    return redirect(url_for(".cell_page", x=x, y=y), 303)
+
+
+@bp.post("/cell/<int:x>/<int:y>/undo")
+def undo_page(x: int, y: int):
+    data = view().map()
+    the_cell(data, x, y)
+    explore.undo_label(lake(), data.d2_version, (x, y), data.shape)
+    return redirect(url_for(".cell_page", x=x, y=y), 303)
+
+
+def exposure_row(night: str, exposure_id: str) -> pd.Series:
+    rows = (
+        lake()
+        .read("exposures", nights=[the_night(night)], where=ds.field("exposure_id") == exposure_id)
+        .to_pandas()
+    )
+    if rows.empty:
+        abort(404, f"exposure {exposure_id} of night {night} is not in the lake")
+    return rows.iloc[0]
+
+
+@bp.get("/exposure/<night>/<exposure_id>")
+def exposure_page(night: str, exposure_id: str):
+    data = view().map()
+    row = exposure_row(night, exposure_id)
+    latents = view().cached(data, ("latents",), lambda: explore.latent_vectors(lake(), data.desom2))
+    try:
+        near = explore.similar(lake(), data.desom2, exposure_id, k=settings().console.similar, table=latents)
+    except UserError:  # not mapped by this model's DESOM-1
+        near = pd.DataFrame(columns=["exposure_id", "night", "distance", "cell_x", "cell_y", "label"])
+    fields = {k: v for k, v in row.items() if not isinstance(v, (bytes, np.ndarray, list))}
+    if wants_csv():
+        if request.args.get("table") == "fields":
+            return csv(pd.DataFrame([fields]), f"exposure_{exposure_id}")
+        return csv(near, f"similar_{exposure_id}")
+    assigned = data.members[(data.members["night"] == night) & (data.members["exposure_id"] == exposure_id)]
+    cell = assigned.iloc[0] if len(assigned) else None
+    return render_template(
+        "console/exposure.html",
+        data=data,
+        night=night,
+        exposure_id=exposure_id,
+        fields=fields,
+        cell=cell,
+        similar=near,
+        label=view().label_of(data.d2_version).get((int(cell.cell_x), int(cell.cell_y)))
+        if cell is not None
+        else None,
+    )
+
+
+@bp.get("/img/exposure/<night>/<exposure_id>/<kind>.png")
+def exposure_png(night: str, exposure_id: str, kind: str):
+    if kind not in ("mosaic", "window", "density"):
+        abort(404, f"no {kind!r} image")
+    data = view().map()
+    return png(
+        image(the_night(night), exposure_id, kind, data.d1_version, data.d1_shape),
+        f"no {kind} image of exposure {exposure_id}",
+    )
+
+
+@bp.get("/img/prototypes.png")
+def prototypes_png():
+    data = view().map()
+
+    def render():
+        decoded = data.desom1.extra().get("decoded_prototypes")
+        if decoded is None:
+            return None
+        buffer = io.BytesIO()
+        plots.prototype_map(decoded, data.d1_shape, buffer, title=f"DESOM-1 v{data.d1_version} prototypes")
+        return buffer.getvalue()
+
+    return png(
+        view().cached(data, ("prototypes",), render), f"desom1 v{data.d1_version} has no decoded prototypes"
+    )
+
+
+@bp.get("/prototypes")
+def prototypes_page():
+    data = view().map()
+    found, node = None, request.args.get("node")
+    min_fraction = request.args.get("min_fraction", "0.05")
+    if node:
+        m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", node)
+        if not m:
+            abort(400, f"node must be X,Y, not {node!r}")
+        try:
+            fraction = float(min_fraction)
+        except ValueError:
+            abort(400, f"min_fraction must be a number, not {min_fraction!r}")
+        found = explore.filter_node(lake(), (int(m.group(1)), int(m.group(2))), fraction, data.d1_shape)
+        found = found[found["desom1_version"] == str(data.d1_version)]
+        if wants_csv():
+            return csv(found, "filter")
+    return render_template(
+        "console/prototypes.html",
+        data=data,
+        node=node or "",
+        min_fraction=min_fraction,
+        found=None if found is None else found.head(500),
+        n_found=0 if found is None else len(found),
+    )
+
+
+def nights_data(data: MapState):
+    labels = view().label_of(data.d2_version)
+    members = with_labels(data.members, labels)
+    w = settings().watch
+    drift = night_drift(members, data.shape[0] * data.shape[1], w.drift_window, w.drift_threshold)
+    summary = night_summaries(lake()).merge(
+        drift[["night", "divergence", "flagged", "median_novelty"]], on="night", how="left"
+    )
+    alerts = lake().read("alerts").to_pandas().sort_values("raised_at", ascending=False)
+    return drift, summary, alerts
+
+
+def nights_key(data: MapState) -> tuple:
+    return (
+        "nights",
+        view().labels(data.d2_version).shape[0],
+        listing(lake(), "alerts"),
+        listing(lake(), "rejects"),
+    )
+
+
+@bp.get("/nights")
+def nights_page():
+    data = view().map()
+    drift, summary, alerts = view().cached(data, nights_key(data), lambda: nights_data(data))
+    if wants_csv():
+        return csv(alerts, "alerts") if request.args.get("table") == "alerts" else csv(summary, "nights")
+    return render_template(
+        "console/nights.html",
+        data=data,
+        summary=summary,
+        alerts=alerts.head(200),
+        threshold=settings().watch.drift_threshold,
+        window=settings().watch.drift_window,
+        refresh=settings().console.nights_refresh_seconds,
+        stamp=time.strftime("%H:%M:%S"),
+    )
+
+
+@bp.get("/img/nights.png")
+def nights_png():
+    data = view().map()
+    drift, _, _ = view().cached(data, nights_key(data), lambda: nights_data(data))
+
+    def render():
+        buffer = io.BytesIO()
+        plots.night_drift(drift, settings().watch.drift_threshold, buffer)
+        return buffer.getvalue()
+
+    return png(view().cached(data, nights_key(data) + ("png",), render), "no nights", max_age=0)
+
+
+# --- errors and formats, for every page of the app ------------------------------------------------
+@bp.app_errorhandler(400)
+@bp.app_errorhandler(403)
+@bp.app_errorhandler(404)
+@bp.app_errorhandler(405)
+def error(exc):
+    return render_template(
+        "console/error.html", code=exc.code, name=exc.name, message=exc.description
+    ), exc.code
+
+
+@bp.app_errorhandler(UserError)
+def user_error(exc):
+    return render_template("console/error.html", code=400, name="Bad request", message=str(exc)), 400
+
+
+@bp.app_template_filter("num")
+def num(value):
+    """Numbers for tables: 3 decimals for floats, '' for missing."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    return f"{value:.3f}" if isinstance(value, float) else value

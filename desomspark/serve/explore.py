@@ -1,0 +1,208 @@
+"""What astronomers do with the map: label cells, export, find similar exposures, filter by content.
+
+* :func:`label_cell` appends to ``labels/`` (who, when, which DESOM-2 version);
+  the last word on a cell wins.  Whatever reads results (``export``,
+  ``similar``, the report) shows the current label at once; ``assign`` writes
+  it into the table for past nights, ``nightly`` for new ones.
+* :func:`export` writes exposure -> cell -> label.
+* :func:`similar` ranks exposures by distance in DESOM-2's latent space
+  (paper section 5.3: a content-based recommendation).
+* :func:`filter_node` finds exposures rich in one DESOM-1 node (e.g. donuts).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from desomspark import registry
+from desomspark.desom.mapping import map_inputs
+from desomspark.errors import UserError
+from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
+from desomspark.lake import schema
+from desomspark.lake.layout import Lake
+from desomspark.lake.queries import desom2_inputs, input_matrix, label_history, with_current_labels
+from desomspark.registry import RegisteredModel
+
+
+def author() -> str:
+    """Who is labelling: ``$DESOMSPARK_AUTHOR``, else the login name."""
+    return os.environ.get("DESOMSPARK_AUTHOR") or getpass.getuser()
+
+
+def label_cell(
+    lake: Lake, desom2_version: str, cell: tuple[int, int], label: str | None, map_shape: tuple[int, int]
+) -> dict:
+    """Record ``label`` (None: remove the label) for cell (x, y) of a DESOM-2 version."""
+    return label_cells(lake, desom2_version, [cell], label, map_shape)[0]
+
+
+def label_cells(
+    lake: Lake,
+    desom2_version: str,
+    cells: list[tuple[int, int]],
+    label: str | None,
+    map_shape: tuple[int, int],
+) -> list[dict]:
+    """Record ``label`` (None: remove it) for several cells of a DESOM-2 version at once (one file)."""
+    rows, cols = map_shape
+    for x, y in cells:
+        if not (0 <= x < cols and 0 <= y < rows):
+            raise UserError(f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{desom2_version}")
+    if label is not None and not label.strip():
+        raise UserError("a label cannot be empty (use --unlabel to remove one)")
+    now, who = datetime.now(UTC), author()
+    labelled = [
+        {
+            "desom2_version": str(desom2_version),
+            "cell_x": x,
+            "cell_y": y,
+            "label": label.strip() if label else None,
+            "author": who,
+            "labelled_at": now,
+        }
+        for x, y in cells
+    ]
+    table = schema.conform(pa.Table.from_pylist(labelled), "labels")
+    with lake.open(
+        "labels", f"part-{now.strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}.parquet", mode="wb"
+    ) as fh:
+        pq.write_table(table, fh)
+    return labelled
+
+
+def undo_label(lake: Lake, desom2_version: str, cell: tuple[int, int], map_shape: tuple[int, int]) -> dict:
+    """Revert a cell's last change: its label goes back to what it was before (appended, like any label).
+
+    The log keeps both entries; a second undo reverts the undo.
+    """
+    history = label_history(lake, desom2_version, cell)
+    if history.empty:
+        raise UserError(f"cell {cell[0]},{cell[1]} of desom2 v{desom2_version} has never been labelled")
+    before = history["label"].iloc[-2] if len(history) > 1 else None
+    return label_cell(lake, desom2_version, cell, before if isinstance(before, str) else None, map_shape)
+
+
+def export(lake: Lake, out: str, fmt: str) -> int:
+    """Write every assignment (exposure -> cell -> label) as CSV or Parquet; returns the row count.
+
+    Beside the cell and its label: the exposure's header fields and its
+    classical quality numbers (:data:`qa.EXPOSURE_QA_COLUMNS`); ``distance`` is
+    the novelty distance (latent distance to the cell's prototype).
+    """
+    table = with_current_labels(lake, lake.read("assignments").to_pandas())
+    header = ["path", "date_obs", "filter", "object", "exptime"]
+    exposures = lake.read(
+        "exposures", columns=["night", "exposure_id", *header, *EXPOSURE_QA_COLUMNS]
+    ).to_pandas()
+    merged = table.merge(exposures, on=["night", "exposure_id"], how="left").sort_values(
+        ["night", "exposure_id"]
+    )
+    columns = [
+        "night",
+        "exposure_id",
+        *header,
+        "cell_x",
+        "cell_y",
+        "label",
+        "distance",
+        *EXPOSURE_QA_COLUMNS,
+        "desom1_version",
+        "desom2_version",
+    ]
+    merged = merged[columns]
+    if fmt not in ("csv", "parquet"):
+        raise UserError(f"format must be csv or parquet, not {fmt!r}")
+    folder = os.path.dirname(os.path.abspath(out)) if "://" not in out else None
+    if folder:
+        os.makedirs(folder, exist_ok=True)  # export --out reports/tonight.csv into a folder still to make
+    if fmt == "csv":
+        merged.to_csv(out, index=False)
+    elif fmt == "parquet":
+        merged.to_parquet(out, index=False)
+    else:
+        raise UserError(f"format must be csv or parquet, not {fmt!r}")
+    return len(merged)
+
+
+def latent_vectors(lake: Lake, desom2: RegisteredModel) -> pd.DataFrame:
+    """Every exposure's DESOM-2 latent vector (from its histo-vector made by the model's DESOM-1,
+    and its quality numbers where the model reads them).
+    """
+    qa_inputs = desom2.qa_inputs
+    vectors, _ = desom2_inputs(lake, desom2.desom1_version, qa_inputs)
+    _, _, z = map_inputs(
+        registry.cached_model(desom2.uri, "cpu"), input_matrix(vectors["counts"], vectors, qa_inputs)
+    )
+    return pd.DataFrame(
+        {"night": vectors["night"].to_numpy(), "exposure_id": vectors["exposure_id"].to_numpy(), "z": list(z)}
+    )
+
+
+def similar(
+    lake: Lake, desom2: RegisteredModel, exposure_id: str, k: int = 10, table: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """The ``k`` exposures nearest to ``exposure_id`` in DESOM-2's latent space (itself first).
+
+    ``table``: the :func:`latent_vectors` of the model, when already at hand (the console keeps them).
+    """
+    table = latent_vectors(lake, desom2) if table is None else table
+    match = table.index[table["exposure_id"] == str(exposure_id)]
+    if len(match) == 0:
+        raise UserError(f"exposure {exposure_id} has no histo-vector in {lake.root}")
+    z = np.stack(table["z"].to_numpy())
+    d = np.linalg.norm(z - z[match[0]], axis=1)
+    order = np.argsort(d, kind="stable")
+    # the exposure itself first, whatever ties there are
+    order = np.concatenate([[match[0]], order[order != match[0]]])[:k]
+    found = pd.DataFrame(
+        {
+            "exposure_id": table["exposure_id"].to_numpy()[order],
+            "night": table["night"].to_numpy()[order],
+            "distance": d[order],
+        }
+    )
+    return found.merge(_labelled_cells(lake), on=["night", "exposure_id"], how="left")
+
+
+def _labelled_cells(lake: Lake) -> pd.DataFrame:
+    """Every assigned exposure's cell and current label (empty before the first ``assign``)."""
+    if not lake.exists("assignments"):
+        return pd.DataFrame(columns=["night", "exposure_id", "cell_x", "cell_y", "label"])
+    table = lake.read("assignments", columns=["night", "exposure_id", "cell_x", "cell_y", "desom2_version"])
+    return with_current_labels(lake, table.to_pandas()).drop(columns="desom2_version")
+
+
+def filter_node(
+    lake: Lake, node: tuple[int, int], min_fraction: float, map_shape: tuple[int, int]
+) -> pd.DataFrame:
+    """Exposures whose share of detections on DESOM-1 node (x, y) is at least ``min_fraction``."""
+    x, y = node
+    rows, cols = map_shape
+    if not (0 <= x < cols and 0 <= y < rows):
+        raise UserError(f"node {x},{y} is outside the {rows}x{cols} DESOM-1 map")
+    if not 0 <= min_fraction <= 1:
+        raise UserError("--min-fraction must be between 0 and 1")
+    vectors = lake.read("histovectors").to_pandas()
+    if vectors.empty:
+        return pd.DataFrame(columns=["night", "exposure_id", "fraction"])
+    counts = np.stack(vectors["counts"].to_numpy())
+    total = counts.sum(axis=1)
+    fraction = counts[:, y * cols + x] / np.where(total > 0, total, 1.0)
+    out = pd.DataFrame(
+        {
+            "night": vectors["night"],
+            "exposure_id": vectors["exposure_id"],
+            "desom1_version": vectors["desom1_version"],
+            "fraction": fraction,
+        }
+    )
+    return (
+        out[out["fraction"] >= min_fraction].sort_values("fraction", ascending=False).reset_index(drop=True)
+    )

@@ -1,0 +1,104 @@
+"""The champion map as the console and the report read it: its two models, its members, its cells.
+
+One reader (:func:`read_map_state`) for both viewers.  Labels are not part of
+it: they change on their own (the console re-reads them per request, the
+report joins them once with :func:`with_labels`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+
+from desomspark import registry
+from desomspark.lake.layout import Lake
+from desomspark.lake.queries import map_members
+from desomspark.registry import RegisteredModel
+
+#: the quality numbers an operator knows, shown beside each member (desomspark.ingest.qa)
+QA_SHOWN = ["fwhm", "elongation_median", "sky", "sky_spread", "depth"]
+MEMBER_COLUMNS = [
+    "exposure_id",
+    "night",
+    "object",
+    "filter",
+    "exptime",
+    "airmass",
+    *QA_SHOWN,
+    "distance",
+    "truth_label",
+]
+
+
+@dataclass
+class MapState:
+    """The champion map's members (sorted by cell, night, exposure: a cell is a slice) and per-cell
+    aggregates."""
+
+    desom1: RegisteredModel
+    desom2: RegisteredModel
+    members: pd.DataFrame  # one row per exposure the champion DESOM-2 assigned
+    slices: dict[tuple[int, int], tuple[int, int]]
+    cells: pd.DataFrame  # cell_x, cell_y, count, truth, novelty
+    key: tuple = ()
+    pages: dict = field(default_factory=dict)  # rendered pages and images, keyed by what they depend on
+
+    # the names pages and templates use
+    d1_uri = property(lambda self: self.desom1.uri)
+    d1_version = property(lambda self: self.desom1.version)
+    d1_shape = property(lambda self: self.desom1.map_shape)
+    d2_uri = property(lambda self: self.desom2.uri)
+    d2_version = property(lambda self: self.desom2.version)
+    shape = property(lambda self: self.desom2.map_shape)
+
+    def cell(self, x: int, y: int) -> pd.DataFrame:
+        start, stop = self.slices.get((x, y), (0, 0))
+        return self.members.iloc[start:stop]
+
+    def cell_members(self) -> dict[tuple[int, int], pd.DataFrame]:
+        """Each occupied cell's members, in night and exposure order."""
+        return {key: self.members.iloc[start:stop] for key, (start, stop) in self.slices.items()}
+
+
+def cell_summary(members: pd.DataFrame) -> pd.DataFrame:
+    """One row per occupied cell: count, median novelty, and majority true class where known."""
+
+    def majority(s: pd.Series):
+        s = s.dropna()
+        return s.value_counts().index[0] if len(s) else None
+
+    return (
+        members.groupby(["cell_x", "cell_y"])
+        .agg(count=("exposure_id", "size"), truth=("truth_label", majority), novelty=("distance", "median"))
+        .reset_index()
+    )
+
+
+def read_map_state(lake: Lake, cfg) -> MapState:
+    """Read the champion models' map from the lake (the default models on a fresh lake)."""
+    desom1 = registry.registered(lake, cfg, "desom1")
+    desom2 = registry.registered(lake, cfg, "desom2")
+    members = map_members(lake, desom2.version).drop(columns="label")
+    members = members.sort_values(["cell_y", "cell_x", "night", "exposure_id"], kind="stable").reset_index(
+        drop=True
+    )
+    bounds = members.groupby(["cell_x", "cell_y"]).indices
+    slices = {(int(x), int(y)): (int(i.min()), int(i.max()) + 1) for (x, y), i in bounds.items()}
+    return MapState(desom1, desom2, members, slices, cell_summary(members))
+
+
+def labelled(state: MapState, labels: pd.DataFrame) -> MapState:
+    """The state with each member's and cell's current label (``labels``: cell_x, cell_y, label)."""
+    current = {
+        (int(r.cell_x), int(r.cell_y)): r.label for r in labels.itertuples() if isinstance(r.label, str)
+    }
+    return replace(
+        state, members=with_labels(state.members, current), cells=with_labels(state.cells, current), pages={}
+    )
+
+
+def with_labels(frame: pd.DataFrame, labels: dict[tuple[int, int], str]) -> pd.DataFrame:
+    """``frame`` (with ``cell_x``, ``cell_y``) and a ``label`` column: its cell's current label."""
+    keys = pd.MultiIndex.from_arrays([frame["cell_x"].astype(int), frame["cell_y"].astype(int)])
+    return frame.assign(label=pd.Series(labels, dtype=object).reindex(keys).to_numpy() if labels else None)

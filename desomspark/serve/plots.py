@@ -1,0 +1,258 @@
+"""Pictures astronomers look at (matplotlib, PNG)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import io
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def mosaic(images: np.ndarray, map_shape: tuple[int, int], gap: int = 1) -> np.ndarray:
+    """Tile (rows*cols, h, w) images into one array, node (0, 0) at the top left, NaN gaps."""
+    rows, cols = map_shape
+    n, h, w = images.shape
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan, dtype=np.float32)
+    for k in range(min(n, rows * cols)):
+        r, c = divmod(k, cols)
+        out[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = images[k]
+    return out
+
+
+def prototype_map(
+    decoded: np.ndarray, map_shape: tuple[int, int], path, title: str = "DESOM-1 prototypes"
+) -> str:
+    """The decoded prototypes as a map (paper Figure 6); returns ``path``."""
+    tiles = np.asarray(decoded).reshape(len(decoded), *np.asarray(decoded).shape[-2:])
+    image = mosaic(tiles, map_shape)
+    rows, cols = map_shape
+    fig, ax = plt.subplots(figsize=(max(4, cols * 0.4), max(4, rows * 0.4)), dpi=100)
+    ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_xticks([(c + 0.5) * image.shape[1] / cols for c in range(0, cols, 5)], range(0, cols, 5))
+    ax.set_yticks([(r + 0.5) * image.shape[0] / rows for r in range(0, rows, 5)], range(0, rows, 5))
+    ax.set_xlabel("node column")
+    ax.set_ylabel("node row")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def focal_plane(thumbnails: list[tuple[int, int, np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Place CCD thumbnails (ccd_row, ccd_col, uint8 image) in their focal-plane layout.
+
+    Row 0 is drawn at the top; a CCD missing from the list (rejected) is a NaN hole.
+    CCDs without a known position (row or column < 0) are laid out in one row.
+    """
+    if not thumbnails:
+        return np.full((1, 1), np.nan, dtype=np.float32)
+    if any(r < 0 or c < 0 for r, c, _ in thumbnails):
+        thumbnails = [(0, k, img) for k, (_, _, img) in enumerate(thumbnails)]
+    h = max(img.shape[0] for _, _, img in thumbnails)
+    w = max(img.shape[1] for _, _, img in thumbnails)
+    rows = max(r for r, _, _ in thumbnails) + 1
+    cols = max(c for _, c, _ in thumbnails) + 1
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan, dtype=np.float32)
+    for r, c, img in thumbnails:
+        out[r * (h + gap) : r * (h + gap) + img.shape[0], c * (w + gap) : c * (w + gap) + img.shape[1]] = img
+    return out
+
+
+def css_colour(value: float, cmap: str) -> str:
+    """A CSS colour (``#rrggbb``) for ``value`` in [0, 1] on a matplotlib colour map."""
+    return _hex(plt.get_cmap(cmap)(float(np.clip(value, 0, 1))))
+
+
+def label_colours(labels) -> dict[str, str]:
+    """A distinct light CSS colour per label name (tab10, in name order): the same on a map and its legend."""
+    palette = plt.get_cmap("tab10").colors
+    return {
+        name: _hex(0.55 * np.asarray(palette[i % 10]) + 0.45) for i, name in enumerate(sorted(set(labels)))
+    }
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(round(v * 255)):02x}" for v in list(rgb)[:3])
+
+
+def png(image: np.ndarray, vmin: float = 0, vmax: float = 255, cmap: str = "gray") -> bytes:
+    """An image as PNG bytes, one pixel per value (NaN holes in the gallery's blue), without a figure."""
+    from PIL import Image
+
+    scale = plt.get_cmap(cmap).with_extremes(bad="#3060a0")
+    normed = (np.ma.masked_invalid(np.asarray(image, dtype=float)) - vmin) / (vmax - vmin)
+    rgba = scale(normed, bytes=True)
+    buffer = io.BytesIO()
+    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _show(ax, image, title: str = "") -> None:
+    cmap = plt.get_cmap("gray").with_extremes(
+        bad="#3060a0"
+    )  # holes (rejected CCDs, gaps) in blue, not black sky
+    ax.imshow(np.ma.masked_invalid(image), cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def histovector_figure(examples: list[dict], map_shape: tuple[int, int], path) -> str:
+    """Paper Figure 8: per exposure, a full-resolution window, its DESOM-1 density map and its histo-vector.
+
+    ``examples``: dicts with ``exposure_id``, ``window`` (uint8 2-D array or None) and ``counts``
+    (the histo-vector, ``rows * cols`` values).
+    """
+    rows, cols = map_shape
+    fig, axes = plt.subplots(
+        len(examples),
+        3,
+        figsize=(11, 3.2 * len(examples)),
+        dpi=90,
+        gridspec_kw={"width_ratios": [1, 1, 2]},
+        squeeze=False,
+    )
+    for (a_win, a_map, a_hist), ex in zip(axes, examples):
+        counts = np.asarray(ex["counts"], dtype=float)
+        window = ex.get("window")
+        _show(a_win, window if window is not None else np.full((2, 2), np.nan), f"{ex['exposure_id']}")
+        im = a_map.imshow(counts.reshape(rows, cols), cmap="viridis", interpolation="nearest")
+        a_map.set_title("density on DESOM-1", fontsize=8)
+        a_map.set_xlabel("node column", fontsize=7)
+        a_map.set_ylabel("node row", fontsize=7)
+        fig.colorbar(im, ax=a_map, fraction=0.046, pad=0.04)
+        a_hist.bar(np.arange(counts.size), counts, width=1.0, color="k")
+        a_hist.set_xlim(0, counts.size)
+        a_hist.set_xlabel("DESOM-1 node index", fontsize=7)
+        a_hist.set_ylabel("detections", fontsize=7)
+        a_hist.set_title("histo-vector", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def desom2_map(cells: pd.DataFrame, map_shape: tuple[int, int], path, by: str = "class") -> str:
+    """Paper Figure 10: the DESOM-2 map coloured by each cell's majority ``by`` value, and by count.
+
+    ``cells``: one row per occupied cell with ``cell_x``, ``cell_y``, ``count`` and ``by``
+    (e.g. the majority true class, or the expert label; null = none).
+    """
+    rows, cols = map_shape
+    count = np.zeros((rows, cols))
+    names = sorted({str(v) for v in cells[by].dropna()})
+    code = np.full((rows, cols), np.nan)
+    for r in cells.itertuples():
+        count[r.cell_y, r.cell_x] = r.count
+        value = getattr(r, by)
+        if isinstance(value, str):
+            code[r.cell_y, r.cell_x] = names.index(value)
+    fig, (a_cls, a_cnt) = plt.subplots(1, 2, figsize=(11, 5), dpi=90)
+    palette = plt.get_cmap("tab10", max(1, len(names)))
+    a_cls.imshow(
+        np.ma.masked_invalid(code),
+        cmap=palette,
+        vmin=-0.5,
+        vmax=max(1, len(names)) - 0.5,
+        interpolation="nearest",
+    )
+    a_cls.set_title(f"DESOM-2 cells by {by}")
+    if names:
+        a_cls.legend(
+            handles=[plt.Rectangle((0, 0), 1, 1, color=palette(k)) for k in range(len(names))],
+            labels=names,
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            fontsize=8,
+        )
+    else:
+        a_cls.text(0.5, 0.5, f"no cell has a {by} yet", ha="center", va="center", transform=a_cls.transAxes)
+    im = a_cnt.imshow(count, cmap="Greys", interpolation="nearest")
+    for y in range(rows):
+        for x in range(cols):
+            if count[y, x] > 0:
+                a_cnt.text(
+                    x,
+                    y,
+                    f"{int(count[y, x])}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if count[y, x] > count.max() / 2 else "black",
+                )
+    a_cnt.set_title("exposures per cell")
+    fig.colorbar(im, ax=a_cnt, fraction=0.046, pad=0.04)
+    for ax in (a_cls, a_cnt):
+        ax.set_xlabel("cell x")
+        ax.set_ylabel("cell y")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def cell_gallery(members: list[dict], path, title: str) -> str:
+    """Paper Figures 11-18: up to nine exposures of one cell, each as its focal-plane
+    mosaic beside one CCD's full-resolution window.
+
+    ``members``: dicts with ``caption``, ``mosaic`` (2-D array) and ``window`` (2-D array or None).
+    """
+    n = max(1, len(members))
+    grid = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / grid))
+    fig, axes = plt.subplots(rows, 2 * grid, figsize=(3.4 * grid, 1.9 * rows + 0.5), dpi=90, squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for k, m in enumerate(members):
+        r, c = divmod(k, grid)
+        _show(axes[r, 2 * c], m["mosaic"], m["caption"])
+        window = m.get("window")
+        _show(
+            axes[r, 2 * c + 1],
+            window if window is not None else np.full((2, 2), np.nan),
+            f"{window.shape[0]}x{window.shape[1]} window" if window is not None else "no window",
+        )
+        axes[r, 2 * c].axis("on")
+        axes[r, 2 * c + 1].axis("on")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def night_drift(drift: pd.DataFrame, threshold: float, path) -> str:
+    """Per night: label fractions (stacked bars), and the divergence from the reference window with
+    the median novelty; flagged nights marked in red.  ``drift`` is :func:`drift.night_drift`'s table.
+    """
+    nights = list(drift["night"])
+    x = np.arange(len(nights))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(6, 0.5 * len(nights) + 2), 6), dpi=90, sharex=True)
+    bottom_of = np.zeros(len(nights))
+    for column in [c for c in drift.columns if c.startswith("label:")]:
+        values = drift[column].fillna(0).to_numpy()
+        top.bar(x, values, bottom=bottom_of, label=column.removeprefix("label:"))
+        bottom_of += values
+    top.set_ylabel("share of exposures")
+    top.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, 1.25))
+    bottom.plot(x, drift["divergence"], "o-", color="black", label="divergence from the reference nights")
+    bottom.axhline(threshold, color="grey", linestyle="--", linewidth=1)
+    flagged = drift["flagged"].to_numpy(bool)
+    bottom.plot(x[flagged], drift["divergence"][flagged], "o", color="red", markersize=10, label="flagged")
+    bottom.set_ylabel("Jensen-Shannon divergence")
+    bottom.set_ylim(0, 1)
+    novelty = bottom.twinx()
+    novelty.plot(x, drift["median_novelty"], "s:", color="tab:blue", label="median novelty")
+    novelty.set_ylabel("median novelty", color="tab:blue")
+    bottom.legend(fontsize=7, loc="upper left")
+    bottom.set_xticks(x, nights, rotation=60, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)

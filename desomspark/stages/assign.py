@@ -1,0 +1,119 @@
+"""Assignment: histo-vector -> DESOM-2 cell, novelty distance, and the cell's expert label.
+
+A pandas UDF (``mapInPandas``) loads DESOM-2 once per Python worker and maps
+each exposure's histo-vector to its cell (x = column, y = row on the map) and
+its latent distance to the cell's prototype: an exposure far from every
+prototype is something the map has not seen.  Expert labels (``labels/``,
+last word per cell wins) are joined on the cell.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as ds
+from pyspark.sql import functions as F
+
+from desomspark import registry
+from desomspark.desom.mapping import map_inputs
+from desomspark.errors import UserError
+from desomspark.lake import schema
+from desomspark.lake.layout import Batch, Lake
+from desomspark.lake.queries import current_labels, input_matrix
+from desomspark.registry import RegisteredModel
+
+_LOG = logging.getLogger(__name__)
+
+
+def assign_rows(
+    batches: Iterator[pd.DataFrame], desom2: RegisteredModel, threads: int | None
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: histo-vectors -> cell and distance (labels come later)."""
+    mapper = registry.cached_model(desom2.uri, threads=threads)
+    cols = desom2.map_shape[1]
+    for batch in batches:
+        if batch.empty:
+            continue
+        for version in batch["desom1_version"].unique():
+            registry.check_desom1(desom2, version)
+        node, dist, _ = map_inputs(mapper, input_matrix(batch["counts"], batch, desom2.qa_inputs))
+        yield pd.DataFrame(
+            {
+                "night": batch["night"],
+                "exposure_id": batch["exposure_id"],
+                "desom1_version": batch["desom1_version"],
+                "desom2_version": desom2.version,
+                "cell": node.astype(np.int32),
+                "cell_x": (node % cols).astype(np.int32),
+                "cell_y": (node // cols).astype(np.int32),
+                "distance": dist.astype(np.float64),
+            }
+        )
+
+
+def write_assignments(
+    spark, lake: Lake, desom2: RegisteredModel, nights: list[str] | None = None, batch: Batch | None = None
+) -> pd.DataFrame:
+    """Assign every exposure of ``nights`` (default: all nights with histo-vectors) and commit.
+
+    With ``batch`` (a live night's micro-batch) only its exposures, added to
+    their nights; the batch's rows are returned.
+    """
+    desom1_version, desom2_version = desom2.desom1_version, desom2.version
+    nights = nights or lake.nights("histovectors")
+    if not nights:
+        raise UserError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
+    vectors = lake.spark_read(spark, "histovectors").where(
+        F.col("night").isin(nights) & (F.col("desom1_version") == str(desom1_version))
+    )
+    if batch is not None:
+        vectors = vectors.where(batch.spark_filter())
+    if vectors.limit(1).count() == 0:
+        other = lake.read("histovectors", nights=nights, columns=["desom1_version"]).column("desom1_version")
+        found = sorted(set(other.to_pylist()))
+        if found:
+            raise registry.ModelMismatch(
+                f"DESOM-2 v{desom2_version} needs histo-vectors of desom1 v{desom1_version}; "
+                f"nights {', '.join(nights)} have only v{', v'.join(found)}"
+            )
+        raise UserError(f"no histo-vectors for nights {', '.join(nights)}")
+    qa_inputs = list(desom2.qa_inputs)
+    if qa_inputs:
+        # the model also reads the exposures' quality numbers (measured at ingest)
+        vectors = vectors.join(
+            lake.spark_read(spark, "exposures").select("night", "exposure_id", *qa_inputs),
+            on=["night", "exposure_id"],
+            how="left",
+        )
+    slots = max(1, spark.sparkContext.defaultParallelism)
+    threads = max(1, (os.cpu_count() or 1) // slots)
+    out_schema = (
+        "night string, exposure_id string, desom1_version string, desom2_version string, "
+        "cell int, cell_x int, cell_y int, distance double"
+    )
+    cells = vectors.mapInPandas(lambda it: assign_rows(it, desom2, threads), out_schema)
+    labels = spark.createDataFrame(
+        current_labels(lake, desom2_version).astype({"cell_x": "int32", "cell_y": "int32"}),
+        "cell_x int, cell_y int, label string",
+    )
+    result = cells.join(labels, on=["cell_x", "cell_y"], how="left").select(*schema.ASSIGNMENTS.names)
+    staging = lake.new_staging()
+    result.coalesce(max(1, len(nights))).write.mode("overwrite").partitionBy("night").parquet(
+        lake.spark_path(staging, "assignments")
+    )
+    summary = {"desom2_version": str(desom2_version)}
+    if batch is None:
+        lake.commit_nights(staging, ["assignments"], nights, summary=summary)
+        table = lake.read("assignments", nights=nights).to_pandas()
+    else:
+        lake.commit_batch(staging, ["assignments"], batch.id, summary=summary)
+        ids = sorted({key.split("/", 1)[1] for key in batch.exposures})
+        table = batch.keep(
+            lake.read("assignments", nights=nights, where=ds.field("exposure_id").isin(ids)).to_pandas()
+        )
+    _LOG.info(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
+    return table
