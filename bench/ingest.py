@@ -7,9 +7,18 @@ On the same full-size simulated exposures (36 CCDs of 2048x4612 each):
 (b) the Spark ingest with master local[1], writing the four tables;
 (c) the same with local[2].
 
-Prints seconds per CCD and the ratios (b)/(a) (target <= 1.15: Spark's cost
-on one core) and (b)/(c) (target >= 1.8: scaling over two cores).  Spark
-session start-up is timed apart: a nightly run pays it once.
+(f) the floor: sep background + extraction alone, with the project's detection
+    parameters and sep's default pixel stack (grown only where a CCD fills it),
+    on the same CCDs read beforehand: what any pipeline making the same
+    catalogue must pay;
+(s) with ``--old-pixstack N``, the bare loop again with sep's stack fixed at N
+    on every call, as the ingest did before (5,000,000), for before/after in one run.
+
+Prints seconds per CCD and the ratios (a)/(f) (targets: <= 1.2 full-size,
+<= 1.5 at 512x512), (b)/(a) (target <= 1.10: Spark's cost on one core), (b)/(f)
+and (b)/(c) (target >= 1.8: scaling over two cores).  Spark session start-up is
+timed apart: a nightly run pays it once.  ``--ccds C --ccd-shape H W`` makes
+smaller exposures (e.g. 4 CCDs of 512x512, the test suite's size).
 
 With ``--raw``, instead, in one run on the same scenes: the bare loop over the
 processed files against the same loop over their raw frames (two amplifiers
@@ -19,7 +28,8 @@ trim, flip and assembly by DETSEC), and reading every CCD of a
 gzip-compressed copy against the plain file (the gzip time includes the one
 decompression of each file into the local cache, see fitsio.inflated_copy).
 
-Run: python bench/ingest.py [--exposures N] [--data DIR] [--raw]
+Run: python bench/ingest.py [--exposures N] [--data DIR] [--raw] [--ccds C --ccd-shape H W]
+     [--old-pixstack 5000000] [--no-spark]
 """
 
 from __future__ import annotations
@@ -31,9 +41,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from desomspark.config import load_config
-from desomspark.evaluation.simulate import simulate_night
-from desomspark.ingest.fitsio import list_inputs, read_ccd, scan_file
+from desomspark.evaluation.simulate import simulate_night, small_config
+from desomspark.ingest import detect
+from desomspark.ingest.fitsio import list_inputs, read_ccd, read_ccd_and_mask, scan_file
 from desomspark.lake.layout import Lake
 from desomspark.lake.schema import CUTOUT_SIZE
 from desomspark.stages.ingest import ingest, read_and_process
@@ -50,6 +63,28 @@ def bare_loop(files: list[str], cfg) -> tuple[int, int]:
             n_ccds += 1
             n_cutouts += result.n_sampled
     return n_ccds, n_cutouts
+
+
+def sep_floor(files: list[str], cfg) -> tuple[float, int, int]:
+    """(seconds, CCDs, sources) of sep background + extraction alone on every CCD, pixels read beforehand."""
+    seconds = n_ccds = n_sources = 0
+    for path in files:
+        for hdu in scan_file(path, max(cfg.min_ccd_side, 2 * cfg.edge_margin + detect.CUTOUT_SIZE)).hdus:
+            image, _ = read_ccd_and_mask(path, hdu.hdu_index, hdu.raw_layout, None, None, hdu.segments)
+            image = np.ascontiguousarray(image, dtype=np.float32)
+            finite = np.isfinite(image)
+            if not finite.any():
+                continue
+            if not finite.all():
+                image = np.where(finite, image, np.float32(np.median(image[finite])))
+            if float(image.max()) == float(image.min()):
+                continue  # a dead CCD: no detection to pay for
+            t = time.perf_counter()
+            objects, _ = detect.detect_sources(image, cfg)
+            seconds += time.perf_counter() - t
+            n_ccds += 1
+            n_sources += len(objects)
+    return seconds, n_ccds, n_sources
 
 
 def read_all(files: list[str]) -> int:
@@ -122,22 +157,51 @@ def main() -> None:
     parser.add_argument("--exposures", type=int, default=2)
     parser.add_argument("--data", default=".bench/ingest", help="where the simulated exposures are kept")
     parser.add_argument("--raw", action="store_true", help="raw vs processed frames, gzip vs plain reads")
+    parser.add_argument("--ccds", type=int, default=None, help="CCDs per exposure (with --ccd-shape)")
+    parser.add_argument("--ccd-shape", type=int, nargs=2, metavar=("H", "W"), default=None)
+    parser.add_argument(
+        "--old-pixstack", type=int, default=0, help="also time the bare loop at this fixed stack"
+    )
+    parser.add_argument("--no-spark", action="store_true", help="floor and bare loop only")
     args = parser.parse_args()
     cfg = load_config()
     if args.raw:
         raw_and_gzip(args, cfg)
         return
-    data = Path(args.data) / f"n{args.exposures}"
+    sim, tag = cfg.simulate, f"n{args.exposures}"
+    if args.ccd_shape:
+        sim = small_config(cfg.simulate, args.ccds or cfg.simulate.n_ccds, tuple(args.ccd_shape))
+        tag += f"_{sim.n_ccds}x{args.ccd_shape[0]}x{args.ccd_shape[1]}"
+    data = Path(args.data) / tag
     if len(list(data.glob("*.fits"))) != args.exposures:
         shutil.rmtree(data, ignore_errors=True)
-        print(f"simulating {args.exposures} full-size exposures into {data} ...")
-        simulate_night(data, args.exposures, cfg.simulate, seed=3, mix="balanced", progress=False)
+        print(f"simulating {args.exposures} exposures of {sim.n_ccds} CCDs into {data} ...")
+        simulate_night(data, args.exposures, sim, seed=3, mix="balanced", progress=False)
     files = list_inputs(str(data))
-
+    floor, n_floor, n_sources = sep_floor(files, cfg.ingest)
+    print(
+        f"(f) sep floor        {floor:7.1f} s  {floor / n_floor:6.3f} s/CCD  "
+        f"({n_floor} CCDs, {n_sources} sources)"
+    )
     t = time.perf_counter()
     n_ccds, n_cut = bare_loop(files, cfg.ingest)
     bare = time.perf_counter() - t
     print(f"(a) bare loop        {bare:7.1f} s  {bare / n_ccds:6.3f} s/CCD  ({n_ccds} CCDs, {n_cut} cutouts)")
+    per_floor = floor / n_floor
+    print(f"(a)/(f) = {bare / n_ccds / per_floor:.3f}   (targets <= 1.2 full-size, <= 1.5 at 512x512)")
+    if args.old_pixstack:
+        detect.DEFAULT_PIXSTACK = args.old_pixstack  # every extract call allocates this, as before
+        t = time.perf_counter()
+        n_old, n_cut_old = bare_loop(files, cfg.ingest)
+        old = time.perf_counter() - t
+        detect.DEFAULT_PIXSTACK = detect.sep.get_extract_pixstack()
+        assert (n_old, n_cut_old) == (n_ccds, n_cut), "the stack size changed the cutouts"
+        print(
+            f"(s) bare loop, stack {args.old_pixstack:,}: {old / n_ccds:6.3f} s/CCD  "
+            f"(old / new = {old / bare:.2f})"
+        )
+    if args.no_spark:
+        return
     results = {}
     for label, master in (("b", "local[1]"), ("c", "local[2]")):
         startup, elapsed, ccds, cut = spark_run(master, data, cfg)
@@ -147,7 +211,8 @@ def main() -> None:
             f"({label}) spark {master:9s} {elapsed:7.1f} s  {elapsed / ccds:6.3f} s/CCD  "
             f"(+{startup:.1f} s session start)"
         )
-    print(f"(b)/(a) = {results['b'] / bare:.3f}   (target <= 1.15)")
+    print(f"(b)/(a) = {results['b'] / bare:.3f}   (target <= 1.10)")
+    print(f"(b)/(f) = {results['b'] / ccds / per_floor:.3f}")
     print(f"(b)/(c) = {results['b'] / results['c']:.3f}   (target >= 1.8)")
 
 

@@ -5,6 +5,9 @@ needs (Spark session, lake, MLflow) and calls one library function.  Errors a
 user can act on (:class:`errors.DesomsparkError`: bad arguments, unusable
 input, MLflow unreachable) end with one line on stderr and a non-zero exit
 status; any other exception is a bug and shows its traceback.
+
+The commands import their stage inside the function that runs it: ``label``
+or ``--help`` must not pay for importing Spark, torch and MLflow.
 """
 
 from __future__ import annotations
@@ -438,7 +441,8 @@ def cmd_similar(args, cfg: Config) -> int:
     desom2 = registry.registered(lake, cfg, "desom2")
     table = similar(lake, desom2, args.exposure, args.k)
     print(f"similar to {args.exposure} (desom2 v{desom2.version} latent space):")
-    print(table.to_string(index=False))
+    # an unlabelled cell or an exposure not yet assigned shows as blank, not as pandas' None/NaN
+    print(table.astype(object).where(table.notna(), "").to_string(index=False))
     return 0
 
 

@@ -235,27 +235,69 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Make dataclass ``cls`` from ``values``, refusing unknown keys (typos)."""
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_KIND_NAMES = {"int": "a whole number", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _checked(value: Any, declared: str, where: str, name: str) -> Any:
+    """``value`` as the field declared ``declared`` (an annotation string) takes it, else one UserError."""
+    optional = declared.endswith(" | None")
+    base = declared.removesuffix(" | None")
+    if value is None and optional:
+        return None
+    if base in ("float", "int") and isinstance(value, str):
+        # YAML 1.1 reads 8.0e9 (no exponent sign) as a string
+        try:
+            value = float(value) if base == "float" else int(value)
+        except ValueError:
+            raise UserError(f"[{where}] {name}: expected {_KIND_NAMES[base]}, not {value!r}") from None
+    if base in _SCALARS:
+        # bool is an int to Python: true is not a batch size
+        if isinstance(value, bool) != (base == "bool") or not isinstance(value, _SCALARS[base]):
+            raise UserError(f"[{where}] {name}: expected {_KIND_NAMES[base]}, not {value!r}")
+        return float(value) if base == "float" else value
+    if base.startswith("tuple["):
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"[{where}] {name}: expected a list, not {value!r}")
+        return tuple(value)
+    if base.startswith("dict[") and not isinstance(value, dict):
+        raise UserError(f"[{where}] {name}: expected a mapping, not {value!r}")
+    return value
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Make dataclass ``cls`` from ``values``, refusing unknown keys (typos) and values of the wrong type."""
+    if not isinstance(values, dict):
+        raise UserError(f"[{where}] must be a mapping of settings (key: value), not {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
         raise UserError(f"unknown key(s) in [{where}]: {', '.join(sorted(unknown))}")
     kwargs = {}
     for name, value in values.items():
-        declared = known[name].type  # a string: annotations are postponed
-        if isinstance(value, str) and declared in ("float", "int"):
-            # YAML 1.1 reads 8.0e9 (no exponent sign) as a string
-            try:
-                value = float(value) if declared == "float" else int(value)
-            except ValueError:
-                raise UserError(f"[{where}] {name}: expected a number, not {value!r}") from None
-        if isinstance(value, list):
-            value = tuple(value)
+        value = _checked(value, str(known[name].type), where, name)  # annotations are postponed: strings
         if name == "properties" and isinstance(value, dict):
             value = {str(k): str(v) for k, v in value.items()}
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _read_yaml(path: Path) -> dict:
+    """A YAML mapping from ``path``; a syntax error or another kind of document is one UserError."""
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise UserError(f"{path}: a YAML mapping was expected")
+    return values
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> Config:
@@ -272,12 +314,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     -------
     Config
     """
-    values = yaml.safe_load((conf_dir() / "default.yaml").read_text()) or {}
+    values = _read_yaml(conf_dir() / "default.yaml")
     if path is not None:
-        user = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(user, dict):
-            raise UserError(f"{path}: a YAML mapping was expected")
-        values = _merge(values, user)
+        values = _merge(values, _read_yaml(Path(path)))
     if overrides:
         values = _merge(values, overrides)
     sections = {f.name: f.type for f in dataclasses.fields(Config)}
@@ -287,5 +326,6 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     built = {}
     for f in dataclasses.fields(Config):
         cls = f.default_factory  # the section's dataclass
-        built[f.name] = _build(cls, values.get(f.name) or {}, f.name)
+        section = values.get(f.name)
+        built[f.name] = _build(cls, {} if section is None else section, f.name)
     return Config(**built)

@@ -129,7 +129,10 @@ def test_export_csv_and_parquet(lake, tmp_path):
     csv = pd.read_csv(tmp_path / "a.csv", dtype={"exposure_id": str})
     assert n == len(csv) == 12 and {"exposure_id", "cell_x", "cell_y", "label", "path"} <= set(csv.columns)
     # the header fields and the classical quality numbers travel with the cells
-    assert {"date_obs", "filter", "object", "fwhm", "elongation_median", "sky", "depth"} <= set(csv.columns)
+    assert {"date_obs", "filter", "object", "airmass", "fwhm", "elongation_median", "sky", "depth"} <= set(
+        csv.columns
+    )
+    assert csv["airmass"].ge(1.0).all()  # the simulator writes AIRMASS >= 1
     assert csv["sky"].gt(0).all() and csv["fwhm"].notna().any()
     export(lake, str(tmp_path / "a.parquet"), "parquet")
     assert len(pd.read_parquet(tmp_path / "a.parquet")) == 12
@@ -200,6 +203,8 @@ def test_command_line(lake, tmp_path):
     exposure = lake.read("assignments").to_pandas()["exposure_id"].iloc[0]
     done = _cli("similar", "--lake", lake.root, "--exposure", exposure, "-k", "3")
     assert done.returncode == 0 and exposure in done.stdout.splitlines()[2]
+    # the lake's cells are unlabelled: blank, not pandas' None or NaN
+    assert "None" not in done.stdout and "NaN" not in done.stdout, done.stdout
     # filter: the exposures with at least this share of their detections on the busiest node
     import numpy as np
 

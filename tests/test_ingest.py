@@ -329,3 +329,97 @@ def test_a_column_tolerance_outside_0_to_90_degrees_is_refused():
 
     with pytest.raises(UserError, match="trail_column_tolerance"):
         IngestConfig(trail_column_tolerance=95.0)
+
+
+def _extract_with_stack(residual, stack, cfg):
+    """sep.extract with the project's parameters at a fixed pixel stack (the ingest before issue 28)."""
+    import sep
+
+    from desomspark.ingest.detect import gaussian_kernel
+
+    sep.set_extract_pixstack(stack)
+    try:
+        return sep.extract(
+            residual,
+            cfg.detect_thresh,
+            err=1.0,
+            minarea=cfg.min_area,
+            filter_kernel=gaussian_kernel(cfg.filter_fwhm, cfg.filter_size),
+            filter_type="conv",
+            deblend_nthresh=cfg.deblend_nthresh,
+            deblend_cont=cfg.deblend_cont,
+            clean=cfg.clean,
+        )
+    finally:
+        sep.set_extract_pixstack(300_000)
+
+
+def test_a_crowded_ccd_grows_the_pixel_stack_and_finds_the_same_sources(config):
+    """sep starts from its default stack; a CCD that fills it is extracted again with a larger one.
+
+    A smooth glow with stars on it puts ~590 k pixels above the threshold in one object (a nebula,
+    a galaxy's halo, scattered light): sep's default 300 k stack overflows, the grown one gives
+    exactly the catalogue of a fixed 5 M stack (the ingest before), and the stack is back at the
+    default afterwards.  Past ``ingest.max_pixstack`` the CCD is a ``too_crowded`` reject.
+    """
+    import sep
+
+    from desomspark.ingest import detect
+
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[0:800, 0:800].astype(np.float32)
+    image = 10.0 * np.exp(-((xx - 400) ** 2 + (yy - 400) ** 2) / (2 * 300.0**2))
+    for x0, y0 in rng.uniform(20, 780, (30, 2)):
+        image += 50.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5**2))
+    image = image.astype(np.float32)
+    with pytest.raises(Exception, match="pixel buffer full"):
+        _extract_with_stack(image, 300_000, config.ingest)
+    before = _extract_with_stack(image, 5_000_000, config.ingest)
+    c = config.ingest
+    grown = detect.extract_growing(
+        image,
+        c.max_pixstack,
+        thresh=c.detect_thresh,
+        err=1.0,
+        minarea=c.min_area,
+        filter_kernel=detect.gaussian_kernel(c.filter_fwhm, c.filter_size),
+        filter_type="conv",
+        deblend_nthresh=c.deblend_nthresh,
+        deblend_cont=c.deblend_cont,
+        clean=c.clean,
+    )
+    assert len(grown) == len(before) == 30
+    for column in ("x", "y", "flux", "npix", "a", "b"):
+        np.testing.assert_array_equal(grown[column], before[column])
+    assert sep.get_extract_pixstack() == detect.DEFAULT_PIXSTACK == 300_000
+    with pytest.raises(detect.TooCrowded, match="max_pixstack"):
+        detect.extract_growing(image, 400_000, thresh=c.detect_thresh, err=1.0, minarea=c.min_area)
+    assert sep.get_extract_pixstack() == 300_000
+    # in the ingest a CCD past the cap is a reject with that reason, not a crash
+    stars = rng.normal(1000.0, 10.0, (512, 512)).astype(np.float32)
+    stars[100:120, 100:120] += 5000.0
+    capped = process_ccd(stars, "crowded", 1, replace(c, max_pixstack=100))
+    assert capped.reject_reason == "too_crowded" and "max_pixstack" in capped.reject_detail
+    assert capped.n_sampled == 0
+    assert process_ccd(stars, "crowded", 1, c).reject_reason is None
+
+
+@pytest.mark.parametrize("quality", ["RBT", "Good", "BGP"])
+def test_the_default_stack_gives_the_cutouts_of_the_old_5m_stack(config, quality):
+    """Trailed, ordinary and crowded-background simulated CCDs: the same sources and cutouts whether
+    sep starts from its default stack (now) or from 5 M pixels on every call (before)."""
+    from desomspark.evaluation.simulate import plan_night, simulate_ccd, small_config
+    from desomspark.ingest import detect
+
+    sim = small_config(config.simulate, 1, (1024, 1024))
+    spec = next(s for s in plan_night(40, seed=5, cfg=sim) if s.quality == quality)
+    image, _ = simulate_ccd(spec, 0, sim)
+    now = process_ccd(image, "e", 1, config.ingest)
+    detect.DEFAULT_PIXSTACK = 5_000_000
+    try:
+        before = process_ccd(image, "e", 1, config.ingest)
+    finally:
+        detect.DEFAULT_PIXSTACK = 300_000
+    assert now.n_detected == before.n_detected > 0
+    np.testing.assert_array_equal(now.source_index, before.source_index)
+    assert now.pixels == before.pixels

@@ -130,7 +130,7 @@ def extract_growing(residual: np.ndarray, max_pixstack: int, **kwargs) -> np.nda
     The stack goes back to the default afterwards, so the next CCD pays only
     for what it needs.  Raises :class:`TooCrowded` past ``max_pixstack``.
     """
-    stack = DEFAULT_PIXSTACK
+    stack = min(DEFAULT_PIXSTACK, max_pixstack)
     try:
         while True:
             sep.set_extract_pixstack(stack)
@@ -272,15 +272,16 @@ def process_ccd(
         ``reject_reason`` set when the CCD cannot be used at all.
     """
     result = CcdResult()
-    image, mask, median = _fill_flagged(image, mask)
+    image, mask = _fill_flagged(image, mask)
     if image is None:
         result.dead, result.reject_reason, result.reject_detail = True, "all_nan", "every pixel is NaN"
         return result
     window = cfg.window_size if keep_window else 0
     if float(image.max()) == float(image.min()):
+        value = float(image.flat[0])
         result.dead = True
-        result.background, result.background_rms = median, 0.0
-        _views(result, image, median, 1.0, window)
+        result.background, result.background_rms = value, 0.0
+        _views(result, image, value, 1.0, window)
         return result
     try:
         objects, bkg = detect_sources(image, cfg, mask=mask)
@@ -309,19 +310,19 @@ def process_ccd(
 
 
 def _fill_flagged(image: np.ndarray, mask: np.ndarray | None):
-    """(native float32 image with NaN and flagged pixels set to the median, the mask or None, median);
-    the image is None when no pixel is usable."""
+    """(native float32 image with NaN and flagged pixels set to the median of the others, the mask
+    or None when it flags nothing); the image is None when no pixel is usable."""
     image = np.ascontiguousarray(image, dtype=np.float32)
     finite = np.isfinite(image)
     if mask is not None:
         mask = np.ascontiguousarray(mask, dtype=bool)
         finite &= ~mask
     if not finite.any():
-        return None, None, float("nan")
-    median = float(np.median(image[finite]))
-    if not finite.all():
-        image = np.where(finite, image, np.float32(median))
-    return image, (mask if mask is not None and mask.any() else None), median
+        return None, None
+    if finite.all():  # the common case: no median of millions of pixels to pay for
+        return image, None
+    median = np.float32(np.median(image[finite]))
+    return np.where(finite, image, median), (mask if mask is not None and mask.any() else None)
 
 
 def _candidates(objects: np.ndarray, shape: tuple[int, int], cfg: IngestConfig, mask: np.ndarray | None):

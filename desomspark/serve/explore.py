@@ -36,6 +36,26 @@ def author() -> str:
     return os.environ.get("DESOMSPARK_AUTHOR") or getpass.getuser()
 
 
+MAX_LABEL = 64
+
+
+def valid_label(label: str) -> str:
+    """``label`` if it is a usable name (1-64 printable characters, no space at either end), else a UserError.
+
+    One rule for the command line and the console: a label is a column value
+    every reader shows and a spreadsheet opens, not free text.
+    """
+    if not label:
+        raise UserError("a label cannot be empty (use --unlabel to remove one)")
+    if len(label) > MAX_LABEL:
+        raise UserError(f"a label is at most {MAX_LABEL} characters, not {len(label)}")
+    if not label.isprintable():
+        raise UserError(f"a label is printable characters only (no newline or control character): {label!r}")
+    if label != label.strip():
+        raise UserError(f"a label has no space at its start or end: {label!r}")
+    return label
+
+
 def label_cell(
     lake: Lake, desom2_version: str, cell: tuple[int, int], label: str | None, map_shape: tuple[int, int]
 ) -> dict:
@@ -55,15 +75,15 @@ def label_cells(
     for x, y in cells:
         if not (0 <= x < cols and 0 <= y < rows):
             raise UserError(f"cell {x},{y} is outside the {rows}x{cols} map of desom2 v{desom2_version}")
-    if label is not None and not label.strip():
-        raise UserError("a label cannot be empty (use --unlabel to remove one)")
+    if label is not None:
+        label = valid_label(label)
     now, who = datetime.now(UTC), author()
     labelled = [
         {
             "desom2_version": str(desom2_version),
             "cell_x": x,
             "cell_y": y,
-            "label": label.strip() if label else None,
+            "label": label,
             "author": who,
             "labelled_at": now,
         }
@@ -97,7 +117,7 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     the novelty distance (latent distance to the cell's prototype).
     """
     table = with_current_labels(lake, lake.read("assignments").to_pandas())
-    header = ["path", "date_obs", "filter", "object", "exptime"]
+    header = ["path", "date_obs", "filter", "object", "exptime", "airmass"]
     exposures = lake.read(
         "exposures", columns=["night", "exposure_id", *header, *EXPOSURE_QA_COLUMNS]
     ).to_pandas()
@@ -116,18 +136,16 @@ def export(lake: Lake, out: str, fmt: str) -> int:
         "desom1_version",
         "desom2_version",
     ]
-    merged = merged[columns]
     if fmt not in ("csv", "parquet"):
         raise UserError(f"format must be csv or parquet, not {fmt!r}")
+    merged = merged[columns]
     folder = os.path.dirname(os.path.abspath(out)) if "://" not in out else None
     if folder:
         os.makedirs(folder, exist_ok=True)  # export --out reports/tonight.csv into a folder still to make
     if fmt == "csv":
         merged.to_csv(out, index=False)
-    elif fmt == "parquet":
-        merged.to_parquet(out, index=False)
     else:
-        raise UserError(f"format must be csv or parquet, not {fmt!r}")
+        merged.to_parquet(out, index=False)
     return len(merged)
 
 
