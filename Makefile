@@ -3,6 +3,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.installed-test
 LAKE   ?= ./lake
 export PYSPARK_PYTHON        := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
@@ -16,6 +17,11 @@ $(STAMP): setup.py requirements/constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# the CPU build of torch that lies on this disk; a plain `torch` would pull CUDA
 	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c requirements/constraints.txt -e .
+	touch $@
+
+# what only the tests need (pytest, selenium, ruff...): not part of `make demo`
+$(TESTSTAMP): $(STAMP)
 	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[test]'
 	touch $@
 
@@ -29,11 +35,11 @@ tools:
 demo: venv java
 	$(VENV)/bin/desomspark demo --lake $(LAKE)
 
-test: venv java tools lint
+test: $(TESTSTAMP) java tools lint
 	$(PY) -m pytest -q tests
 
 # style and import order (pyproject.toml [tool.ruff]); part of `make test`
-lint: venv
+lint: $(TESTSTAMP)
 	$(VENV)/bin/ruff check .
 
 bench: venv java

@@ -238,7 +238,12 @@ def _map_commands(sub) -> None:
         "--out", default=None, help="folder of the tables and t-SNE picture (default <lake>/evaluation)"
     )
     p = command("demo", "simulate a small night and run the whole chain on it", lake_required=False)
-    p.add_argument("--exposures", type=_positive, default=36)
+    p.add_argument("--exposures", type=_positive, default=140, help="exposures of the first night (140)")
+    p.add_argument(
+        "--train-desom1",
+        action="store_true",
+        help="train DESOM-1 too (default: the shipped one maps cutouts)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,7 +407,7 @@ def cmd_demo(args, cfg: Config) -> int:
     if args.conf is None:  # the demo's own small settings
         cfg = load_config(conf_dir() / "local.yaml")
     lake = _lake(args, create=True)
-    demo(_spark(args, cfg), lake, cfg, n_exposures=args.exposures)
+    demo(_spark(args, cfg), lake, cfg, n_exposures=args.exposures, train_desom1_too=args.train_desom1)
     return 0
 
 

@@ -62,6 +62,13 @@ def test_demo_runs_the_whole_chain(demo_run):
     # the printed table is the map's: one row per used cell of the training night
     train = assigned[assigned["night"] == "20251120"]
     assert f"{train['cell'].nunique()} cells used by {len(train)} exposures" in done.stdout
+    # the shipped DESOM-1 mapped the cutouts (no training in the default demo) and DESOM-2 is the night's
+    assert "DESOM-1 is the one shipped in models/" in done.stdout and "how to read the table" in done.stdout
+    assert set(assigned["desom1_version"]) == {"1"} and set(assigned["desom2_version"]) == {"2"}
+    # each night's files say the night they belong to (DATE-OBS a day apart, the dayobs rule)
+    dates = lake.read("exposures", columns=["night", "date_obs"]).to_pandas()
+    assert set(dates.loc[dates["night"] == "20251120", "date_obs"].str[:10]) == {"2025-11-21"}
+    assert set(dates.loc[dates["night"] == "20251121", "date_obs"].str[:10]) == {"2025-11-22"}
 
 
 def test_evaluate_scores_the_demo_lake(demo_run, tmp_path):

@@ -403,10 +403,16 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
         loss, rec, som_loss = step(t)
         done = it + 1
         if done % job.log_every == 0 or done == job.iterations:
-            # .item() waits for the device: the rate is timed after it
-            row = _history_row(done, t, loss, rec, som_loss, model, eval_x)
+            # .item() waits for the device: the rate is timed after it, before the quality pass
+            row = {
+                "iteration": done,
+                "loss": loss.item(),
+                "reconstruction": rec.item(),
+                "som_loss": som_loss.item(),
+            }
             now = time.perf_counter()
-            row["samples_per_s"] = rate = (done - it_last) * local_batch * world / max(now - t_last, 1e-9)
+            rate = (done - it_last) * local_batch * world / max(now - t_last, 1e-9)
+            row |= {"temperature": t, "samples_per_s": rate} | _map_quality(model, eval_x)
             history.append(row)
             if rank == 0:
                 _log_progress(job, row, (job.iterations - done) * local_batch * world / max(rate, 1e-9))
@@ -428,15 +434,10 @@ def _start(model: DESOM, shard: Shard, job: TrainJob, state: dict | None) -> tup
     return int(state["iteration"]), list(state["history"])
 
 
-def _history_row(done: int, t: float, loss, rec, som_loss, model: DESOM, eval_x: torch.Tensor) -> dict:
-    """One logged iteration: the losses, the temperature, and the map's quality on a fixed sample."""
-    row = {"iteration": done, "loss": loss.item(), "reconstruction": rec.item(), "som_loss": som_loss.item()}
+def _map_quality(model: DESOM, eval_x: torch.Tensor) -> dict:
+    """The map's quantization and topographic errors on a fixed sample (not timed as training)."""
     quality = map_quality(model, eval_x)
-    return row | {
-        "temperature": t,
-        "quantization_error": quality["quantization_error"],
-        "topographic_error": quality["topographic_error"],
-    }
+    return {k: quality[k] for k in ("quantization_error", "topographic_error")}
 
 
 def _log_progress(job: TrainJob, row: dict, eta: float) -> None:

@@ -623,6 +623,7 @@ def simulate_night(
     raw: bool | str = False,
     processes: int | None = None,
     progress: bool = True,
+    mjd0: float = 61000.3,
 ) -> list[Path]:
     """Write ``n_exposures`` simulated exposures and ``truth.csv`` into ``out_dir``.
 
@@ -642,6 +643,8 @@ def simulate_night(
         (:func:`raw_frame`), or one HDU per amplifier (:func:`segment_frames`).
     processes : int, optional
         Worker processes (default: the machine's cores).
+    mjd0 : float
+        MJD of the night's first exposure (the default falls in night 20251120).
 
     Returns
     -------
@@ -652,7 +655,7 @@ def simulate_night(
         raise UserError("--exposures must be at least 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = plan_night(n_exposures, seed=seed, mix=mix, cfg=cfg)
+    specs = plan_night(n_exposures, seed=seed, mix=mix, cfg=cfg, mjd0=mjd0)
     processes = processes or os.cpu_count() or 1
     jobs = [(s, out, cfg, compress, raw) for s in specs]
     paths: list[Path] = []

@@ -94,7 +94,16 @@ class CcdResult:
 def detect_sources(
     image: np.ndarray, cfg: IngestConfig, kernel: np.ndarray | None = None, mask: np.ndarray | None = None
 ) -> tuple[np.ndarray, sep.Background]:
-    """sep background and source catalogue of a native float32 image without NaN.
+    """sep background and source catalogue of a native float32 image without NaN (see :func:`detect`)."""
+    objects, bkg, _ = detect(image, cfg, kernel, mask)
+    return objects, bkg
+
+
+def detect(
+    image: np.ndarray, cfg: IngestConfig, kernel: np.ndarray | None = None, mask: np.ndarray | None = None
+) -> tuple[np.ndarray, sep.Background, np.ndarray]:
+    """sep background, source catalogue and background-subtracted image of a native float32 image
+    without NaN.
 
     ``kernel`` replaces the Gaussian filter built from ``cfg`` (e.g. a
     SExtractor ``.conv`` file's numbers); ``mask`` (True = flagged pixel)
@@ -105,7 +114,10 @@ def detect_sources(
     bkg = sep.Background(
         image, mask=mask, bw=cfg.back_size, bh=cfg.back_size, fw=cfg.back_filter_size, fh=cfg.back_filter_size
     )
-    residual = image - bkg.back()
+    # subtracted line by line in place: the same numbers as image - bkg.back(), without a
+    # full-size background array (8x faster on a 2048x4612 CCD)
+    residual = image.copy()
+    bkg.subfrom(residual)
     # SExtractor without a weight map thresholds at DETECT_THRESH x the global RMS
     objects = extract_growing(
         residual,
@@ -121,7 +133,7 @@ def detect_sources(
         clean=cfg.clean,
         clean_param=cfg.clean_param,
     )
-    return objects, bkg
+    return objects, bkg, residual
 
 
 def extract_growing(residual: np.ndarray, max_pixstack: int, **kwargs) -> np.ndarray:
@@ -284,13 +296,13 @@ def process_ccd(
         _views(result, image, value, 1.0, window)
         return result
     try:
-        objects, bkg = detect_sources(image, cfg, mask=mask)
+        objects, bkg, residual = detect(image, cfg, mask=mask)
     except TooCrowded as exc:
         result.reject_reason, result.reject_detail = "too_crowded", str(exc)
         return result
     result.background, result.background_rms = float(bkg.globalback), float(bkg.globalrms)
     _views(result, image, result.background, result.background_rms, window)
-    result.qa = ccd_qa(image, objects, bkg, cfg.back_size, pixel_scale, saturation)
+    result.qa = ccd_qa(image, objects, bkg, cfg.back_size, pixel_scale, saturation, residual)
     x, y, flux, inside = _candidates(objects, image.shape, cfg, mask)
     result.n_detected = int(inside.size)
     if inside.size == 0:

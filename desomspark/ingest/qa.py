@@ -170,6 +170,7 @@ def ccd_qa(
     mesh_size: int,
     pixel_scale: float | None,
     saturation: float | None,
+    residual: np.ndarray | None = None,
 ) -> dict[str, float]:
     """The classical quality numbers of one CCD (see the module docstring).
 
@@ -185,6 +186,8 @@ def ccd_qa(
         arcsec per pixel; without it ``fwhm`` (arcsec) is NaN and only ``fwhm_px`` is known.
     saturation : float, optional
         ADU at which the detector saturates; default: the image's maximum.
+    residual : ndarray (H, W), optional
+        ``image`` less its background, when detection made it already (else made here).
 
     Returns
     -------
@@ -192,8 +195,12 @@ def ccd_qa(
         The keys of :data:`CCD_QA_COLUMNS`; NaN where no PSF star was found.
     """
     rms = float(bkg.globalrms)
-    back = bkg.back()
-    mesh = back[mesh_size // 2 :: mesh_size, mesh_size // 2 :: mesh_size]
+    if residual is None:
+        residual = image.copy()
+        bkg.subfrom(residual)
+    # the background map at each mesh centre, without making the full-size map
+    centres = (slice(mesh_size // 2, None, mesh_size), slice(mesh_size // 2, None, mesh_size))
+    mesh = image[centres] - residual[centres]
     out = dict.fromkeys(CCD_QA_COLUMNS, float("nan"))
     out["n_stars"] = 0
     out["background_structure"] = float(np.std(mesh) / rms) if rms > 0 else float("nan")
@@ -203,7 +210,7 @@ def ccd_qa(
     idx, half = _isolated_bright(image.shape, objects, saturated, rms)
     if idx.size < 3:
         return out
-    stars = _psf_stars(image - back, objects, idx, half)
+    stars = _psf_stars(residual, objects, idx, half)
     if stars is None:
         return out
     fwhm, stamps, dx, dy, mode = stars
