@@ -310,10 +310,15 @@ def cmd_ingest(args, cfg: Config) -> int:
 
     list_inputs(args.input)  # nothing to read: say so before Spark starts
     spark = _spark(args, cfg)
-    summary = ingest(
-        spark, args.input, _lake(args, create=True), night=args.night, cfg=cfg.ingest, camera=args.camera
-    )
-    return main_summary_exit(summary)
+    lake = _lake(args, create=True)
+    summary = ingest(spark, args.input, lake, night=args.night, cfg=cfg.ingest, camera=args.camera)
+    status = main_summary_exit(summary)
+    if status == 0:
+        print(
+            f"next: desomspark histovectors --lake {args.lake} (then assign), or train-desom1 on a new lake; "
+            f"a whole night in one command: desomspark nightly"
+        )
+    return status
 
 
 def cmd_train_desom1(args, cfg: Config) -> int:

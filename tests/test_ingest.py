@@ -263,6 +263,8 @@ def test_command_line_exit_status(tmp_path):
     done = run("--input", str(bad), "--lake", str(lake), "--master", "local[1]")
     assert done.returncode == 1
     assert "no usable exposure" in done.stderr
+    # the summary names the rejected file and its reason, not just a count
+    assert "rejected a.fits: not_fits" in done.stdout, done.stdout
     rejects = Lake(str(lake)).read("rejects").to_pandas()
     assert rejects["reason"].tolist() == ["not_fits"]
     # no header to date it and no --night: the night the run started in, a YYYYMMDD string like any other
@@ -423,3 +425,27 @@ def test_the_default_stack_gives_the_cutouts_of_the_old_5m_stack(config, quality
     assert now.n_detected == before.n_detected > 0
     np.testing.assert_array_equal(now.source_index, before.source_index)
     assert now.pixels == before.pixels
+
+
+def test_the_summary_names_rejected_files_and_exposures_without_cutouts():
+    from desomspark.stages.ingest import IngestSummary
+
+    rejected = tuple((f"f{i:02d}.fits", "truncated", "ends at byte 2880") for i in range(12))
+    summary = IngestSummary(
+        files=14,
+        ok=1,
+        partial=1,
+        rejected=12,
+        ccds=8,
+        dead_ccds=0,
+        cutouts=100,
+        nights=["20251120"],
+        rejected_files=rejected,
+        no_cutouts=("calexp42",),
+    )
+    lines = summary.lines()
+    assert lines[0] == summary.line()
+    assert lines[1] == "  rejected f00.fits: truncated (ends at byte 2880)"
+    assert sum(line.startswith("  rejected ") for line in lines) == IngestSummary.SHOWN
+    assert any("and 2 more rejected files" in line and "rejects/" in line for line in lines)
+    assert lines[-1] == "  no cutout (nothing for the map to sort): calexp42"

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -65,6 +66,8 @@ class IngestSummary:
     cutouts: int
     nights: list[str]
     exposures: tuple[str, ...] = ()  # the exposures written, as night/exposure_id
+    rejected_files: tuple[tuple[str, str, str], ...] = ()  # (file name, reason, detail) of each file reject
+    no_cutouts: tuple[str, ...] = ()  # exposures ingested that gave no cutout (nothing to map)
 
     @classmethod
     def of(
@@ -82,6 +85,12 @@ class IngestSummary:
             cutouts=int(used["n_sampled"].sum()) if len(used) else 0,
             nights=sorted(set(exposure_df["night"]) | {r["night"] for r in rejects}),
             exposures=tuple(exposure_df["night"] + "/" + exposure_df["exposure_id"]),
+            rejected_files=tuple(
+                (os.path.basename(str(r["path"])), str(r["reason"]), str(r.get("detail") or ""))
+                for r in rejects
+                if r["hdu_index"] is None
+            ),
+            no_cutouts=tuple(exposure_df.loc[exposure_df["n_cutouts"] == 0, "exposure_id"].astype(str)),
         )
         if summary.ok + summary.partial + summary.rejected != summary.files:  # a bug, never the input's fault
             raise RuntimeError(
@@ -90,12 +99,32 @@ class IngestSummary:
             )
         return summary
 
+    SHOWN = 10  # rejected files named in the summary; the rest are counted
+
     def line(self) -> str:
         return (
             f"ingest: {self.files} files: {self.ok} ok, {self.partial} partial, {self.rejected} rejected; "
             f"{self.ccds} CCDs ({self.dead_ccds} dead), {self.cutouts} cutouts; nights "
             f"{', '.join(self.nights)}"
         )
+
+    def lines(self) -> list[str]:
+        """The summary line, then which files were rejected and why, and the exposures with no cutout."""
+        out = [self.line()]
+        for name, reason, detail in self.rejected_files[: self.SHOWN]:
+            out.append(f"  rejected {name}: {reason}" + (f" ({detail[:160]})" if detail else ""))
+        if len(self.rejected_files) > self.SHOWN:
+            out.append(
+                f"  ... and {len(self.rejected_files) - self.SHOWN} more rejected files: every one, with "
+                f"its reason, is a row of the lake's rejects/ table (hdu_index null)"
+            )
+        if self.no_cutouts:
+            shown = ", ".join(self.no_cutouts[: self.SHOWN])
+            more = (
+                f" and {len(self.no_cutouts) - self.SHOWN} more" if len(self.no_cutouts) > self.SHOWN else ""
+            )
+            out.append(f"  no cutout (nothing for the map to sort): {shown}{more}")
+        return out
 
 
 _NO_VIEWS = dict(
@@ -453,7 +482,8 @@ def ingest_files(
             lake.commit_batch(staging, list(TABLES), batch, summary={"files": summary.files})
     finally:
         results.unpersist()
-    _LOG.info(summary.line())
+    for line in summary.lines():
+        _LOG.info(line)
     return summary
 
 
