@@ -41,8 +41,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
-
 from desomspark.config import load_config
 from desomspark.evaluation.simulate import simulate_night, small_config
 from desomspark.ingest import detect
@@ -71,13 +69,8 @@ def sep_floor(files: list[str], cfg) -> tuple[float, int, int]:
     for path in files:
         for hdu in scan_file(path, max(cfg.min_ccd_side, 2 * cfg.edge_margin + detect.CUTOUT_SIZE)).hdus:
             image, _ = read_ccd_and_mask(path, hdu.hdu_index, hdu.raw_layout, None, None, hdu.segments)
-            image = np.ascontiguousarray(image, dtype=np.float32)
-            finite = np.isfinite(image)
-            if not finite.any():
-                continue
-            if not finite.all():
-                image = np.where(finite, image, np.float32(np.median(image[finite])))
-            if float(image.max()) == float(image.min()):
+            image, _ = detect.fill_flagged(image, None)  # NaN filled as process_ccd fills them
+            if image is None or float(image.max()) == float(image.min()):
                 continue  # a dead CCD: no detection to pay for
             t = time.perf_counter()
             objects, _ = detect.detect_sources(image, cfg)

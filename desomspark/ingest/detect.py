@@ -284,7 +284,7 @@ def process_ccd(
         ``reject_reason`` set when the CCD cannot be used at all.
     """
     result = CcdResult()
-    image, mask = _fill_flagged(image, mask)
+    image, mask = fill_flagged(image, mask)
     if image is None:
         result.dead, result.reject_reason, result.reject_detail = True, "all_nan", "every pixel is NaN"
         return result
@@ -321,7 +321,7 @@ def process_ccd(
     return result
 
 
-def _fill_flagged(image: np.ndarray, mask: np.ndarray | None):
+def fill_flagged(image: np.ndarray, mask: np.ndarray | None):
     """(native float32 image with NaN and flagged pixels set to the median of the others, the mask
     or None when it flags nothing); the image is None when no pixel is usable."""
     image = np.ascontiguousarray(image, dtype=np.float32)
