@@ -55,6 +55,13 @@ def _cell(value: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def _exposure(value: str) -> tuple[str, str]:
+    night, _, exposure_id = value.partition("/")
+    if not exposure_id:
+        raise argparse.ArgumentTypeError(f"expected NIGHT/ID (e.g. 20251120/1000021), not {value!r}")
+    return _night(night), exposure_id
+
+
 def _positive(value: str) -> int:
     n = int(value)
     if n < 1:
@@ -198,16 +205,25 @@ def _map_commands(sub) -> None:
         help="the registered version to promote, e.g. 3, or 'challenger': the one the last training made",
     )
 
-    p = command("label", "label a DESOM-2 cell")
-    p.add_argument(
+    p = command("label", "label a DESOM-2 cell, or one exposure (its own label overrides its cell's)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument(
         "--cell",
         type=_cell,
-        required=True,
         metavar="X,Y",
         help="the cell: X = column, Y = row on the DESOM-2 map, from 0 (as the report shows)",
     )
+    which.add_argument(
+        "--exposure", type=_exposure, metavar="NIGHT/ID", help="one exposure, e.g. 20251120/1000021"
+    )
     p.add_argument("--label", default=None, help="the label, e.g. Good or BT")
-    p.add_argument("--unlabel", action="store_true", help="remove the cell's label")
+    p.add_argument("--unlabel", action="store_true", help="remove the label")
+    p.add_argument("--undo", action="store_true", help="revert the last change of this cell or exposure")
+
+    p = command("verdicts", "write a night's verdicts: the scheduler's feed (decision, p_bad, reason)")
+    p.add_argument("--night", type=_night, required=True, help="the night, YYYYMMDD")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--format", choices=("csv", "json"), default="csv")
 
     p = command("export", "write exposure -> cell -> label")
     p.add_argument("--format", choices=("csv", "parquet"), required=True)
@@ -418,19 +434,51 @@ def cmd_demo(args, cfg: Config) -> int:
 
 def cmd_label(args, cfg: Config) -> int:
     from desomspark import registry
-    from desomspark.serve.explore import label_cell
+    from desomspark.serve import explore
 
-    if args.unlabel == (args.label is not None):
-        raise UserError("give either --label NAME or --unlabel")
+    if sum([args.unlabel, args.undo, args.label is not None]) != 1:
+        raise UserError("give one of --label NAME, --unlabel or --undo")
+    label = None if args.unlabel else args.label
     lake = _lake(args)
     desom2 = registry.registered(lake, cfg, "desom2")
     version = desom2.version
-    row = label_cell(lake, version, args.cell, None if args.unlabel else args.label, desom2.map_shape)
-    what = f"'{row['label']}'" if row["label"] else "unlabelled"
+    if args.exposure:
+        night, exposure_id = args.exposure
+        if args.undo:
+            row = explore.undo_exposure_label(lake, night, exposure_id, version)
+        else:
+            row = explore.label_exposure(lake, night, exposure_id, label, version)
+        what = f"'{row['label']}'" if row["label"] else "without a label of its own (its cell's applies)"
+        print(f"label: exposure {night}/{exposure_id} is {what} (by {row['author']})")
+    else:
+        if args.undo:
+            row = explore.undo_label(lake, version, args.cell, desom2.map_shape)
+        else:
+            row = explore.label_cell(lake, version, args.cell, label, desom2.map_shape)
+        what = f"'{row['label']}'" if row["label"] else "unlabelled"
+        print(
+            f"label: cell {args.cell[0]},{args.cell[1]} of desom2 v{version} is {what} (by {row['author']})"
+        )
     print(
-        f"label: cell {args.cell[0]},{args.cell[1]} of desom2 v{version} is {what} (by {row['author']}); "
-        f"export, similar and report show it now; 'desomspark assign' writes it into past nights' "
-        f"assignments, nightly into new ones"
+        "  export, similar, report and the console show it now; 'desomspark verdicts --night N' "
+        "decides that night again with it, 'assign' all nights"
+    )
+    return 0
+
+
+def cmd_verdicts(args, cfg: Config) -> int:
+    from desomspark.stages.verdicts import decide_nights, write_feed
+
+    lake = _lake(args)
+    table = decide_nights(lake, cfg, [args.night])
+    if table.empty:
+        raise UserError(f"night {args.night} has no assigned exposure: run assign --night {args.night}")
+    n = write_feed(table, args.out, args.format)
+    counts = table["decision"].value_counts()
+    print(
+        f"verdicts {args.night}: {n} exposures, "
+        + ", ".join(f"{counts.get(d, 0)} {d}" for d in ("accept", "review", "retake"))
+        + f"; written to {args.out}"
     )
     return 0
 
@@ -502,6 +550,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "label": cmd_label,
     "export": cmd_export,
+    "verdicts": cmd_verdicts,
     "similar": cmd_similar,
     "filter": cmd_filter,
     "report": cmd_report,

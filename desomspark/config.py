@@ -193,6 +193,35 @@ class ConsoleConfig:
 
 
 @dataclass(frozen=True)
+class DecideConfig:
+    """How a verdict is reached (desomspark.decide; README "From map to decision")."""
+
+    accept_below: float = 0.2
+    retake_above: float = 0.8
+    min_evidence: float = 1.0
+    label_noise: float = 0.02
+    prior_weight: float = 1.0
+    neighbours: int = 30
+    bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)
+    review_labels: tuple[str, ...] = ("Unsure",)
+    rules: dict[str, float] = field(default_factory=dict)
+    ccd_outlier: float = 0.5
+
+    def __post_init__(self):
+        if not 0 <= self.accept_below <= self.retake_above <= 1:
+            raise UserError("[decide] need 0 <= accept_below <= retake_above <= 1")
+        if not 0 <= self.label_noise < 0.5 or self.prior_weight <= 0 or self.neighbours < 1:
+            raise UserError("[decide] label_noise must lie in [0, 0.5), prior_weight > 0, neighbours >= 1")
+        if not self.bandwidths or min(self.bandwidths) <= 0:
+            raise UserError("[decide] bandwidths: a list of positive widths")
+        for name, limit in self.rules.items():
+            if not (name.startswith(("max_", "min_")) and len(name) > 4):
+                raise UserError(f"[decide] rules: {name!r} is not max_<column> or min_<column>")
+            if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))):
+                raise UserError(f"[decide] rules: {name} must be a number or null, not {limit!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -202,6 +231,7 @@ class Config:
     desom2: Desom2Config = field(default_factory=Desom2Config)
     watch: WatchConfig = field(default_factory=WatchConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    decide: DecideConfig = field(default_factory=DecideConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -222,9 +223,10 @@ def test_command_line(lake, tmp_path):
     assert 0 < expected < len(share)
 
 
-def test_a_label_belongs_to_its_map_version(spark, lake, config, tmp_path):
-    """Cells of a new DESOM-2 are other cells: once it is promoted an old label labels nothing, in assign
-    and in export; promoted back, the old map has its label again.
+def test_a_cell_label_belongs_to_its_map_version_and_its_exposures_keep_it(spark, lake, config, tmp_path):
+    """Cells of a new DESOM-2 are other cells: once it is promoted an old cell label labels no cell, in
+    assign and in export, but the exposures that were in the cell keep it (inherited, in the verdicts);
+    promoted back, the old map has its label again.
     """
     from dataclasses import replace
 
@@ -235,12 +237,19 @@ def test_a_label_belongs_to_its_map_version(spark, lake, config, tmp_path):
     first = lake.read("assignments").to_pandas().iloc[0]
     cell = (int(first.cell_x), int(first.cell_y))
     label_cell(lake, old, cell, "BadFocus", shape)
+    assigned = lake.read("assignments").to_pandas()
+    was_in_cell = assigned.loc[
+        (assigned["cell_x"] == cell[0]) & (assigned["cell_y"] == cell[1]), "exposure_id"
+    ]
     short = replace(config, desom2=replace(config.desom2, map_shape=None, iterations=100, batch_size=12))
     try:
         new = train_desom2(lake, short)["version"]
         registry.promote(lake, config.mlflow, "desom2", new)
         after = run_assign(spark, lake, config)
         assert set(after["desom2_version"]) == {new} and after["label"].isna().all()
+        members = set(lake.read("assignments").to_pandas()["exposure_id"]) & set(was_in_cell)
+        verdicts = lake.read("verdicts").to_pandas().set_index("exposure_id").loc[sorted(members)]
+        assert (verdicts["label"] == "BadFocus").all() and (verdicts["label_source"] == "inherited").all()
         export(lake, str(tmp_path / "new.csv"), "csv")
         assert pd.read_csv(tmp_path / "new.csv")["label"].isna().all()
         registry.promote(lake, config.mlflow, "desom2", old)
@@ -250,4 +259,6 @@ def test_a_label_belongs_to_its_map_version(spark, lake, config, tmp_path):
     finally:
         registry.promote(lake, config.mlflow, "desom2", old)
         label_cell(lake, old, cell, None, shape)
+        if lake.exists("exposure_labels"):  # the inherited labels go too: the lake as the other tests expect
+            shutil.rmtree(lake.path("exposure_labels"))
         run_assign(spark, lake, config)

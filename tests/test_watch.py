@@ -217,6 +217,8 @@ def test_a_run_of_bad_exposures_raises_one_alert_and_the_webhook_gets_it(watched
         desom2 = registry.registered(lake, config, "desom2")
         version, (rows, cols) = desom2.version, desom2.map_shape
         label_cells(lake, version, [(x, y) for y in range(rows) for x in range(cols)], "BT", (rows, cols))
+        earlier = lake.read("verdicts").to_pandas()  # decided before the labels: not posted again
+        before = set(earlier.loc[earlier["decision"] == "retake", "exposure_id"])
         conf = tmp / "hook.yaml"
         conf.write_text(
             yaml.safe_dump(
@@ -231,7 +233,13 @@ def test_a_run_of_bad_exposures_raises_one_alert_and_the_webhook_gets_it(watched
         server.shutdown()
     alerts = lake.read("alerts").to_pandas()
     assert len(alerts) == 1 and alerts["rule"].iloc[0] == "bad_run"
-    assert len(_Hook.received) == 1 and _Hook.received[0]["alert_id"] == alerts["alert_id"].iloc[0]
+    posted_alerts = [m for m in _Hook.received if "alert_id" in m]
+    assert len(posted_alerts) == 1 and posted_alerts[0]["alert_id"] == alerts["alert_id"].iloc[0]
+    # every cell is labelled BT: each exposure of the batches is a retake, posted as it is decided
+    retakes = {m["exposure_id"] for m in _Hook.received if m.get("kind") == "verdict"}
+    verdicts = lake.read("verdicts").to_pandas()
+    assert retakes and retakes == set(verdicts.loc[verdicts["decision"] == "retake", "exposure_id"]) - before
+    assert all(m["decision"] == "retake" and m["p_bad"] > 0.5 for m in _Hook.received if m.get("kind"))
     assert "ALERT bad_run" in watcher.output()
     assert set(alerts["exposures"].iloc[0]) <= set(lake.read("assignments").to_pandas()["exposure_id"])
 

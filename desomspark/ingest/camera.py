@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,6 +40,13 @@ class CameraProfile:
     saturation: float | None = None
     ccd_position: str = "detsec"
     amplifier_hdus: bool = False  # raw files hold one HDU per amplifier segment, assembled by DETSEC
+    # nominal conditions for the effective-exposure-time factors (desomspark.decide.teff): seeing FWHM
+    # (arcsec), sky (ADU/s/pixel) and zero point (mag giving 1 ADU/s), the last two per filter
+    # ({filter: value}, "*" for any other); missing ones give NaN factors
+    fwhm_nominal: float | None = None
+    sky_nominal: dict = field(default_factory=dict)
+    zero_point_nominal: dict = field(default_factory=dict)
+    limits: dict = field(default_factory=dict)  # decide.rules for this camera's exposures
 
     def __post_init__(self):
         if self.ccd_position not in ("detsec", "header"):
@@ -59,12 +66,31 @@ def load_profiles(folder: str | None = None) -> dict[str, CameraProfile]:
     root = Path(folder) if folder else conf_dir() / "cameras"
     profiles = {}
     for path in sorted(root.glob("*.yaml")):
-        values = yaml.safe_load(path.read_text()) or {}
-        profile = CameraProfile(**values)
+        profile = read_profile(path)
         profiles[profile.name] = profile
     if GENERIC not in profiles:
         profiles[GENERIC] = CameraProfile(GENERIC)
     return profiles
+
+
+def read_profile(path: Path) -> CameraProfile:
+    """One profile file; a YAML error, an unknown key or a wrong value is one UserError naming the file."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"camera profile {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise UserError(f"camera profile {path}: a YAML mapping was expected")
+    known = {f.name for f in fields(CameraProfile)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise UserError(
+            f"camera profile {path}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+    try:
+        return CameraProfile(**values)
+    except (TypeError, re.error, UserError) as exc:
+        raise UserError(f"camera profile {path}: {exc}") from None
 
 
 def profile_for(header, name: str | None = None) -> CameraProfile:

@@ -5,6 +5,8 @@ Layout under the lake root (a local path or an fsspec URL)::
     <table>/night=YYYYMMDD/part-*.parquet   exposures, ccds, cutouts, rejects,
                                             histovectors, assignments
     labels/part-*.parquet                   expert cell labels
+    exposure_labels/part-*.parquet          expert exposure labels, labels inherited from old maps
+    verdicts/night=YYYYMMDD/part-*.parquet  each exposure's decision (desomspark.decide)
     _staging/<run>/<table>/night=...        a run's output before commit
     _nights/<table>/<night>.json            commit record of a night's partition
     mlflow.db, mlartifacts/                 the embedded MLflow store
@@ -19,6 +21,7 @@ their night's partition under names that carry the batch id
 (``part-b<id>-*``), and a batch run again (after a crash) replaces the files
 of its earlier try, so that each exposure is in the tables once.
 """
+
 from __future__ import annotations
 
 import json
@@ -132,8 +135,9 @@ class Lake:
         self.recover()
         return posixpath.join("_staging", uuid.uuid4().hex)
 
-    def commit_nights(self, staging: str, tables: list[str], nights: list[str],
-                      summary: dict | None = None) -> None:
+    def commit_nights(
+        self, staging: str, tables: list[str], nights: list[str], summary: dict | None = None
+    ) -> None:
         """Replace partition ``night=N`` of each table by the staged one, for every night.
 
         A table that staged no rows for a night ends with no rows for it (the
@@ -242,16 +246,23 @@ class Lake:
         """A pyarrow dataset over a table (partition column ``night`` included)."""
         base = self.table(table)
         sch = schema.TABLES[table]
-        if table == "labels":
+        if table in schema.UNPARTITIONED:
             return ds.dataset(self._fs_path(base), schema=sch, format="parquet", filesystem=self._arrow_fs())
         fields = [f for f in sch if f.name != "night"]
         file_schema = pa.schema(fields)
         part = ds.partitioning(pa.schema([("night", pa.string())]), flavor="hive")
-        return ds.dataset(self._fs_path(base), schema=file_schema.append(pa.field("night", pa.string())),
-                          format="parquet", partitioning=part, filesystem=self._arrow_fs(),
-                          exclude_invalid_files=True)
+        return ds.dataset(
+            self._fs_path(base),
+            schema=file_schema.append(pa.field("night", pa.string())),
+            format="parquet",
+            partitioning=part,
+            filesystem=self._arrow_fs(),
+            exclude_invalid_files=True,
+        )
 
-    def committed_exposures(self, nights: list[str], except_batch: str | None = None) -> dict[tuple[str, str], str]:
+    def committed_exposures(
+        self, nights: list[str], except_batch: str | None = None
+    ) -> dict[tuple[str, str], str]:
         """``(night, exposure_id) -> path`` of the exposures committed for ``nights``.
 
         Rows a micro-batch ``except_batch`` committed (an earlier try of the
@@ -260,11 +271,15 @@ class Lake:
         nights = [n for n in nights if n in self.nights("exposures")]
         if not nights:
             return {}
-        rows = self.dataset("exposures").to_table(columns=["night", "exposure_id", "path", "__filename"],
-                                                  filter=ds.field("night").isin(nights))
+        rows = self.dataset("exposures").to_table(
+            columns=["night", "exposure_id", "path", "__filename"], filter=ds.field("night").isin(nights)
+        )
         mine = f"/part-b{except_batch}-"
-        return {(n, e): p for n, e, p, f in zip(*(rows.column(c).to_pylist() for c in rows.column_names))
-                if except_batch is None or mine not in f}
+        return {
+            (n, e): p
+            for n, e, p, f in zip(*(rows.column(c).to_pylist() for c in rows.column_names))
+            if except_batch is None or mine not in f
+        }
 
     def _arrow_fs(self):
         if self.is_local:
@@ -273,14 +288,23 @@ class Lake:
 
         return PyFileSystem(FSSpecHandler(self.fs))
 
-    def read(self, table: str, nights: list[str] | None = None, columns: list[str] | None = None,
-             where: ds.Expression | None = None) -> pa.Table:
+    def read(
+        self,
+        table: str,
+        nights: list[str] | None = None,
+        columns: list[str] | None = None,
+        where: ds.Expression | None = None,
+    ) -> pa.Table:
         """A whole table (or some nights of it, or the rows matching ``where``) as Arrow."""
         if not self.exists(table):
             t = schema.empty_table(table)
             return t.select(columns) if columns else t
         dataset = self.dataset(table)
-        flt = ds.field("night").isin(nights) if nights is not None and table != "labels" else None
+        flt = (
+            ds.field("night").isin(nights)
+            if nights is not None and table not in schema.UNPARTITIONED
+            else None
+        )
         if where is not None:
             flt = where if flt is None else flt & where
         cols = columns or schema.TABLES[table].names

@@ -7,6 +7,7 @@
 * :func:`desom2_inputs`, :func:`input_matrix` -- the histo-vectors (and quality numbers) as
   DESOM-2 reads them, for training, assigning and searching alike.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,6 +20,22 @@ from desomspark.serve import plots
 from desomspark.errors import UserError
 from desomspark.lake.layout import Lake
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
+
+
+def latent_vectors(lake: Lake, desom2, exposure_ids: list[str] | None = None) -> pd.DataFrame:
+    """Every exposure's DESOM-2 latent vector ``z`` (from its histo-vector made by the model's DESOM-1,
+    and its quality numbers where the model reads them); ``exposure_ids``: only those."""
+    from desomspark import registry
+    from desomspark.desom.mapping import map_inputs
+
+    qa_inputs = desom2.qa_inputs
+    vectors, _ = desom2_inputs(lake, desom2.desom1_version, qa_inputs, exposure_ids)
+    _, _, z = map_inputs(
+        registry.cached_model(desom2.uri, "cpu"), input_matrix(vectors["counts"], vectors, qa_inputs)
+    )
+    return pd.DataFrame(
+        {"night": vectors["night"].to_numpy(), "exposure_id": vectors["exposure_id"].to_numpy(), "z": list(z)}
+    )
 
 
 def label_history(lake: Lake, desom2_version: str, cell: tuple[int, int] | None = None) -> pd.DataFrame:
@@ -61,9 +78,21 @@ def map_members(lake: Lake, desom2_version: str) -> pd.DataFrame:
     """Every exposure assigned by one DESOM-2 version, with its header fields and quality numbers."""
     assigned = lake.read("assignments").to_pandas()
     assigned = assigned[assigned["desom2_version"] == str(desom2_version)]
-    exposures = lake.read("exposures", columns=["night", "exposure_id", "path", "object", "filter", "exptime",
-                                                "airmass", "date_obs", "truth_label",
-                                                *EXPOSURE_QA_COLUMNS]).to_pandas()
+    exposures = lake.read(
+        "exposures",
+        columns=[
+            "night",
+            "exposure_id",
+            "path",
+            "object",
+            "filter",
+            "exptime",
+            "airmass",
+            "date_obs",
+            "truth_label",
+            *EXPOSURE_QA_COLUMNS,
+        ],
+    ).to_pandas()
     return assigned.merge(exposures, on=["night", "exposure_id"], how="left")
 
 
@@ -73,22 +102,34 @@ def night_summaries(lake: Lake) -> pd.DataFrame:
     exposures = lake.read("exposures", columns=["night", "status", "n_ccds_used", "n_cutouts"]).to_pandas()
     rejects = lake.read("rejects", columns=["night", "path", "hdu_index", "reason"]).to_pandas()
     files = rejects[rejects["hdu_index"].isna()]
-    assigned = with_current_labels(lake, lake.read("assignments", columns=[
-        "night", "exposure_id", "cell_x", "cell_y", "desom2_version"]).to_pandas())
+    assigned = with_current_labels(
+        lake,
+        lake.read(
+            "assignments", columns=["night", "exposure_id", "cell_x", "cell_y", "desom2_version"]
+        ).to_pandas(),
+    )
     nights = sorted(set(exposures["night"]) | set(rejects["night"]))
     rows = []
     for night in nights:
         e = exposures[exposures["night"] == night]
         a = assigned[assigned["night"] == night]
         labels = a["label"].fillna("(unlabelled)").value_counts()
-        rows.append({"night": night, "ok": int((e["status"] == "ok").sum()),
-                     "partial": int((e["status"] == "partial").sum()),
-                     "rejected_files": int((files["night"] == night).sum()),
-                     "rejected": "; ".join(f"{os.path.basename(str(r.path))} ({r.reason})"
-                                           for r in files[files["night"] == night].itertuples()),
-                     "ccds": int(e["n_ccds_used"].sum()), "cutouts": int(e["n_cutouts"].sum()),
-                     "assigned": int(a["exposure_id"].nunique()),
-                     "labels": ", ".join(f"{k}: {v}" for k, v in labels.items())})
+        rows.append(
+            {
+                "night": night,
+                "ok": int((e["status"] == "ok").sum()),
+                "partial": int((e["status"] == "partial").sum()),
+                "rejected_files": int((files["night"] == night).sum()),
+                "rejected": "; ".join(
+                    f"{os.path.basename(str(r.path))} ({r.reason})"
+                    for r in files[files["night"] == night].itertuples()
+                ),
+                "ccds": int(e["n_ccds_used"].sum()),
+                "cutouts": int(e["n_cutouts"].sum()),
+                "assigned": int(a["exposure_id"].nunique()),
+                "labels": ", ".join(f"{k}: {v}" for k, v in labels.items()),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -105,17 +146,37 @@ def exposure_views(lake: Lake, exposure_ids: list[str], nights: list[str] | None
     """
     if not exposure_ids:
         return {}
-    ccds = lake.read("ccds", nights=nights,
-                     columns=["exposure_id", "hdu_index", "ccd_row", "ccd_col", "dead", "thumbnail",
-                              "thumbnail_height", "thumbnail_width", "window", "window_height", "window_width"],
-                     where=ds.field("exposure_id").isin(list(exposure_ids))).to_pandas()
+    ccds = lake.read(
+        "ccds",
+        nights=nights,
+        columns=[
+            "exposure_id",
+            "hdu_index",
+            "ccd_row",
+            "ccd_col",
+            "dead",
+            "thumbnail",
+            "thumbnail_height",
+            "thumbnail_width",
+            "window",
+            "window_height",
+            "window_width",
+        ],
+        where=ds.field("exposure_id").isin(list(exposure_ids)),
+    ).to_pandas()
     views = {}
     for exposure_id, group in ccds.sort_values("hdu_index").groupby("exposure_id"):
-        thumbs = [(int(r.ccd_row), int(r.ccd_col), img) for r in group.itertuples()
-                  if (img := _image(r.thumbnail, r.thumbnail_height, r.thumbnail_width)) is not None]
+        thumbs = [
+            (int(r.ccd_row), int(r.ccd_col), img)
+            for r in group.itertuples()
+            if (img := _image(r.thumbnail, r.thumbnail_height, r.thumbnail_width)) is not None
+        ]
         # the central CCD's window, unless it is dead (a black square): then the next one kept
-        windows = [w for r in central_first(group).itertuples()
-                   if (w := _image(r.window, r.window_height, r.window_width)) is not None]
+        windows = [
+            w
+            for r in central_first(group).itertuples()
+            if (w := _image(r.window, r.window_height, r.window_width)) is not None
+        ]
         views[exposure_id] = {"mosaic": plots.focal_plane(thumbs), "window": windows[0] if windows else None}
     return views
 
@@ -129,7 +190,9 @@ def central_first(group: pd.DataFrame) -> pd.DataFrame:
         cy = (placed["ccd_row"].min() + placed["ccd_row"].max()) / 2
         cx = (placed["ccd_col"].min() + placed["ccd_col"].max()) / 2
         distance = (group["ccd_row"] - cy) ** 2 + (group["ccd_col"] - cx) ** 2
-    order = pd.DataFrame({"dead": group["dead"].fillna(False).astype(bool), "d": distance, "i": group["hdu_index"]})
+    order = pd.DataFrame(
+        {"dead": group["dead"].fillna(False).astype(bool), "d": distance, "i": group["hdu_index"]}
+    )
     return group.loc[order.sort_values(["dead", "d", "i"]).index]
 
 
@@ -141,11 +204,16 @@ def input_matrix(counts, qa: pd.DataFrame | None, qa_inputs: tuple[str, ...] | l
     return x
 
 
-def desom2_inputs(lake: Lake, desom1_version: str | None = None,
-                  qa_inputs: tuple[str, ...] = ()) -> tuple[pd.DataFrame, str]:
+def desom2_inputs(
+    lake: Lake,
+    desom1_version: str | None = None,
+    qa_inputs: tuple[str, ...] = (),
+    exposure_ids: list[str] | None = None,
+) -> tuple[pd.DataFrame, str]:
     """Every histo-vector of the lake made by one DESOM-1 version (default: the most recent one),
-    with the exposures' ``qa_inputs`` columns."""
-    table = lake.read("histovectors").to_pandas()
+    with the exposures' ``qa_inputs`` columns (``exposure_ids``: only those exposures)."""
+    where = ds.field("exposure_id").isin(list(exposure_ids)) if exposure_ids is not None else None
+    table = lake.read("histovectors", where=where).to_pandas()
     if table.empty:
         raise UserError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
     versions = sorted(table["desom1_version"].unique(), key=lambda v: int(v) if v.isdigit() else v)
@@ -154,6 +222,6 @@ def desom2_inputs(lake: Lake, desom1_version: str | None = None,
     if table.empty:
         raise UserError(f"no histo-vectors of desom1 version {version} (have: {', '.join(versions)})")
     if qa_inputs:
-        qa = lake.read("exposures", columns=["night", "exposure_id", *qa_inputs]).to_pandas()
+        qa = lake.read("exposures", columns=["night", "exposure_id", *qa_inputs], where=where).to_pandas()
         table = table.merge(qa, on=["night", "exposure_id"], how="left")
     return table.reset_index(drop=True), version

@@ -2,7 +2,7 @@
 
 Each table is an Arrow schema; Spark schemas are derived from it with
 :func:`spark_schema`, so a column cannot differ between a pyarrow writer, a
-Spark writer and a reader.  All tables except ``labels`` are partitioned by
+Spark writer and a reader.  All tables except the label logs (:data:`UNPARTITIONED`) are partitioned by
 ``night`` (``YYYYMMDD`` string) under ``<lake>/<table>/night=YYYYMMDD/``.
 
 Cutout pixels
@@ -14,6 +14,7 @@ a 32x32 morphology needs (step 0.4 %) at a quarter of float32's size: a Rubin
 night of ~19M cutouts is ~19 GB raw instead of ~78 GB.  Decode with
 :func:`desomspark.ingest.cutout.decode_pixels`.
 """
+
 from __future__ import annotations
 
 import pyarrow as pa
@@ -22,142 +23,205 @@ CUTOUT_SIZE = 32
 CUTOUT_BYTES = CUTOUT_SIZE * CUTOUT_SIZE
 
 #: one row per input file that gave at least one usable CCD
-EXPOSURES = pa.schema([
-    ("night", pa.string()),
-    ("exposure_id", pa.string()),
-    ("path", pa.string()),
-    ("status", pa.string()),            # "ok" or "partial" (some HDUs rejected)
-    ("n_hdus", pa.int32()),             # image HDUs found in the file
-    ("n_ccds_used", pa.int32()),        # HDUs that gave a ccds row without reject
-    ("n_ccds_dead", pa.int32()),
-    ("n_ccds_rejected", pa.int32()),
-    ("n_detected", pa.int64()),
-    ("n_cutouts", pa.int64()),
-    ("exptime", pa.float64()),
-    ("filter", pa.string()),
-    ("mjd_obs", pa.float64()),
-    ("date_obs", pa.string()),
-    ("airmass", pa.float64()),
-    ("object", pa.string()),
-    ("truth_label", pa.string()),       # simulated data only (QUALITY header)
-    ("truth_kind", pa.string()),        # simulated data only (QUALKIND header)
-    ("camera", pa.string()),            # the camera profile it was read with (conf/cameras)
-    # classical quality numbers (desomspark.ingest.qa.exposure_qa), from the CCDs' sep catalogues
-    ("fwhm", pa.float64()),             # PSF FWHM of bright isolated stars (arcsec; NaN without a pixel scale)
-    ("fwhm_px", pa.float64()),          # the same in pixels
-    ("elongation_median", pa.float64()),  # a/b of those stars, median
-    ("elongation_p90", pa.float64()),     # a/b, 90th percentile (CCD values)
-    ("ellipticity_median", pa.float64()), # 1 - b/a, median
-    ("detections_per_ccd", pa.float64()),
-    ("sky", pa.float64()),              # median CCD background (ADU)
-    ("sky_rms", pa.float64()),          # median CCD background RMS (ADU)
-    ("sky_spread", pa.float64()),       # std of the CCD backgrounds across the focal plane / sky_rms
-    ("background_structure", pa.float64()),  # median over CCDs of the background map's std / rms
-    ("n_saturated", pa.int64()),        # detections reaching 80 % of saturation
-    ("depth", pa.float64()),            # mag of a point source at S/N 10 (header zero point, else 1 ADU/s = 0)
-])
+EXPOSURES = pa.schema(
+    [
+        ("night", pa.string()),
+        ("exposure_id", pa.string()),
+        ("path", pa.string()),
+        ("status", pa.string()),  # "ok" or "partial" (some HDUs rejected)
+        ("n_hdus", pa.int32()),  # image HDUs found in the file
+        ("n_ccds_used", pa.int32()),  # HDUs that gave a ccds row without reject
+        ("n_ccds_dead", pa.int32()),
+        ("n_ccds_rejected", pa.int32()),
+        ("n_detected", pa.int64()),
+        ("n_cutouts", pa.int64()),
+        ("exptime", pa.float64()),
+        ("filter", pa.string()),
+        ("mjd_obs", pa.float64()),
+        ("date_obs", pa.string()),
+        ("airmass", pa.float64()),
+        ("object", pa.string()),
+        ("truth_label", pa.string()),  # simulated data only (QUALITY header)
+        ("truth_kind", pa.string()),  # simulated data only (QUALKIND header)
+        ("camera", pa.string()),  # the camera profile it was read with (conf/cameras)
+        # classical quality numbers (desomspark.ingest.qa.exposure_qa), from the CCDs' sep catalogues
+        ("fwhm", pa.float64()),  # PSF FWHM of bright isolated stars (arcsec; NaN without a pixel scale)
+        ("fwhm_px", pa.float64()),  # the same in pixels
+        ("elongation_median", pa.float64()),  # a/b of those stars, median
+        ("elongation_p90", pa.float64()),  # a/b, 90th percentile (CCD values)
+        ("ellipticity_median", pa.float64()),  # 1 - b/a, median
+        ("detections_per_ccd", pa.float64()),
+        ("sky", pa.float64()),  # median CCD background (ADU)
+        ("sky_rms", pa.float64()),  # median CCD background RMS (ADU)
+        ("sky_spread", pa.float64()),  # std of the CCD backgrounds across the focal plane / sky_rms
+        ("background_structure", pa.float64()),  # median over CCDs of the background map's std / rms
+        ("n_saturated", pa.int64()),  # detections reaching 80 % of saturation
+        ("depth", pa.float64()),  # mag of a point source at S/N 10 (header zero point, else 1 ADU/s = 0)
+        (
+            "zero_point",
+            pa.float64(),
+        ),  # header MAGZPT / MAGZERO / PHOTZP / ZP (mag giving 1 ADU/s); NaN without
+    ]
+)
 
 #: one row per image HDU (CCD) of an exposure, used or not
-CCDS = pa.schema([
-    ("night", pa.string()),
-    ("exposure_id", pa.string()),
-    ("hdu_index", pa.int32()),
-    ("extname", pa.string()),
-    ("ccd_row", pa.int32()),            # focal-plane position (-1 if unknown)
-    ("ccd_col", pa.int32()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-    ("n_detected", pa.int32()),         # sep sources away from the edges
-    ("n_sampled", pa.int32()),          # cutouts kept (<= max_per_ccd)
-    ("background", pa.float64()),       # global sep background (ADU)
-    ("background_rms", pa.float64()),
-    ("dead", pa.bool_()),               # constant, all zero/NaN, or no detection
-    # classical quality numbers (desomspark.ingest.qa.ccd_qa)
-    ("n_stars", pa.int32()),            # bright isolated unsaturated stars on the stellar locus
-    ("fwhm_px", pa.float64()),          # their FWHM (pixels)
-    ("fwhm", pa.float64()),             # the same in arcsec (NaN without a pixel scale)
-    ("elongation_median", pa.float64()),
-    ("elongation_p90", pa.float64()),
-    ("ellipticity_median", pa.float64()),
-    ("background_structure", pa.float64()),  # std of the sep background mesh / background RMS
-    ("n_saturated", pa.int32()),
-    ("flux_sn10", pa.float64()),        # ADU of a point source at S/N 10
-    ("reject_reason", pa.string()),     # null when the CCD was used
-    ("thumbnail", pa.binary()),         # uint8 block-averaged image (see thumbnail_shape)
-    ("thumbnail_height", pa.int32()),
-    ("thumbnail_width", pa.int32()),
-    ("window", pa.binary()),            # uint8 full-resolution central window, one CCD per exposure
-    ("window_height", pa.int32()),
-    ("window_width", pa.int32()),
-])
+CCDS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("exposure_id", pa.string()),
+        ("hdu_index", pa.int32()),
+        ("extname", pa.string()),
+        ("ccd_row", pa.int32()),  # focal-plane position (-1 if unknown)
+        ("ccd_col", pa.int32()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("n_detected", pa.int32()),  # sep sources away from the edges
+        ("n_sampled", pa.int32()),  # cutouts kept (<= max_per_ccd)
+        ("background", pa.float64()),  # global sep background (ADU)
+        ("background_rms", pa.float64()),
+        ("dead", pa.bool_()),  # constant, all zero/NaN, or no detection
+        # classical quality numbers (desomspark.ingest.qa.ccd_qa)
+        ("n_stars", pa.int32()),  # bright isolated unsaturated stars on the stellar locus
+        ("fwhm_px", pa.float64()),  # their FWHM (pixels)
+        ("fwhm", pa.float64()),  # the same in arcsec (NaN without a pixel scale)
+        ("elongation_median", pa.float64()),
+        ("elongation_p90", pa.float64()),
+        ("ellipticity_median", pa.float64()),
+        ("background_structure", pa.float64()),  # std of the sep background mesh / background RMS
+        ("n_saturated", pa.int32()),
+        ("flux_sn10", pa.float64()),  # ADU of a point source at S/N 10
+        ("reject_reason", pa.string()),  # null when the CCD was used
+        ("thumbnail", pa.binary()),  # uint8 block-averaged image (see thumbnail_shape)
+        ("thumbnail_height", pa.int32()),
+        ("thumbnail_width", pa.int32()),
+        ("window", pa.binary()),  # uint8 full-resolution central window, one CCD per exposure
+        ("window_height", pa.int32()),
+        ("window_width", pa.int32()),
+    ]
+)
 
 #: one row per sampled source
-CUTOUTS = pa.schema([
-    ("night", pa.string()),
-    ("exposure_id", pa.string()),
-    ("hdu_index", pa.int32()),
-    ("source_index", pa.int32()),       # index in the CCD's sep catalogue; past its end: a trail tile
-    ("x", pa.float32()),                # cutout centre (sep centroid, or trail tile), 0-based pixels
-    ("y", pa.float32()),
-    ("flux", pa.float32()),             # sep flux; NaN for a trail tile
-    ("weight", pa.float32()),           # n_detected / n_sampled of the CCD
-    ("pixels", pa.binary()),           # CUTOUT_BYTES uint8, row-major
-])
+CUTOUTS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("exposure_id", pa.string()),
+        ("hdu_index", pa.int32()),
+        ("source_index", pa.int32()),  # index in the CCD's sep catalogue; past its end: a trail tile
+        ("x", pa.float32()),  # cutout centre (sep centroid, or trail tile), 0-based pixels
+        ("y", pa.float32()),
+        ("flux", pa.float32()),  # sep flux; NaN for a trail tile
+        ("weight", pa.float32()),  # n_detected / n_sampled of the CCD
+        ("pixels", pa.binary()),  # CUTOUT_BYTES uint8, row-major
+    ]
+)
 
 #: one row per file or HDU that could not be used
-REJECTS = pa.schema([
-    ("night", pa.string()),
-    ("path", pa.string()),
-    ("hdu_index", pa.int32()),          # null: the whole file
-    ("extname", pa.string()),
-    ("reason", pa.string()),            # a code from REJECT_REASONS
-    ("detail", pa.string()),            # the error text
-])
+REJECTS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("path", pa.string()),
+        ("hdu_index", pa.int32()),  # null: the whole file
+        ("extname", pa.string()),
+        ("reason", pa.string()),  # a code from REJECT_REASONS
+        ("detail", pa.string()),  # the error text
+    ]
+)
 
 #: one row per exposure and DESOM-1 version: the 25x25 density map, flattened row-major
-HISTOVECTORS = pa.schema([
-    ("night", pa.string()),
-    ("exposure_id", pa.string()),
-    ("desom1_version", pa.string()),
-    ("n_cutouts", pa.int64()),
-    ("n_detected", pa.float64()),       # sum of weights = detections the counts stand for
-    ("counts", pa.list_(pa.float64())), # weighted counts per DESOM-1 node
-])
+HISTOVECTORS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("exposure_id", pa.string()),
+        ("desom1_version", pa.string()),
+        ("n_cutouts", pa.int64()),
+        ("n_detected", pa.float64()),  # sum of weights = detections the counts stand for
+        ("counts", pa.list_(pa.float64())),  # weighted counts per DESOM-1 node
+    ]
+)
 
 #: one row per exposure: its DESOM-2 cell
-ASSIGNMENTS = pa.schema([
-    ("night", pa.string()),
-    ("exposure_id", pa.string()),
-    ("desom1_version", pa.string()),
-    ("desom2_version", pa.string()),
-    ("cell", pa.int32()),               # row-major index on the DESOM-2 map
-    ("cell_x", pa.int32()),             # column on the map
-    ("cell_y", pa.int32()),             # row on the map
-    ("distance", pa.float64()),         # to the cell prototype in latent space: novelty
-    ("label", pa.string()),             # the expert label of the cell, if any
-])
+ASSIGNMENTS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("exposure_id", pa.string()),
+        ("desom1_version", pa.string()),
+        ("desom2_version", pa.string()),
+        ("cell", pa.int32()),  # row-major index on the DESOM-2 map
+        ("cell_x", pa.int32()),  # column on the map
+        ("cell_y", pa.int32()),  # row on the map
+        ("distance", pa.float64()),  # to the cell prototype in latent space: novelty
+        ("label", pa.string()),  # the expert label of the cell, if any
+    ]
+)
 
 #: expert labels of DESOM-2 cells (not partitioned; append-only log, last one wins)
-LABELS = pa.schema([
-    ("desom2_version", pa.string()),
-    ("cell_x", pa.int32()),
-    ("cell_y", pa.int32()),
-    ("label", pa.string()),             # null: the cell was unlabelled
-    ("author", pa.string()),
-    ("labelled_at", pa.timestamp("us", tz="UTC")),
-])
+LABELS = pa.schema(
+    [
+        ("desom2_version", pa.string()),
+        ("cell_x", pa.int32()),
+        ("cell_y", pa.int32()),
+        ("label", pa.string()),  # null: the cell was unlabelled
+        ("author", pa.string()),
+        ("labelled_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 #: alerts raised while a night is watched (``desomspark watch``): one row per alert, not per exposure
-ALERTS = pa.schema([
-    ("night", pa.string()),
-    ("alert_id", pa.string()),          # rule:night:first exposure of the run that raised it
-    ("rule", pa.string()),              # a rule of conf watch.rules
-    ("raised_at", pa.timestamp("us", tz="UTC")),
-    ("exposures", pa.list_(pa.string())),  # the exposures that made the rule fire
-    ("cells", pa.list_(pa.string())),      # their DESOM-2 cells, "x,y"
-    ("ccds", pa.list_(pa.string())),       # the CCDs (EXTNAME) a dead_ccd alert is about
-    ("detail", pa.string()),
-])
+ALERTS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("alert_id", pa.string()),  # rule:night:first exposure of the run that raised it
+        ("rule", pa.string()),  # a rule of conf watch.rules
+        ("raised_at", pa.timestamp("us", tz="UTC")),
+        ("exposures", pa.list_(pa.string())),  # the exposures that made the rule fire
+        ("cells", pa.list_(pa.string())),  # their DESOM-2 cells, "x,y"
+        ("ccds", pa.list_(pa.string())),  # the CCDs (EXTNAME) a dead_ccd alert is about
+        ("detail", pa.string()),
+    ]
+)
+
+#: expert labels of single exposures, and labels an exposure inherited from the cell of an earlier map
+#: (not partitioned; append-only log; desomspark.decide.labels says which entry wins)
+EXPOSURE_LABELS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("exposure_id", pa.string()),
+        ("label", pa.string()),  # null: the label was removed
+        ("source", pa.string()),  # "exposure": an expert labelled this exposure; "inherited": see below
+        (
+            "desom2_version",
+            pa.string(),
+        ),  # inherited: the map whose cell label it was; exposure: the champion then
+        ("cell_x", pa.int32()),  # inherited: that cell (null for an exposure label)
+        ("cell_y", pa.int32()),
+        ("author", pa.string()),
+        ("labelled_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+#: one row per assigned exposure: the decision an operator or the scheduler acts on (desomspark.decide)
+VERDICTS = pa.schema(
+    [
+        ("night", pa.string()),
+        ("exposure_id", pa.string()),
+        ("desom1_version", pa.string()),
+        ("desom2_version", pa.string()),
+        ("cell_x", pa.int32()),
+        ("cell_y", pa.int32()),
+        ("label", pa.string()),  # the exposure's label: its own, else its cell's, else inherited
+        ("label_source", pa.string()),  # exposure | cell | inherited | null (unlabelled: the model decides)
+        ("p_bad", pa.float64()),  # probability that the exposure is not good (calibrated on the labels)
+        ("evidence", pa.float64()),  # labelled exposures near it (kernel weights): ~0 = novel / unlabelled
+        ("decision", pa.string()),  # accept | review | retake
+        ("reason", pa.string()),  # why, for a person: label and agreement, model, novelty, rule, CCDs
+        ("seeing_factor", pa.float64()),  # (FWHM_nominal / FWHM)^2, DES/Rubin effective-exposure-time factors
+        ("sky_factor", pa.float64()),  # sky_nominal / sky, both in ADU/s/pixel
+        ("transparency", pa.float64()),  # 10^(-0.4 (zp_nominal - zp)); NaN without a header zero point
+        ("teff", pa.float64()),  # transparency^2 x seeing x sky factor (transparency 1 when unknown)
+        ("verdict_model", pa.string()),  # the verdict model (hash of its labels and settings) that decided
+        ("decided_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
 
 TABLES: dict[str, pa.Schema] = {
     "exposures": EXPOSURES,
@@ -168,7 +232,12 @@ TABLES: dict[str, pa.Schema] = {
     "assignments": ASSIGNMENTS,
     "labels": LABELS,
     "alerts": ALERTS,
+    "exposure_labels": EXPOSURE_LABELS,
+    "verdicts": VERDICTS,
 }
+
+#: tables kept as one append-only log, not partitioned by night
+UNPARTITIONED = ("labels", "exposure_labels")
 
 #: reject codes and what they mean
 REJECT_REASONS = {

@@ -18,16 +18,13 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
-from desomspark import registry
-from desomspark.desom.mapping import map_inputs
 from desomspark.errors import UserError
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
-from desomspark.lake import schema
+from desomspark.lake import labellog
 from desomspark.lake.layout import Lake
-from desomspark.lake.queries import desom2_inputs, input_matrix, label_history, with_current_labels
+from desomspark.lake.queries import label_history, latent_vectors, with_current_labels
 from desomspark.registry import RegisteredModel
 
 
@@ -89,11 +86,7 @@ def label_cells(
         }
         for x, y in cells
     ]
-    table = schema.conform(pa.Table.from_pylist(labelled), "labels")
-    with lake.open(
-        "labels", f"part-{now.strftime('%Y%m%dT%H%M%S%f')}-{os.getpid()}.parquet", mode="wb"
-    ) as fh:
-        pq.write_table(table, fh)
+    labellog.append(lake, "labels", labelled)
     return labelled
 
 
@@ -107,6 +100,58 @@ def undo_label(lake: Lake, desom2_version: str, cell: tuple[int, int], map_shape
         raise UserError(f"cell {cell[0]},{cell[1]} of desom2 v{desom2_version} has never been labelled")
     before = history["label"].iloc[-2] if len(history) > 1 else None
     return label_cell(lake, desom2_version, cell, before if isinstance(before, str) else None, map_shape)
+
+
+def label_exposure(lake: Lake, night: str, exposure_id: str, label: str | None, desom2_version: str) -> dict:
+    """Record an expert's ``label`` (None: remove it) for one exposure; it overrides its cell's label.
+
+    ``desom2_version``: the map the expert was looking at (kept for the record).
+    """
+    known = lake.read(
+        "exposures",
+        nights=[night],
+        columns=["exposure_id"],
+        where=ds.field("exposure_id") == str(exposure_id),
+    )
+    if known.num_rows == 0:
+        raise UserError(f"exposure {exposure_id} of night {night} is not in {lake.root}")
+    if label is not None:
+        label = valid_label(label)
+    row = {
+        "night": str(night),
+        "exposure_id": str(exposure_id),
+        "label": label,
+        "source": "exposure",
+        "desom2_version": str(desom2_version),
+        "cell_x": None,
+        "cell_y": None,
+        "author": author(),
+        "labelled_at": datetime.now(UTC),
+    }
+    labellog.append(lake, "exposure_labels", [row])
+    return row
+
+
+def exposure_label_history(lake: Lake, night: str, exposure_id: str) -> pd.DataFrame:
+    """The expert labels of one exposure, oldest first (inherited records left out)."""
+    log = lake.read("exposure_labels").to_pandas()
+    mine = log[
+        (log["night"] == str(night))
+        & (log["exposure_id"] == str(exposure_id))
+        & (log["source"] == "exposure")
+    ]
+    return mine.sort_values("labelled_at", kind="stable").reset_index(drop=True)
+
+
+def undo_exposure_label(lake: Lake, night: str, exposure_id: str, desom2_version: str) -> dict:
+    """Revert an exposure's last label change (appended, like any label; a second undo reverts the undo)."""
+    history = exposure_label_history(lake, night, exposure_id)
+    if history.empty:
+        raise UserError(f"exposure {exposure_id} of night {night} has never been labelled")
+    before = history["label"].iloc[-2] if len(history) > 1 else None
+    return label_exposure(
+        lake, night, exposure_id, before if isinstance(before, str) else None, desom2_version
+    )
 
 
 def export(lake: Lake, out: str, fmt: str) -> int:
@@ -147,20 +192,6 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     else:
         merged.to_parquet(out, index=False)
     return len(merged)
-
-
-def latent_vectors(lake: Lake, desom2: RegisteredModel) -> pd.DataFrame:
-    """Every exposure's DESOM-2 latent vector (from its histo-vector made by the model's DESOM-1,
-    and its quality numbers where the model reads them).
-    """
-    qa_inputs = desom2.qa_inputs
-    vectors, _ = desom2_inputs(lake, desom2.desom1_version, qa_inputs)
-    _, _, z = map_inputs(
-        registry.cached_model(desom2.uri, "cpu"), input_matrix(vectors["counts"], vectors, qa_inputs)
-    )
-    return pd.DataFrame(
-        {"night": vectors["night"].to_numpy(), "exposure_id": vectors["exposure_id"].to_numpy(), "z": list(z)}
-    )
 
 
 def similar(

@@ -5,6 +5,7 @@
 ``histovectors``   cutouts/ -> histovectors/                       (DESOM-1 in a UDF)
 ``train_desom2``   histovectors/ -> registered ``desom2``
 ``assign``         histovectors/ -> assignments/                   (DESOM-2 in a UDF)
+``verdicts``       assignments/ + labels -> verdicts/              (pandas, no Spark)
 ``nightly``        ingest -> histovectors -> assign with the champions, one night
 ``watch``          the same per micro-batch of a streaming query (the live night)
 ``spark``          the Spark session every command builds

@@ -19,11 +19,12 @@ import pyarrow.dataset as ds
 from pyspark.sql import functions as F
 
 from desomspark import registry
+from desomspark.decide.labels import KEY, inherited_rows
 from desomspark.desom.mapping import map_inputs
 from desomspark.errors import UserError
-from desomspark.lake import schema
+from desomspark.lake import labellog, schema
 from desomspark.lake.layout import Batch, Lake
-from desomspark.lake.queries import current_labels, input_matrix
+from desomspark.lake.queries import current_labels, input_matrix, with_current_labels
 from desomspark.registry import RegisteredModel
 
 _LOG = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ def write_assignments(
         "cell_x int, cell_y int, label string",
     )
     result = cells.join(labels, on=["cell_x", "cell_y"], how="left").select(*schema.ASSIGNMENTS.names)
+    inherit_labels(lake, desom2_version, nights, batch)
     staging = lake.new_staging()
     result.coalesce(max(1, len(nights))).write.mode("overwrite").partitionBy("night").parquet(
         lake.spark_path(staging, "assignments")
@@ -117,3 +119,37 @@ def write_assignments(
         )
     _LOG.info(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
     return table
+
+
+def inherit_labels(lake: Lake, desom2_version: str, nights: list[str], batch: Batch | None = None) -> int:
+    """Before another map's assignments of ``nights`` are replaced, keep their cells' labels as labels
+    of the exposures (``exposure_labels``, source ``inherited``); returns how many were recorded.
+
+    Labels are facts about exposures: a retrained map starts from them (suggested cell labels, and
+    verdicts at once).  A record already in the log is not written again.
+    """
+    old = lake.read(
+        "assignments", nights=nights, columns=[*KEY, "desom2_version", "cell_x", "cell_y"]
+    ).to_pandas()
+    old = old[old["desom2_version"] != str(desom2_version)]
+    if batch is not None:
+        old = batch.keep(old)
+    if old.empty:
+        return 0
+    fresh = inherited_rows(with_current_labels(lake, old), desom2_version)
+    log = lake.read("exposure_labels").to_pandas()
+    seen = set(
+        zip(
+            *(log.loc[log["source"] == "inherited", c].astype(str) for c in [*KEY, "label", "desom2_version"])
+        )
+    )
+    keep = [
+        key not in seen for key in zip(*(fresh[c].astype(str) for c in [*KEY, "label", "desom2_version"]))
+    ]
+    fresh = fresh[keep]
+    now = pd.Timestamp.now(tz="UTC")
+    rows = fresh.assign(author="inherited", labelled_at=now).to_dict("records")
+    labellog.append(lake, "exposure_labels", rows)
+    if rows:
+        _LOG.info(f"assign: {len(rows)} exposures keep the labels of their cells on earlier maps")
+    return len(rows)

@@ -394,6 +394,7 @@ def finish_exposures(exposures: list[dict], ccds: pd.DataFrame) -> tuple[pd.Data
                         "truth_label",
                         "truth_kind",
                         "camera",
+                        "zero_point",
                     )
                 },
             )

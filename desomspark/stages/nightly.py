@@ -22,6 +22,7 @@ from desomspark.registry import Champions
 from desomspark.stages.assign import write_assignments
 from desomspark.stages.histovectors import write_histovectors
 from desomspark.stages.ingest import ingest
+from desomspark.stages.verdicts import decide_nights
 
 _LOG = logging.getLogger(__name__)
 
@@ -38,8 +39,12 @@ def run_histovectors(
 def run_assign(
     spark, lake: Lake, cfg: Config, desom2_uri: str | None = None, nights: list[str] | None = None
 ) -> pd.DataFrame:
-    """Cells of ``nights`` (default: all) with DESOM-2 at ``desom2_uri`` (default: champion)."""
-    return write_assignments(spark, lake, registry.registered(lake, cfg, "desom2", desom2_uri), nights)
+    """Cells of ``nights`` (default: all) with DESOM-2 at ``desom2_uri`` (default: champion), then
+    the verdicts of the nights it could map."""
+    desom2 = registry.registered(lake, cfg, "desom2", desom2_uri)
+    table = write_assignments(spark, lake, desom2, nights)
+    decide_nights(lake, cfg, sorted(set(table["night"])), desom2=desom2)
+    return table
 
 
 def map_exposures(
@@ -56,6 +61,7 @@ class NightlySummary:
     exposures: int
     rejected_files: int
     labels: dict[str, int]
+    decisions: dict[str, int]
     most_novel: list[tuple[str, float, int, int]]
 
     def lines(self) -> list[str]:
@@ -63,6 +69,11 @@ class NightlySummary:
             f"nightly {self.night}: {self.exposures} exposures assigned, {self.rejected_files} files rejected"
         ]
         out.append("  by label: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.labels.items())))
+        out.append(
+            "  verdicts: "
+            + ", ".join(f"{self.decisions.get(d, 0)} {d}" for d in ("accept", "review", "retake"))
+            + f" (desomspark verdicts --night {self.night} writes the feed)"
+        )
         out.append("  most novel (far from every prototype):")
         out += [f"    {e}  distance {d:.3f}  cell ({x},{y})" for e, d, x, y in self.most_novel]
         return out
@@ -77,6 +88,7 @@ def nightly(
     if summary.ok + summary.partial == 0:
         raise UserError(f"nightly {night}: no usable exposure (see rejects/)")
     table = map_exposures(spark, lake, champions, [night])
+    verdicts = decide_nights(lake, cfg, [night], desom2=champions.desom2)
     labels = table["label"].fillna("(unlabelled)").value_counts().to_dict()
     novel = table.sort_values("distance", ascending=False).head(5)
     result = NightlySummary(
@@ -84,6 +96,7 @@ def nightly(
         exposures=len(table),
         rejected_files=summary.rejected,
         labels={str(k): int(v) for k, v in labels.items()},
+        decisions={str(k): int(v) for k, v in verdicts["decision"].value_counts().items()},
         most_novel=[
             (r.exposure_id, float(r.distance), int(r.cell_x), int(r.cell_y)) for r in novel.itertuples()
         ],

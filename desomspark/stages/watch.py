@@ -87,6 +87,7 @@ from desomspark.lake import schema
 from desomspark.lake.layout import Batch, Lake
 from desomspark.stages.ingest import ingest_files
 from desomspark.stages.nightly import map_exposures
+from desomspark.stages.verdicts import decide_nights
 
 _LOG = logging.getLogger(__name__)
 
@@ -247,7 +248,8 @@ def dead_ccds(night_ccds: pd.DataFrame, night: str, cfg: WatchConfig) -> list[Al
 
 def post_webhook(url: str, alert: Alert, timeout: float) -> bool:
     """POST the alert as JSON; False (logged) when the webhook cannot be reached."""
-    body = json.dumps(
+    return post_json(
+        url,
         {
             "alert_id": alert.alert_id,
             "rule": alert.rule,
@@ -256,8 +258,34 @@ def post_webhook(url: str, alert: Alert, timeout: float) -> bool:
             "cells": list(alert.cells),
             "ccds": list(alert.ccds),
             "detail": alert.detail,
+        },
+        timeout,
+        alert.alert_id,
+    )
+
+
+def post_retakes(verdicts: pd.DataFrame, cfg: WatchConfig) -> int:
+    """POST each ``retake`` decision of a batch to the webhook (``kind: "verdict"``); returns how many."""
+    if not cfg.webhook or verdicts.empty:
+        return 0
+    sent = 0
+    for v in verdicts[verdicts["decision"] == "retake"].itertuples():
+        body = {
+            "kind": "verdict",
+            "night": v.night,
+            "exposure_id": v.exposure_id,
+            "decision": v.decision,
+            "p_bad": float(v.p_bad),
+            "reason": v.reason,
+            "cell": f"{v.cell_x},{v.cell_y}",
         }
-    ).encode()
+        sent += post_json(cfg.webhook, body, cfg.webhook_timeout, f"retake {v.night}/{v.exposure_id}")
+    return sent
+
+
+def post_json(url: str, payload: dict, timeout: float, what: str) -> bool:
+    """POST ``payload`` as JSON; False (logged) when the webhook cannot be reached."""
+    body = json.dumps(payload).encode()
     request = urllib.request.Request(
         url, data=body, headers={"Content-Type": "application/json"}, method="POST"
     )
@@ -265,7 +293,7 @@ def post_webhook(url: str, alert: Alert, timeout: float) -> bool:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return 200 <= response.status < 300
     except OSError as exc:  # URLError, refused, timed out: the night goes on
-        _LOG.warning(f"watch: webhook {url} not reached for {alert.alert_id}: {exc}")
+        _LOG.warning(f"watch: webhook {url} not reached for {what}: {exc}")
         return False
 
 
@@ -387,9 +415,10 @@ def run_batch(
     table = pd.DataFrame()
     if summary.exposures:
         batch = Batch(str(batch_id), summary.exposures)
-        table = map_exposures(
-            spark, lake, champions, sorted({k.split("/")[0] for k in summary.exposures}), batch
-        )
+        nights = sorted({k.split("/")[0] for k in summary.exposures})
+        table = map_exposures(spark, lake, champions, nights, batch)
+        verdicts = decide_nights(lake, cfg, nights, batch, desom2=champions.desom2)
+        post_retakes(verdicts, cfg.watch)
     raise_alerts(lake, summary.nights, str(batch_id), cfg.watch)
     done = time.time()
     latency = done - np.asarray(modified, dtype=float)

@@ -45,6 +45,7 @@ from flask import Flask
 
 from desomspark.errors import UserError
 from desomspark.lake.layout import Lake
+from desomspark.serve.console.api import api
 from desomspark.serve.console.guard import guard, loopback
 from desomspark.serve.console.routes import EXTENSION, bp
 from desomspark.serve.console.view import LakeView, exposure_image
@@ -65,6 +66,7 @@ def create_app(lake: Lake, cfg, token: str | None = None) -> Flask:
     app.extensions[EXTENSION] = {"view": view, "token": token, "images": images}
     app.before_request(guard)
     app.register_blueprint(bp)
+    app.register_blueprint(api)
     return app
 
 

@@ -41,13 +41,20 @@ def supplied_token() -> str:
 
 
 def guard() -> None:
-    """``before_request``: refuse a cross-site POST, and a POST without the token when there is one."""
+    """``before_request``: refuse a cross-site POST, and a POST without the token when there is one.
+
+    Without a token (bound to loopback) a request must also *name* loopback in its ``Host``: a page
+    of another site whose name was rebound to 127.0.0.1 (DNS rebinding) sends its own name there,
+    and its Origin would match it.
+    """
+    token = current_app.extensions[EXTENSION]["token"]
+    if not token and not loopback(urlparse(f"//{request.host}").hostname or ""):
+        abort(403, f"this console answers to its loopback address, not to {request.host!r}")
     if request.method != "POST":
         return None
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     if origin and _origin(origin) != _origin(request.host_url):
         abort(403, "a POST from another site is refused")
-    token = current_app.extensions[EXTENSION]["token"]
     if token and request.endpoint != "console.login":
         if not hmac.compare_digest(supplied_token().encode(), token.encode()):
             abort(403, "labelling needs the console's token: open /login?token=... first")

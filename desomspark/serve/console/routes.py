@@ -136,11 +136,17 @@ def map_page():
     if wants_csv():
         return csv(with_labels(data.cells, labels), "cells")
 
+    decisions = view().decisions()
+
     def render():
         colours = cell_colours(data.cells, labels, by)
         by_cell = {(int(r.cell_x), int(r.cell_y)): r for r in data.cells.itertuples()}
+        suggested = {(int(r.cell_x), int(r.cell_y)): r.suggested for r in decisions.suggested.itertuples()}
         return render_template(
             "console/map.html",
+            coverage=decisions.coverage(),
+            decided=decisions.verdicts["decision"].value_counts().to_dict(),
+            suggested=suggested,
             data=data,
             by=by,
             colourings=COLOURINGS,
@@ -152,7 +158,7 @@ def map_page():
             top=int(data.cells["count"].max()),
         )
 
-    return view().cached(data, ("map", by, view().labels(data.d2_version).shape[0]), render)
+    return view().cached(data, ("map", by, decisions.key), render)
 
 
 @bp.get("/cell/<int:x>/<int:y>")
@@ -188,10 +194,16 @@ def cell_page(x: int, y: int):
             known_labels=sorted(set(everything["label"].dropna()) | set(settings().watch.good_labels)),
             history=history.iloc[::-1],
             novelty=members["distance"].median(),
+            suggestion=decisions.suggestion(x, y),
+            verdicts=verdict_of,
         )
 
+    decisions = view().decisions()
+    v = decisions.verdicts
+    mine = v[(v["cell_x"] == x) & (v["cell_y"] == y)]
+    verdict_of = {(r.night, r.exposure_id): r for r in mine.itertuples()}
     # rendered once per cell page and state of the labels (a label anywhere can enter the list of names)
-    return view().cached(data, ("cell", x, y, page, len(everything)), render)
+    return view().cached(data, ("cell", x, y, page, len(everything), decisions.key), render)
 
 
 @bp.post("/cell/<int:x>/<int:y>/label")
@@ -239,8 +251,15 @@ def exposure_page(night: str, exposure_id: str):
         return csv(near, f"similar_{exposure_id}")
     assigned = data.members[(data.members["night"] == night) & (data.members["exposure_id"] == exposure_id)]
     cell = assigned.iloc[0] if len(assigned) else None
+    history = explore.exposure_label_history(lake(), night, exposure_id)
     return render_template(
         "console/exposure.html",
+        verdict=view().decisions().of_exposure(night, exposure_id),
+        own_history=history.iloc[::-1],
+        own_label=history["label"].iloc[-1] if len(history) else None,
+        known_labels=sorted(
+            set(view().labels(data.d2_version)["label"].dropna()) | set(settings().watch.good_labels)
+        ),
         data=data,
         night=night,
         exposure_id=exposure_id,
@@ -250,6 +269,34 @@ def exposure_page(night: str, exposure_id: str):
         label=view().label_of(data.d2_version).get((int(cell.cell_x), int(cell.cell_y)))
         if cell is not None
         else None,
+    )
+
+
+@bp.post("/exposure/<night>/<exposure_id>/label")
+def exposure_label_page(night: str, exposure_id: str):
+    label = (request.form.get("label") or "").strip()
+    explore.label_exposure(lake(), the_night(night), exposure_id, label or None, view().map().d2_version)
+    return redirect(url_for(".exposure_page", night=night, exposure_id=exposure_id), 303)
+
+
+@bp.post("/exposure/<night>/<exposure_id>/undo")
+def exposure_undo_page(night: str, exposure_id: str):
+    explore.undo_exposure_label(lake(), the_night(night), exposure_id, view().map().d2_version)
+    return redirect(url_for(".exposure_page", night=night, exposure_id=exposure_id), 303)
+
+
+@bp.get("/next")
+def next_page():
+    """Which cells to label next (label-next ranking), and the suggested cells to confirm."""
+    data, decisions = view().map(), view().decisions()
+    if wants_csv():
+        return csv(decisions.next_cells, "label_next")
+    return render_template(
+        "console/next.html",
+        data=data,
+        next_cells=decisions.next_cells.head(50),
+        suggested=decisions.suggested.sort_values("members", ascending=False),
+        coverage=decisions.coverage(),
     )
 
 

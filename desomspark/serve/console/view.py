@@ -10,16 +10,21 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
+from desomspark.decide.active import label_next
+from desomspark.decide.labels import suggestions
+from desomspark.lake import schema
 from desomspark.lake.layout import COMMIT_FILE, Lake
 from desomspark.lake.queries import exposure_views, label_history
 from desomspark.serve import plots
 from desomspark.serve.mapstate import MapState, read_map_state
+from desomspark.stages.verdicts import resolved_members, verdict_table
 
 _LOG = logging.getLogger(__name__)
 
@@ -129,11 +134,59 @@ class LakeView:
                 )
             return self._current[1]
 
+    def decisions(self) -> "Decisions":
+        """The verdicts of every exposure the map assigned, as the labels stand now (not committed:
+        ``desomspark verdicts`` and the stages write the table), with the cells' suggested labels and
+        the label-next ranking.  Made again when the map or a label log changes."""
+        data = self.map()
+        key = ("decisions", listing(self.lake, "labels"), listing(self.lake, "exposure_labels"))
+        with self._lock:
+            if key not in data.pages:
+                data.pages = {k: v for k, v in data.pages.items() if not (k and k[0] == "decisions")}
+                made = Decisions.of(self.lake, self.cfg, data, self.label_of(data.d2_version))
+                made.key = hash(key)
+                data.pages[key] = made
+            return data.pages[key]
+
     def cached(self, data: MapState, key: tuple, make):
         """A page or image of this map version, made once (``make()``) per ``key``."""
         if key not in data.pages:
             data.pages[key] = make()
         return data.pages[key]
+
+
+@dataclass
+class Decisions:
+    """What the console shows of the decision: verdicts, suggested cell labels, cells to label next."""
+
+    verdicts: pd.DataFrame
+    suggested: pd.DataFrame  # cell_x, cell_y, suggested, agreement, support, members
+    next_cells: pd.DataFrame  # cell_x, cell_y, members, review, score
+    key: int = 0  # which state of the label logs it was made from (pages cached by it)
+
+    @classmethod
+    def of(cls, lake: Lake, cfg, data: MapState, cell_labels: dict) -> "Decisions":
+        nights = sorted(set(data.members["night"]))
+        if not nights:
+            empty = pd.DataFrame(columns=schema.VERDICTS.names)
+            return cls(empty, suggestions(empty.assign(cell_label=None, own_label=None)), pd.DataFrame())
+        verdicts, _ = verdict_table(lake, cfg, data.desom2, nights)
+        members = resolved_members(lake, data.desom2)
+        return cls(verdicts, suggestions(members), label_next(verdicts, cell_labels, cfg.watch.good_labels))
+
+    def coverage(self) -> tuple[int, int]:
+        """(labelled exposures, exposures)."""
+        return int(self.verdicts["label_source"].notna().sum()), len(self.verdicts)
+
+    def of_exposure(self, night: str, exposure_id: str) -> dict | None:
+        v = self.verdicts
+        rows = v[(v["night"] == night) & (v["exposure_id"] == exposure_id)]
+        return rows.iloc[0].to_dict() if len(rows) else None
+
+    def suggestion(self, x: int, y: int) -> dict | None:
+        s = self.suggested
+        rows = s[(s["cell_x"] == x) & (s["cell_y"] == y)]
+        return rows.iloc[0].to_dict() if len(rows) else None
 
 
 # --- pictures ------------------------------------------------------------------------------------
