@@ -55,13 +55,19 @@ def resolve(
     out = out.merge(own, on=KEY, how="left")
     keys = list(zip(out["cell_x"].astype(int), out["cell_y"].astype(int)))
     out["cell_label"] = [cell_labels.get(k) for k in keys]
+    return pick(out)
+
+
+def pick(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` (with ``cell_label``, ``own_label``, ``own_source``) with the winning ``label`` and
+    ``label_source``: the expert's exposure label, else the cell's, else an inherited one."""
+    out = frame.copy()
     expert = out["own_source"] == "exposure"
     by_cell = ~expert & out["cell_label"].notna()
     inherited = ~expert & ~by_cell & out["own_label"].notna()
-    out["label"] = np.select(
-        [expert, by_cell, inherited], [out["own_label"], out["cell_label"], out["own_label"]], None
-    )
-    out["label_source"] = np.select([expert, by_cell, inherited], ["exposure", "cell", "inherited"], None)
+    choices = [expert, by_cell, inherited]
+    out["label"] = np.select(choices, [out["own_label"], out["cell_label"], out["own_label"]], None)
+    out["label_source"] = np.select(choices, ["exposure", "cell", "inherited"], None)
     return out
 
 

@@ -108,6 +108,7 @@ def night_summaries(lake: Lake) -> pd.DataFrame:
             "assignments", columns=["night", "exposure_id", "cell_x", "cell_y", "desom2_version"]
         ).to_pandas(),
     )
+    verdicts = lake.read("verdicts", columns=["night", "decision", "teff"]).to_pandas()
     nights = sorted(set(exposures["night"]) | set(rejects["night"]))
     rows = []
     for night in nights:
@@ -128,9 +129,18 @@ def night_summaries(lake: Lake) -> pd.DataFrame:
                 "cutouts": int(e["n_cutouts"].sum()),
                 "assigned": int(a["exposure_id"].nunique()),
                 "labels": ", ".join(f"{k}: {v}" for k, v in labels.items()),
+                **verdict_summary(verdicts[verdicts["night"] == night]),
             }
         )
     return pd.DataFrame(rows)
+
+
+def verdict_summary(verdicts: pd.DataFrame) -> dict:
+    """A night's decisions counted (``accept``, ``review``, ``retake``) and its median ``teff``."""
+    counts = verdicts["decision"].value_counts()
+    out = {d: int(counts.get(d, 0)) for d in ("accept", "review", "retake")}
+    out["median_teff"] = float(verdicts["teff"].median()) if len(verdicts) else float("nan")
+    return out
 
 
 def _image(data, height: int, width: int) -> np.ndarray | None:

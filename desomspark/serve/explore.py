@@ -20,6 +20,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
+from desomspark.decide.labels import own_labels, pick
+from desomspark.decide.teff import TEFF_COLUMNS
 from desomspark.errors import UserError
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
 from desomspark.lake import labellog
@@ -154,20 +156,32 @@ def undo_exposure_label(lake: Lake, night: str, exposure_id: str, desom2_version
     )
 
 
+#: what export carries of the decision: the labels as they stand, the verdict as last decided
+VERDICT_COLUMNS = ["label", "label_source", "decision", "p_bad", "reason", *TEFF_COLUMNS]
+
+
 def export(lake: Lake, out: str, fmt: str) -> int:
     """Write every assignment (exposure -> cell -> label) as CSV or Parquet; returns the row count.
 
-    Beside the cell and its label: the exposure's header fields and its
-    classical quality numbers (:data:`qa.EXPOSURE_QA_COLUMNS`); ``distance`` is
-    the novelty distance (latent distance to the cell's prototype).
+    Beside the cell and its label: the exposure's header fields, its verdict (decision, p_bad,
+    reason, the effective-exposure-time factors, where ``verdicts/`` has it) and its classical
+    quality numbers (:data:`qa.EXPOSURE_QA_COLUMNS`); ``distance`` is the novelty distance
+    (latent distance to the cell's prototype).  ``label`` is the exposure's own label where it has
+    one, else its cell's (``cell_label``).
     """
     table = with_current_labels(lake, lake.read("assignments").to_pandas())
     header = ["path", "date_obs", "filter", "object", "exptime", "airmass"]
     exposures = lake.read(
         "exposures", columns=["night", "exposure_id", *header, *EXPOSURE_QA_COLUMNS]
     ).to_pandas()
-    merged = table.merge(exposures, on=["night", "exposure_id"], how="left").sort_values(
-        ["night", "exposure_id"]
+    verdicts = lake.read("verdicts", columns=["night", "exposure_id", *VERDICT_COLUMNS[2:]]).to_pandas()
+    own = own_labels(lake.read("exposure_labels").to_pandas())
+    merged = pick(
+        table.rename(columns={"label": "cell_label"})
+        .merge(own, on=["night", "exposure_id"], how="left")
+        .merge(exposures, on=["night", "exposure_id"], how="left")
+        .merge(verdicts, on=["night", "exposure_id"], how="left")
+        .sort_values(["night", "exposure_id"])
     )
     columns = [
         "night",
@@ -176,7 +190,9 @@ def export(lake: Lake, out: str, fmt: str) -> int:
         "cell_x",
         "cell_y",
         "label",
+        "cell_label",
         "distance",
+        *VERDICT_COLUMNS[1:],
         *EXPOSURE_QA_COLUMNS,
         "desom1_version",
         "desom2_version",
