@@ -24,7 +24,7 @@ from desomspark.decide.active import label_next
 from desomspark.decide.labels import own_labels, resolve, suggestions
 from desomspark.decide.teff import teff_factors
 from desomspark.decide.verdict import DecideSettings, decide
-from desomspark.decide.vote import VoteSettings, calibration_error, fit_vote, kernel_vote
+from desomspark.decide.vote import calibration_error, fit_vote, kernel_vote
 from desomspark.lake.layout import Lake
 from desomspark.serve.explore import label_cell
 from desomspark.stages.nightly import run_assign
@@ -69,7 +69,7 @@ def test_the_vote_is_honest_far_from_its_labels_and_calibrated_near_them():
     z = np.vstack([good, bad])
     y = np.r_[np.zeros(40), np.ones(40)]
     groups = np.repeat(np.arange(8), 10)
-    vote = fit_vote(z, y, groups, spacing=0.05, settings=VoteSettings())
+    vote = fit_vote(z, y, groups, spacing=0.05, settings=DecideSettings())
     p, evidence = vote.predict(np.array([[0.0, 0.0], [3.0, 3.0], [40.0, -40.0]]))
     assert p[0] < 0.05 and p[1] > 0.95 and evidence[:2].min() > 5
     assert evidence[2] < 1e-6 and abs(p[2] - vote.prior) < 1e-6  # novel: the prior, with no evidence

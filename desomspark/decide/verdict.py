@@ -17,23 +17,21 @@ label is wrong); a label of ``review_labels`` ("look again") always gives ``revi
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from desomspark.config import DecideConfig
 
 DECISIONS = ("accept", "review", "retake")
 
 
 @dataclass(frozen=True)
-class DecideSettings:
-    accept_below: float = 0.2
-    retake_above: float = 0.8
-    min_evidence: float = 1.0
-    label_noise: float = 0.02
+class DecideSettings(DecideConfig):
+    """The conf's ``decide`` section, and which labels mean good (conf ``watch.good_labels``)."""
+
     good_labels: tuple[str, ...] = ("Good",)
-    review_labels: tuple[str, ...] = ("Unsure",)
-    rules: dict = field(default_factory=dict)  # {"max_fwhm": 1.5, "min_teff": 0.3, ...}
 
 
 def rule_firing(row, rules: dict) -> str | None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from desomspark.config import DecideConfig
+
 
 def nearest(
     query: np.ndarray, points: np.ndarray, k: int, chunk: int = 2048
@@ -54,15 +56,6 @@ def typical_spacing(z: np.ndarray, sample: int = 2000, seed: int = 0) -> float:
     return float(np.median(positive)) if len(positive) else 1.0
 
 
-@dataclass(frozen=True)
-class VoteSettings:
-    """What the vote is tuned by (conf ``decide``)."""
-
-    neighbours: int = 30
-    bandwidths: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0)  # in units of typical_spacing
-    prior_weight: float = 1.0
-
-
 @dataclass
 class Vote:
     """The labelled exposures (latent vectors ``z``, ``bad`` 0/1) and the chosen kernel width."""
@@ -71,7 +64,7 @@ class Vote:
     bad: np.ndarray
     bandwidth: float
     prior: float
-    settings: VoteSettings
+    settings: DecideConfig
     cv: dict = field(default_factory=dict)  # cross-validated log loss and calibration, per width
 
     def predict(self, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +81,7 @@ class Vote:
         return h.hexdigest()[:16]
 
 
-def kernel_vote(query, z, bad, bandwidth, prior, settings: VoteSettings):
+def kernel_vote(query, z, bad, bandwidth, prior, settings: DecideConfig):
     """The kernel vote of labelled ``z`` (``bad``) for each ``query`` row: ``(p_bad, evidence)``."""
     if len(z) == 0:
         return np.full(len(query), prior), np.zeros(len(query))
@@ -119,7 +112,7 @@ def calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
 
 
 def fit_vote(
-    z: np.ndarray, bad: np.ndarray, groups: np.ndarray, spacing: float, settings: VoteSettings
+    z: np.ndarray, bad: np.ndarray, groups: np.ndarray, spacing: float, settings: DecideConfig
 ) -> Vote:
     """Choose the kernel width by leave-one-group-out log loss (the first width when labels are too few)."""
     bad = np.asarray(bad, dtype=float)
@@ -146,7 +139,7 @@ def fit_vote(
     return Vote(z, bad, best, far_prior, settings, cv=cv)
 
 
-def out_of_group(z, bad, fold, width, settings: VoteSettings) -> tuple[np.ndarray, np.ndarray]:
+def out_of_group(z, bad, fold, width, settings: DecideConfig) -> tuple[np.ndarray, np.ndarray]:
     """Each labelled exposure's vote by the labels of the other folds: ``(p_bad, evidence)``."""
     p, evidence = np.empty(len(bad)), np.empty(len(bad))
     for g in np.unique(fold):

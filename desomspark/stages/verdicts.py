@@ -13,6 +13,7 @@ labels as an MLflow run beside DESOM-2 (tag ``verdict_model``), and in the lake 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import posixpath
 from datetime import UTC, datetime
@@ -28,7 +29,7 @@ from desomspark.config import Config
 from desomspark.decide import labels as labelling
 from desomspark.decide.teff import TEFF_COLUMNS, per_filter, teff_factors
 from desomspark.decide.verdict import DecideSettings, decide
-from desomspark.decide.vote import Vote, VoteSettings, fit_vote, typical_spacing
+from desomspark.decide.vote import Vote, fit_vote, typical_spacing
 from desomspark.errors import UserError
 from desomspark.ingest.camera import load_profiles
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
@@ -43,18 +44,9 @@ KEY = labelling.KEY
 MODELS_DIR = "_verdict_models"
 
 
-def settings_of(cfg: Config) -> tuple[DecideSettings, VoteSettings]:
-    d = cfg.decide
-    decide_settings = DecideSettings(
-        accept_below=d.accept_below,
-        retake_above=d.retake_above,
-        min_evidence=d.min_evidence,
-        label_noise=d.label_noise,
-        good_labels=tuple(cfg.watch.good_labels),
-        review_labels=tuple(d.review_labels),
-        rules=dict(d.rules),
-    )
-    return decide_settings, VoteSettings(d.neighbours, tuple(d.bandwidths), d.prior_weight)
+def settings_of(cfg: Config) -> DecideSettings:
+    """The conf's ``decide`` section with the labels that mean good (``watch.good_labels``)."""
+    return DecideSettings(**dataclasses.asdict(cfg.decide), good_labels=tuple(cfg.watch.good_labels))
 
 
 # --- what the decision reads ---------------------------------------------------------------------
@@ -147,10 +139,10 @@ def with_z(frame: pd.DataFrame, z: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarr
 
 def fit_labels(members: pd.DataFrame, z: pd.DataFrame, cfg: Config) -> Vote:
     """The vote of the labelled members (the cross-validated kernel width)."""
-    s, v = settings_of(cfg)
+    s = settings_of(cfg)
     known, zl = with_z(labelled_rows(members, s), z)
     spacing = typical_spacing(zl if len(zl) >= 10 else np.stack(z["z"].to_numpy()))
-    return fit_vote(zl, known["bad"].to_numpy(), known["group"].to_numpy(), spacing, v)
+    return fit_vote(zl, known["bad"].to_numpy(), known["group"].to_numpy(), spacing, s)
 
 
 def record_vote(lake: Lake, cfg: Config, vote: Vote, desom2: RegisteredModel) -> None:
@@ -193,7 +185,7 @@ def verdict_table(
         targets = batch.keep(targets)
     if targets.empty:
         return pd.DataFrame(columns=schema.VERDICTS.names), None
-    s, _ = settings_of(cfg)
+    s = settings_of(cfg)
     known = labelled_rows(members, s)
     ids = sorted(set(targets["exposure_id"]) | set(known["exposure_id"]))
     z = latent_vectors(lake, desom2, ids)
