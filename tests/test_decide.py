@@ -96,6 +96,7 @@ def test_decisions_follow_the_expert_then_the_rules_then_the_cell_then_the_vote(
     out = decide(frame, prior=0.5, s=s)
     assert list(out["decision"]) == ["accept", "retake", "retake", "retake", "review", "review", "review"]
     assert out["reason"][1].startswith("rule max_fwhm") and out["p_bad"][0] == s.label_noise
+    assert list(out["basis"]) == ["label", "rule", "label", "vote", "vote", "vote", "label"]
 
 
 def test_teff_factors_and_label_next():
@@ -113,6 +114,7 @@ def test_teff_factors_and_label_next():
             "p_bad": [0.5, 0.5, 0.5, 0.5, 0.02, 0.02],
             "evidence": [0.0, 0, 0, 0, 9, 9],
             "label_source": [None, None, None, None, "cell", "cell"],
+            "basis": ["vote"] * 4 + ["label"] * 2,
             "decision": ["review"] * 4 + ["accept"] * 2,
         }
     )

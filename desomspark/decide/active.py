@@ -1,7 +1,8 @@
 """Which unlabelled cell to label next: the one whose label would change the most verdicts.
 
 A cell's score is the sum over its members of how unsure their verdict is -- ``4 p (1 - p)`` of
-their ``p_bad``, plus ``1 / (1 + evidence)`` for an exposure no label reaches -- times
+their ``p_bad``, plus ``1 / (1 + evidence)`` for an exposure the vote decides (a rule's retake
+counts nothing) -- times
 ``1 + disagreement``, where ``disagreement`` (0..1) is how split its labelled neighbour cells are
 between good and bad labels.  Full cells of unsure exposures, on a border between good and bad
 ground, come first; a cell whose members all carry labels of their own scores about nothing.
@@ -17,11 +18,12 @@ def label_next(verdicts: pd.DataFrame, cell_labels: dict[tuple[int, int], str], 
     """Unlabelled occupied cells, best to label first.
 
     ``verdicts``: one row per exposure with ``cell_x``, ``cell_y``, ``p_bad``, ``evidence``,
-    ``label_source`` and ``decision``.  Returns ``cell_x, cell_y, members, review, score``.
+    ``basis`` and ``decision``.  Returns ``cell_x, cell_y, members, review, score``.
     """
     v = verdicts
-    unsure = 4 * v["p_bad"] * (1 - v["p_bad"]) + np.where(
-        v["label_source"].isna(), 1 / (1 + v["evidence"].fillna(0)), 0.0
+    # a rule's retake stands whatever the labels say: it asks for no label
+    unsure = np.where(v["basis"] == "rule", 0.0, 4 * v["p_bad"] * (1 - v["p_bad"])) + np.where(
+        v["basis"] == "vote", 1 / (1 + v["evidence"].fillna(0)), 0.0
     )
     scored = v.assign(unsure=unsure, review=(v["decision"] == "review").astype(int))
     cells = (

@@ -67,17 +67,18 @@ def by_vote(p: float, evidence: float, prior: float, s: DecideSettings) -> tuple
     return "review", text
 
 
-def decide_one(row, prior: float, s: DecideSettings) -> tuple[str, float, str]:
-    """``(decision, p_bad, reason)`` of one exposure (a mapping; see :func:`decide`)."""
+def decide_one(row, prior: float, s: DecideSettings) -> tuple[str, float, str, str]:
+    """``(decision, p_bad, reason, basis)`` of one exposure (a mapping; see :func:`decide`);
+    ``basis`` is what decided: ``label``, ``rule`` or ``vote``."""
     label, source = row["label"], row["label_source"]
     if source == "exposure":
         p = label_p_bad(label, s)
         if p is None:
-            return "review", row["p_vote"], f"labelled {label} (look again) by an expert"
-        return ("accept" if p < 0.5 else "retake"), p, f"labelled {label} by an expert"
+            return "review", row["p_vote"], f"labelled {label} (look again) by an expert", "label"
+        return ("accept" if p < 0.5 else "retake"), p, f"labelled {label} by an expert", "label"
     fired = rule_firing(row, row.get("rules") or s.rules)
     if fired:
-        return "retake", max(row["p_vote"], 1 - s.label_noise), fired
+        return "retake", max(row["p_vote"], 1 - s.label_noise), fired, "rule"
     if label is not None:
         p = label_p_bad(label, s)
         where = (
@@ -86,18 +87,18 @@ def decide_one(row, prior: float, s: DecideSettings) -> tuple[str, float, str]:
             else f"inherited {label} from {row.get('inherited_from', 'an earlier map')}"
         )
         if p is None:
-            return "review", row["p_vote"], f"{where} (look again)"
+            return "review", row["p_vote"], f"{where} (look again)", "label"
         if row["novel"]:
-            return "review", row["p_vote"], f"{where}, but novel: {row['novelty_text']}"
-        return ("accept" if p < 0.5 else "retake"), p, where
+            return "review", row["p_vote"], f"{where}, but novel: {row['novelty_text']}", "label"
+        return ("accept" if p < 0.5 else "retake"), p, where, "label"
     decision, text = by_vote(row["p_vote"], row["evidence"], prior, s)
     if row["novel"] and decision == "accept":
         decision, text = "review", f"{text}; novel: {row['novelty_text']}"
-    return decision, row["p_vote"], text
+    return decision, row["p_vote"], text, "vote"
 
 
 def decide(frame: pd.DataFrame, prior: float, s: DecideSettings) -> pd.DataFrame:
-    """``decision``, ``p_bad`` and ``reason`` for every row of ``frame``.
+    """``decision``, ``p_bad``, ``reason`` and ``basis`` for every row of ``frame``.
 
     ``frame`` holds per exposure: ``label``, ``label_source``, ``cell_x``, ``cell_y``, ``p_vote``
     and ``evidence`` (:func:`vote.kernel_vote`), ``novel`` and ``novelty_text``, the columns the rules
@@ -105,7 +106,7 @@ def decide(frame: pd.DataFrame, prior: float, s: DecideSettings) -> pd.DataFrame
     ``ccd_text`` (CCDs that stand out, appended to the reason).
     """
     out = [decide_one(row, prior, s) for row in frame.to_dict("records")]
-    decided = pd.DataFrame(out, columns=["decision", "p_bad", "reason"], index=frame.index)
+    decided = pd.DataFrame(out, columns=["decision", "p_bad", "reason", "basis"], index=frame.index)
     if "ccd_text" in frame:
         extra = frame["ccd_text"].fillna("")
         decided["reason"] = decided["reason"] + np.where(extra != "", "; " + extra, "")

@@ -284,7 +284,7 @@ class Lake:
     def _arrow_fs(self):
         if self.is_local:
             return None
-        from pyarrow.fs import PyFileSystem, FSSpecHandler
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
 
         return PyFileSystem(FSSpecHandler(self.fs))
 

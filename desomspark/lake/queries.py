@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
-from desomspark.serve import plots
 from desomspark.errors import UserError
-from desomspark.lake.layout import Lake
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
+from desomspark.lake.layout import Lake
+from desomspark.serve import plots
 
 
 def latent_vectors(lake: Lake, desom2, exposure_ids: list[str] | None = None) -> pd.DataFrame:

@@ -213,6 +213,7 @@ VERDICTS = pa.schema(
         ("p_bad", pa.float64()),  # probability that the exposure is not good (calibrated on the labels)
         ("evidence", pa.float64()),  # labelled exposures near it (kernel weights): ~0 = novel / unlabelled
         ("decision", pa.string()),  # accept | review | retake
+        ("basis", pa.string()),  # what decided: label (its own, its cell's, inherited), rule or vote
         ("reason", pa.string()),  # why, for a person: label and agreement, model, novelty, rule, CCDs
         ("seeing_factor", pa.float64()),  # (FWHM_nominal / FWHM)^2, DES/Rubin effective-exposure-time factors
         ("sky_factor", pa.float64()),  # sky_nominal / sky, both in ADU/s/pixel

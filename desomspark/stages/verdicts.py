@@ -273,6 +273,7 @@ def write_feed(table: pd.DataFrame, out: str, fmt: str) -> int:
         *KEY,
         "decision",
         "p_bad",
+        "basis",
         "reason",
         "label",
         "label_source",

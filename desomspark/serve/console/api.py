@@ -31,7 +31,7 @@ from desomspark.serve.console.routes import exposure_row, lake, the_cell, the_ni
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
-VERDICT_FIELDS = ["decision", "p_bad", "reason", "label", "label_source", "evidence", *TEFF_COLUMNS]
+VERDICT_FIELDS = ["decision", "p_bad", "basis", "reason", "label", "label_source", "evidence", *TEFF_COLUMNS]
 
 
 def plain(value):
