@@ -110,3 +110,26 @@ def test_one_rule_for_a_label(label, message):
     with pytest.raises(UserError, match=message):
         valid_label(label)
     assert valid_label('B-Seeing (2.1")') == 'B-Seeing (2.1")'
+
+
+def test_a_typo_in_a_camera_profile_is_one_configuration_error(tmp_path):
+    from desomspark.ingest.camera import read_profile
+
+    path = tmp_path / "mycam.yaml"
+    path.write_text("name: mycam\npixel_scael: 0.2\n")
+    with pytest.raises(UserError, match=r"mycam.yaml: unknown key\(s\) pixel_scael"):
+        read_profile(path)
+    path.write_text("name: mycam\nccd_position: somewhere\n")
+    with pytest.raises(UserError, match="mycam.yaml: camera mycam: ccd_position"):
+        read_profile(path)
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        read_profile(path)
+
+
+def test_the_decide_section_is_checked():
+    with pytest.raises(UserError, match="accept_below <= retake_above"):
+        load_config(overrides={"decide": {"accept_below": 0.9, "retake_above": 0.5}})
+    with pytest.raises(UserError, match="max_<column>"):
+        load_config(overrides={"decide": {"rules": {"fwhm": 1.5}}})
+    assert load_config(overrides={"decide": {"rules": {"max_fwhm": 1.5}}}).decide.rules == {"max_fwhm": 1.5}

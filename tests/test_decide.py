@@ -279,3 +279,21 @@ def test_the_json_api_on_gunicorn_reads_and_writes_with_the_token(lake, config, 
         assert _json(f"{api}/nights/2026/exposures")[0] == 404
     finally:
         server.stop()
+
+
+def test_without_a_token_the_console_answers_only_to_its_loopback_name(lake, config):
+    """DNS rebinding: a page of evil.example whose name now points at 127.0.0.1 sends Host: evil.example
+    and a matching Origin; the console refuses it, pages and writes alike."""
+    from desomspark.serve.console import create_app
+
+    client = create_app(lake, config).test_client()
+    assert client.get("/map", headers={"Host": "127.0.0.1:8050"}).status_code == 200
+    assert client.get("/api/v1/cells", headers={"Host": "evil.example:8050"}).status_code == 403
+    before = lake.read("exposure_labels").num_rows
+    night, exposure_id = lake.read("assignments").to_pandas()[["night", "exposure_id"]].iloc[0]
+    answer = client.post(
+        f"/api/v1/exposures/{night}/{exposure_id}/label",
+        json={"label": "BT"},
+        headers={"Host": "evil.example:8050", "Origin": "http://evil.example:8050"},
+    )
+    assert answer.status_code == 403 and lake.read("exposure_labels").num_rows == before
