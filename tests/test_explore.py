@@ -251,7 +251,10 @@ def test_a_cell_label_belongs_to_its_map_version_and_its_exposures_keep_it(spark
         verdicts = lake.read("verdicts").to_pandas().set_index("exposure_id").loc[sorted(members)]
         assert (verdicts["label"] == "BadFocus").all() and (verdicts["label_source"] == "inherited").all()
         export(lake, str(tmp_path / "new.csv"), "csv")
-        assert pd.read_csv(tmp_path / "new.csv")["label"].isna().all()
+        exported = pd.read_csv(tmp_path / "new.csv", dtype={"exposure_id": str}).set_index("exposure_id")
+        assert exported["cell_label"].isna().all()  # no cell of the new map is labelled
+        kept = exported["label_source"] == "inherited"
+        assert set(exported.index[kept]) == members and (exported.loc[kept, "label"] == "BadFocus").all()
         registry.promote(lake, config.mlflow, "desom2", old)
         back = run_assign(spark, lake, config)
         members = (back["cell_x"] == cell[0]) & (back["cell_y"] == cell[1])
