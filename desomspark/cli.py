@@ -225,6 +225,14 @@ def _map_commands(sub) -> None:
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--format", choices=("csv", "json"), default="csv")
 
+    p = command("check", "read every file and commit record of the lake; --repair quarantines what is broken")
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="move unreadable files to _quarantine/, finish interrupted commits, remove staging "
+        "folders of runs that died over a day ago",
+    )
+
     p = command("export", "write exposure -> cell -> label")
     p.add_argument("--format", choices=("csv", "parquet"), required=True)
     p.add_argument("--out", required=True)
@@ -483,6 +491,21 @@ def cmd_verdicts(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_check(args, cfg: Config) -> int:
+    from desomspark.lake.check import check_lake, repair
+
+    lake = _lake(args)
+    report = check_lake(lake)
+    for line in report.lines():
+        print(f"check: {line}")
+    if args.repair and (report.problems or report.undecided):
+        for line in repair(lake, report):
+            print(f"check --repair: {line}")
+        report = check_lake(lake)
+        print(f"check: after repair, {report.lines()[-1]}")
+    return 0 if not report.problems else EXIT_FAILED
+
+
 def cmd_export(args, cfg: Config) -> int:
     from desomspark.serve.explore import export
 
@@ -551,6 +574,7 @@ COMMANDS = {
     "label": cmd_label,
     "export": cmd_export,
     "verdicts": cmd_verdicts,
+    "check": cmd_check,
     "similar": cmd_similar,
     "filter": cmd_filter,
     "report": cmd_report,

@@ -182,6 +182,7 @@ class ConsoleConfig:
     workers: int = 2
     threads: int = 8
     token: str | None = None
+    hosts: tuple[str, ...] = ()  # names it answers to besides loopback, --host and this machine's
     page_size: int = 24
     refresh_seconds: float = 2.0
     nights_refresh_seconds: int = 30

@@ -285,3 +285,34 @@ def test_downloaded_tables_open_as_data_in_a_spreadsheet():
     assert safe["label"].tolist() == ['\'=HYPERLINK("http://x")', "Good", "'@SUM(A1)", None]
     assert safe["offset"].tolist() == [-1.5, 2.0, 0.0, 1.0]
     assert frame["label"].iloc[0].startswith("=")  # the caller's frame untouched
+
+
+def test_with_a_token_the_login_cookie_labels_and_other_sites_and_names_are_refused(
+    mapped_lake, config, hostile
+):
+    """The guard of a console bound beyond loopback, through Flask's test client: the cookie that
+    ``/login`` sets is the token; a POST from another site is refused even with the token (Origin or
+    Referer); a Host the console was not started for is refused (DNS rebinding)."""
+    _, _, x, y = hostile
+    cfg = replace(config, console=replace(config.console, hosts=("console.example.org",)))
+    client = create_app(mapped_lake, cfg, token="s3cret", host="0.0.0.0").test_client()
+    before = mapped_lake.read("labels").num_rows
+    url = f"/cell/{x}/{y}/label"
+    assert client.post(url, data={"label": "Good"}).status_code == 403  # no token yet
+    assert client.post("/login", data={"token": "wrong"}).status_code == 403
+    login = client.post("/login", data={"token": "s3cret"})
+    assert login.status_code == 303 and "HttpOnly" in login.headers["Set-Cookie"]
+    for header in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/page"}):
+        refused = client.post(url, data={"label": "Good"}, headers=header)  # the cookie rides along
+        assert refused.status_code == 403 and b"another site" in refused.data
+    bearer = {"Authorization": "Bearer s3cret"}
+    for host in ("rebound.evil.example", "console.example.org.evil.example"):
+        refused = client.post(url, data={"label": "Good"}, headers={**bearer, "Host": host})
+        assert refused.status_code == 403 and b"console.hosts" in refused.data
+    assert mapped_lake.read("labels").num_rows == before  # nothing got through
+    named = client.get(f"/cell/{x}/{y}", headers={"Host": "console.example.org:8050"})
+    assert named.status_code == 200
+    same_site = {"Origin": "http://localhost"}
+    assert client.post(url, data={"label": "Good"}, headers=same_site).status_code == 303  # the cookie
+    assert client.post(f"/cell/{x}/{y}/undo", headers=same_site).status_code == 303
+    assert mapped_lake.read("labels").num_rows == before + 2

@@ -30,7 +30,7 @@ import numpy as np
 from astropy.io import fits
 from astropy.time import Time
 
-from desomspark.errors import DesomsparkError
+from desomspark.errors import DesomsparkError, is_machine_fault
 from desomspark.ingest.camera import detsec_positions, profile_for
 from desomspark.ingest.sections import (
     RawLayout,
@@ -71,6 +71,17 @@ SEGMENT_CCD_KEYS = ("CCDNAME", "DETNAME", "CCDSLOT", "DETECTOR")
 FLAGGED_MASK_PLANES = ("BAD", "SAT", "INTRP", "CR", "EDGE", "NO_DATA", "SUSPECT", "UNMASKEDNAN")
 
 
+#: the reason of a :class:`Reject` that is the machine's fault: never written, the run stops instead
+#: (:class:`desomspark.errors.MachineFault`)
+MACHINE_FAULT = "machine_fault"
+
+
+def reject_for(exc: BaseException, reason: str, detail: str | None = None, **where) -> Reject:
+    """The reject ``reason`` for ``exc`` -- or :data:`MACHINE_FAULT` if the machine, not the file, failed."""
+    text = detail or f"{type(exc).__name__}: {exc}"
+    return Reject(MACHINE_FAULT if is_machine_fault(exc) else reason, text, **where)
+
+
 class Reject(DesomsparkError):
     """A file or HDU that cannot be used, and the row of ``rejects/`` it becomes.
 
@@ -82,7 +93,7 @@ class Reject(DesomsparkError):
     """
 
     def __init__(self, reason: str, detail: str, hdu_index: int | None = None, extname: str | None = None):
-        if reason not in REJECT_REASONS:
+        if reason not in REJECT_REASONS and reason != MACHINE_FAULT:
             raise ValueError(f"{reason!r} is not a reject reason of schema.REJECT_REASONS")
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
@@ -196,7 +207,7 @@ def inflated_copy(path: str, kind: str) -> str:
     except (EOFError, OSError) as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise Reject("truncated", f"the {kind} stream ends early or is damaged: {exc}") from None
+        raise reject_for(exc, "truncated", f"the {kind} stream ends early or is damaged: {exc}") from None
     os.replace(tmp, target)
     # keep the cache bounded: a night streams through it
     copies = sorted(
@@ -249,7 +260,7 @@ def _head(path: str, n: int = 80) -> tuple[bytes, str | None]:
         try:
             return _decompressing(fh, kind).read(n), kind
         except (OSError, EOFError) as exc:  # a damaged stream
-            raise Reject("unreadable_data", f"{kind} stream cannot be read: {exc}") from None
+            raise reject_for(exc, "unreadable_data", f"{kind} stream cannot be read: {exc}") from None
 
 
 def night_of(mjd: float | None = None, date_obs: str | None = None) -> str | None:
@@ -351,7 +362,7 @@ def scan_file(path: str, min_side: int = 128, camera: str | None = None) -> File
     try:
         size = _size(path)
     except OSError as exc:
-        scan.file_reject = Reject("not_found", str(exc))
+        scan.file_reject = reject_for(exc, "not_found", str(exc))
         return scan
     if size == 0:
         scan.file_reject = Reject("empty_file", "0 bytes")
@@ -362,7 +373,7 @@ def scan_file(path: str, min_side: int = 128, camera: str | None = None) -> File
         scan.file_reject = exc
         return scan
     except OSError as exc:
-        scan.file_reject = Reject("not_found", str(exc))
+        scan.file_reject = reject_for(exc, "not_found", str(exc))
         return scan
     if not head.startswith(b"SIMPLE  ="):
         scan.file_reject = Reject(
@@ -382,7 +393,7 @@ def scan_file(path: str, min_side: int = 128, camera: str | None = None) -> File
     except Reject as exc:
         scan.file_reject = exc
     except Exception as exc:  # astropy raises many kinds on broken headers
-        scan.file_reject = Reject("bad_header", f"{type(exc).__name__}: {exc}")
+        scan.file_reject = reject_for(exc, "bad_header")
     if scan.file_reject is None and not scan.hdus:
         if scan.rejects:
             scan.file_reject = file_reason([r.reason for r in scan.rejects])
@@ -724,5 +735,5 @@ class _reading:
         if isinstance(exc, SectionError):
             raise Reject("bad_section", str(exc)) from None
         if isinstance(exc, Exception):
-            raise Reject("unreadable_data", f"{self.prefix}{type(exc).__name__}: {exc}") from None
+            raise reject_for(exc, "unreadable_data", f"{self.prefix}{type(exc).__name__}: {exc}") from None
         return False

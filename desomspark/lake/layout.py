@@ -12,9 +12,11 @@ Layout under the lake root (a local path or an fsspec URL)::
     mlflow.db, mlartifacts/                 the embedded MLflow store
     checkpoints/, training/                 training state and samples
 
-A stage writes a night to ``_staging`` first and then *commits* it: the old
-partition is removed and the staged one moved in, table by table.  Re-running
-a night therefore replaces its rows instead of adding to them.
+A stage writes a night to ``_staging`` first and then *commits* it, holding the
+lake lock (``_LOCK``, :mod:`desomspark.lake.lock`): the staged partition is
+swapped in for the old one, table by table (:mod:`desomspark.lake.commit`).
+Re-running a night therefore replaces its rows instead of adding to them, and
+keeps what another writer (``watch``) committed to the night meanwhile.
 
 A live night (``watch``) commits *micro-batches* instead: a batch's files join
 their night's partition under names that carry the batch id
@@ -25,8 +27,10 @@ of its earlier try, so that each exposure is in the tables once.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import posixpath
+import socket
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -35,10 +39,18 @@ import fsspec
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from desomspark.lake import schema
+from desomspark.errors import DesomsparkError
+from desomspark.lake import commit, schema
+from desomspark.lake.lock import LakeLock, pid_alive
+from desomspark.lake.lock import owner as lock_owner
 
-#: written into a staging folder once its tables are complete: the commit is decided
-COMMIT_FILE = "_COMMIT.json"
+_LOG = logging.getLogger(__name__)
+
+COMMIT_FILE = commit.COMMIT_FILE
+
+
+class CorruptFile(DesomsparkError):
+    """A file of the lake cannot be read (``desomspark check --repair`` quarantines it)."""
 
 
 @dataclass(frozen=True)
@@ -126,95 +138,57 @@ class Lake:
         self.fs.makedirs(self._fs_path(p), exist_ok=True)
         return p
 
-    # --- staging and commit -------------------------------------------------
-    def new_staging(self) -> str:
+    # --- staging and commit (desomspark.lake.commit says how) ----------------
+    def lock(self, timeout: float = 600.0) -> LakeLock:
+        """The commit lock (a context manager); commits take it themselves."""
+        return LakeLock(self, timeout=timeout)
+
+    def new_staging(self, replaces: list[str] | None = None) -> str:
         """A fresh staging folder for one run (relative to the lake).
 
-        Commits that a crash interrupted are finished first (:meth:`recover`).
+        Commits that a crash interrupted are finished first (:meth:`recover`).  ``replaces``: the
+        tables whose nights the run will commit whole; what their partitions hold now is noted,
+        so that the commit keeps the files other writers add in the meantime.  Make the folder
+        *before* reading what the run is computed from.
         """
         self.recover()
-        return posixpath.join("_staging", uuid.uuid4().hex)
+        staging = posixpath.join("_staging", uuid.uuid4().hex)
+        self.makedirs(staging)
+        self.write_json(lock_owner(), staging, commit.OWNER_FILE)
+        if replaces:
+            self.write_json(commit.snapshot(self, replaces), staging, commit.SEEN_FILE)
+        return staging
 
     def commit_nights(
         self, staging: str, tables: list[str], nights: list[str], summary: dict | None = None
     ) -> None:
         """Replace partition ``night=N`` of each table by the staged one, for every night.
 
-        A table that staged no rows for a night ends with no rows for it (the
-        old partition is removed all the same).  The decision to commit is
-        written first (``<staging>/_COMMIT.json``): a run that dies before it
-        leaves only an invisible staging folder; one that dies after it is
-        rolled forward by the next writer (:meth:`recover`), so a night is
-        never left with some tables new and others old.
+        A table that staged no rows for a night ends with no rows for it.  Files another writer
+        committed to those partitions after the staging folder was made are kept, less the rows
+        of inputs the run has too.  The decision to commit is written first
+        (``<staging>/_COMMIT.json``): a run that dies before it leaves only an invisible staging
+        folder; one that dies after it is rolled forward by the next writer (:meth:`recover`),
+        so a night is never left with some tables new and others old.
         """
-        with self.fs.open(self._fs_path(self.path(staging, COMMIT_FILE)), "w") as fh:
-            json.dump({"tables": list(tables), "nights": sorted(set(nights)), "summary": summary or {}}, fh)
-        self._apply(staging)
+        nights = sorted(set(nights))
+        with self.lock():
+            commit.keep_late_files(self, staging, tables, nights)
+            plan = {"tables": list(tables), "nights": nights, "summary": summary or {}}
+            commit.decide(self, staging, plan)
+            commit.apply(self, staging)
 
     def commit_batch(self, staging: str, tables: list[str], batch: str, summary: dict | None = None) -> None:
         """Add a micro-batch's staged rows to their nights, replacing any earlier try of the same batch.
 
+        Rows of inputs that another writer has already committed to the night are dropped.
         Decided and rolled forward as :meth:`commit_nights` is.
         """
-        with self.fs.open(self._fs_path(self.path(staging, COMMIT_FILE)), "w") as fh:
-            json.dump({"tables": list(tables), "batch": str(batch), "summary": summary or {}}, fh)
-        self._apply(staging)
-
-    def _apply_batch(self, staging: str, plan: dict) -> None:
-        """Move a batch's staged files into their partitions; every step can be repeated after a crash."""
-        fs = self.fs
-        prefix = f"part-b{plan['batch']}-"
-        for table in plan["tables"]:
-            staged_table = self._fs_path(self.path(staging, table))
-            if not fs.exists(staged_table):
-                continue
-            for folder in sorted(fs.ls(staged_table, detail=False)):
-                part = posixpath.basename(folder.rstrip("/"))
-                if not part.startswith("night=") or part.endswith((".done", ".cleared")):
-                    continue
-                target = self._fs_path(self.path(table, part))
-                cleared = self._fs_path(self.path(staging, table, part + ".cleared"))
-                if not fs.exists(cleared):  # the earlier try's files go first, once
-                    if fs.exists(target):
-                        for old in fs.ls(target, detail=False):
-                            if posixpath.basename(old).startswith(prefix):
-                                fs.rm(old)
-                    fs.makedirs(target, exist_ok=True)
-                    fs.touch(cleared)
-                for staged in fs.ls(folder, detail=False):
-                    name = posixpath.basename(staged)
-                    if name.endswith(".parquet"):
-                        fs.mv(staged, posixpath.join(target, prefix + name))
-        fs.rm(self._fs_path(self.path(staging)), recursive=True)
-
-    def _apply(self, staging: str) -> None:
-        """Carry out a decided commit; every step can be repeated after a crash."""
-        fs = self.fs
-        with fs.open(self._fs_path(self.path(staging, COMMIT_FILE)), "r") as fh:
-            plan = json.load(fh)
-        if "batch" in plan:
-            self._apply_batch(staging, plan)
-            return
-        for table in plan["tables"]:
-            for night in plan["nights"]:
-                part = f"night={night}"
-                target = self._fs_path(self.path(table, part))
-                staged = self._fs_path(self.path(staging, table, part))
-                moved = self._fs_path(self.path(staging, table, part + ".done"))
-                if fs.exists(moved):
-                    continue  # this partition was committed before the crash
-                if fs.exists(target):
-                    fs.rm(target, recursive=True)
-                if fs.exists(staged):
-                    fs.makedirs(posixpath.dirname(target), exist_ok=True)
-                    fs.mv(staged, target, recursive=True)
-                fs.makedirs(posixpath.dirname(moved), exist_ok=True)
-                fs.touch(moved)
-                record = self._fs_path(self.path("_nights", table, f"{night}.json"))
-                fs.makedirs(posixpath.dirname(record), exist_ok=True)
-                with fs.open(record, "w") as fh:
-                    json.dump({"table": table, "night": night, **plan["summary"]}, fh)
-        fs.rm(self._fs_path(self.path(staging)), recursive=True)
+        with self.lock():
+            commit.drop_committed_rows(self, staging, tables, str(batch))
+            plan = {"tables": list(tables), "batch": str(batch), "summary": summary or {}}
+            commit.decide(self, staging, plan)
+            commit.apply(self, staging)
 
     def recover(self) -> list[str]:
         """Finish commits a crash interrupted; returns their staging folders."""
@@ -222,12 +196,26 @@ class Lake:
         if not self.fs.exists(base):
             return []
         done = []
-        for folder in sorted(self.fs.ls(base, detail=False)):
-            rel = posixpath.join("_staging", posixpath.basename(folder.rstrip("/")))
-            if self.fs.exists(self._fs_path(self.path(rel, COMMIT_FILE))):
-                self._apply(rel)
-                done.append(rel)
+        with self.lock():
+            for folder in sorted(self.fs.ls(base, detail=False)):
+                rel = posixpath.join("_staging", posixpath.basename(folder.rstrip("/")))
+                if self.fs.exists(self._fs_path(self.path(rel, commit.COMMIT_FILE))):
+                    _LOG.warning(f"lake: finishing the commit of {rel}, interrupted earlier")
+                    commit.apply(self, rel)
+                    done.append(rel)
+                elif self.exists(rel, commit.OWNER_FILE):
+                    self._drop_if_dead(rel)
         return done
+
+    def _drop_if_dead(self, staging: str) -> None:
+        """Remove the undecided staging folder of a run of this host that died (it can never commit)."""
+        try:
+            owner = self.read_json(staging, commit.OWNER_FILE)
+        except (ValueError, FileNotFoundError):  # written half-way, or removed by its run
+            return
+        if owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", -1))):
+            _LOG.info(f"lake: removing {staging}, left undecided by a run that died (pid {owner.get('pid')})")
+            self.fs.rm(self._fs_path(self.path(staging)), recursive=True)
 
     # --- reading ------------------------------------------------------------
     def spark_read(self, spark, table: str):
@@ -257,8 +245,26 @@ class Lake:
             format="parquet",
             partitioning=part,
             filesystem=self._arrow_fs(),
-            exclude_invalid_files=True,
         )
+
+    def scan(self, table: str, columns: list[str], where: ds.Expression | None = None) -> pa.Table:
+        """Rows of ``table`` as Arrow; a file that cannot be read is a :class:`CorruptFile` naming it.
+
+        (pyarrow could skip such files, but then export, the console and the report would show
+        fewer rows than Spark, which fails on them: one answer for every reader.)
+        """
+        for _ in range(3):
+            try:
+                return self.dataset(table).to_table(columns=columns, filter=where)
+            except FileNotFoundError as err:  # a commit swapped the partition between list and open
+                lost = err
+            except (pa.ArrowInvalid, OSError) as err:
+                lost = err
+                break
+        raise CorruptFile(
+            f"{lost} -- the lake {self.root} has a file that cannot be read; "
+            f"run: desomspark check --lake {self.root} --repair"
+        ) from lost
 
     def committed_exposures(
         self, nights: list[str], except_batch: str | None = None
@@ -271,8 +277,8 @@ class Lake:
         nights = [n for n in nights if n in self.nights("exposures")]
         if not nights:
             return {}
-        rows = self.dataset("exposures").to_table(
-            columns=["night", "exposure_id", "path", "__filename"], filter=ds.field("night").isin(nights)
+        rows = self.scan(
+            "exposures", ["night", "exposure_id", "path", "__filename"], ds.field("night").isin(nights)
         )
         mine = f"/part-b{except_batch}-"
         return {
@@ -299,7 +305,6 @@ class Lake:
         if not self.exists(table):
             t = schema.empty_table(table)
             return t.select(columns) if columns else t
-        dataset = self.dataset(table)
         flt = (
             ds.field("night").isin(nights)
             if nights is not None and table not in schema.UNPARTITIONED
@@ -308,6 +313,6 @@ class Lake:
         if where is not None:
             flt = where if flt is None else flt & where
         cols = columns or schema.TABLES[table].names
-        t = dataset.to_table(columns=cols, filter=flt)
+        t = self.scan(table, cols, flt)
         out = schema.TABLES[table]
         return t.cast(pa.schema([out.field(c) for c in cols])) if not columns else t

@@ -240,6 +240,19 @@ TABLES: dict[str, pa.Schema] = {
 #: tables kept as one append-only log, not partitioned by night
 UNPARTITIONED = ("labels", "exposure_labels")
 
+#: the column that says which input a row of a night table comes from: a night holds each value
+#: from one writer only (a commit drops another writer's rows of a value it has, see lake.layout)
+ROW_KEY = {
+    "exposures": "exposure_id",
+    "ccds": "exposure_id",
+    "cutouts": "exposure_id",
+    "rejects": "path",
+    "histovectors": "exposure_id",
+    "assignments": "exposure_id",
+    "alerts": "alert_id",
+    "verdicts": "exposure_id",
+}
+
 #: reject codes and what they mean
 REJECT_REASONS = {
     "not_found": "the path does not exist or cannot be listed",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from desomspark.desom.model import ModelSpec
-from desomspark.registry.store import RegistryError
+from desomspark.registry.store import RegistryError, unreachable
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,9 @@ def model_extra(uri: str) -> dict:
 
     try:
         path = mlflow.artifacts.download_artifacts(artifact_uri=f"{uri.rstrip('/')}/extra_files/extra.npz")
-    except Exception:  # a model registered without extra arrays (MLflow raises its own kinds): none
+    except Exception as exc:  # a model registered without extra arrays (MLflow raises its own kinds): none
+        if unreachable(exc):  # ... unless the server is away: that is not "no arrays"
+            raise RegistryError(f"MLflow unreachable: {exc}") from exc
         return {}
     with np.load(path) as data:
         return {k: data[k] for k in data.files}

@@ -26,6 +26,14 @@ class RegistryError(DesomsparkError, RuntimeError):
     """MLflow is unreachable or a model/version/alias is missing."""
 
 
+def unreachable(exc: BaseException) -> bool:
+    """True if ``exc`` (any kind MLflow's client raises) says the server did not answer."""
+    text = f"{type(exc).__name__}: {exc}"
+    return isinstance(exc, ConnectionError) or any(
+        s in text for s in ("ConnectionError", "Connection refused", "Max retries exceeded", "timed out")
+    )
+
+
 def tracking_uri(lake: Lake, cfg: MlflowConfig = MlflowConfig()) -> str:
     """The environment's MLFLOW_TRACKING_URI, else the configuration's, else the lake's sqlite store."""
     if _USER_TRACKING_URI:

@@ -65,9 +65,12 @@ def write_assignments(
     their nights; the batch's rows are returned.
     """
     desom1_version, desom2_version = desom2.desom1_version, desom2.version
+    staging = lake.new_staging(replaces=["assignments"] if batch is None else None)
     nights = nights or lake.nights("histovectors")
     if not nights:
         raise UserError(f"the lake {lake.root} has no histo-vectors: run histovectors first")
+    if batch is None:
+        nights = mappable_nights(lake, nights, str(desom1_version))
     vectors = lake.spark_read(spark, "histovectors").where(
         F.col("night").isin(nights) & (F.col("desom1_version") == str(desom1_version))
     )
@@ -103,7 +106,6 @@ def write_assignments(
     )
     result = cells.join(labels, on=["cell_x", "cell_y"], how="left").select(*schema.ASSIGNMENTS.names)
     inherit_labels(lake, desom2_version, nights, batch)
-    staging = lake.new_staging()
     result.coalesce(max(1, len(nights))).write.mode("overwrite").partitionBy("night").parquet(
         lake.spark_path(staging, "assignments")
     )
@@ -119,6 +121,29 @@ def write_assignments(
         )
     _LOG.info(f"assign: {len(table)} exposures over {len(nights)} night(s) with desom2 v{desom2_version}")
     return table
+
+
+def mappable_nights(lake: Lake, nights: list[str], desom1_version: str) -> list[str]:
+    """The nights of ``nights`` whose every exposure has a histo-vector of ``desom1_version``.
+
+    Committing a night replaces all its assignments: a night vectorised (wholly or partly) by
+    another DESOM-1 would lose the assignments of the exposures the map cannot read.  Such nights
+    are left as they are, named in one warning with the command that makes them mappable.  If no
+    night is mappable, all are returned (the caller then explains the mismatch).
+    """
+    rows = lake.read("histovectors", nights=nights, columns=["night", "exposure_id", "desom1_version"])
+    frame = rows.to_pandas()
+    frame["ours"] = frame["desom1_version"] == desom1_version
+    complete = frame.groupby(["night", "exposure_id"])["ours"].any().groupby("night").all()
+    left = sorted(n for n in nights if not complete.get(n, False))
+    if left and len(left) < len(nights):
+        _LOG.warning(
+            f"assign: night(s) {', '.join(left)} have histo-vectors of another DESOM-1 than "
+            f"v{desom1_version}: their assignments are left as they are "
+            f"(run: desomspark histovectors --lake {lake.root} --night {left[0]}, then assign)"
+        )
+        return [n for n in nights if n not in left]
+    return nights
 
 
 def inherit_labels(lake: Lake, desom2_version: str, nights: list[str], batch: Batch | None = None) -> int:

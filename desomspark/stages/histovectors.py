@@ -104,9 +104,9 @@ def write_histovectors(
     nights = nights or lake.nights("cutouts")
     if not nights:
         raise UserError(f"the lake {lake.root} has no cutouts: run ingest first")
+    staging = lake.new_staging(replaces=["histovectors"] if batch is None else None)
     frame = compute_histovectors(spark, lake, desom1, nights, batch)
     desom1_version = desom1.version
-    staging = lake.new_staging()
     (
         frame.select(*schema.HISTOVECTORS.names)
         .coalesce(max(1, len(nights)))

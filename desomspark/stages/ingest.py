@@ -34,15 +34,18 @@ from pyspark import StorageLevel
 from pyspark.sql import functions as F
 
 from desomspark.config import IngestConfig
+from desomspark.errors import MachineFault
 from desomspark.ingest.camera import GENERIC, profile_for
 from desomspark.ingest.detect import CcdResult, process_ccd
 from desomspark.ingest.fitsio import (
+    MACHINE_FAULT,
     FileScan,
     Reject,
     file_reason,
     list_inputs,
     night_of,
     read_ccd_and_mask,
+    reject_for,
     scan_file,
 )
 from desomspark.ingest.qa import exposure_qa
@@ -179,7 +182,7 @@ def _ccd_task(task: dict, cfg: IngestConfig) -> tuple[dict, CcdResult | None]:
     except Reject as exc:
         return row | _rejected(exc), None
     except Exception as exc:  # sep or numpy on a pathological image: reject, don't fail the night
-        return row | _rejected(Reject("unreadable_data", f"{type(exc).__name__}: {exc}")), None
+        return row | _rejected(reject_for(exc, "unreadable_data")), None
     return row | dict(
         n_detected=result.n_detected,
         n_sampled=result.n_sampled,
@@ -455,6 +458,7 @@ def ingest_files(
     batch.
     """
     _LOG.info(f"ingest: {len(files)} input files")
+    staging = lake.new_staging(replaces=list(TABLES) if batch is None else None)
     scans = scan_files(spark, files, cfg, camera)
     known = {}
     if batch is not None:  # a live night: the exposures earlier batches committed are taken
@@ -462,6 +466,7 @@ def ingest_files(
             sorted({night or s.night for s in scans} - {None}), except_batch=batch
         )
     exposures, tasks, rejects = plan_night(scans, night, known)
+    stop_on_machine_faults(rejects)
     _LOG.info(
         f"ingest: {len(exposures)} exposures, {len(tasks)} CCD HDUs to process, {len(rejects)} rejects so far"
     )
@@ -472,8 +477,8 @@ def ingest_files(
         ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
         _LOG.info(f"ingest: processed {len(ccd_rows)} CCDs in {time.perf_counter() - t0:.1f} s")
         exposure_df, rejects, dropped = account(exposures, tasks, ccd_rows, rejects)
+        stop_on_machine_faults(rejects)
         t0 = time.perf_counter()
-        staging = lake.new_staging()
         stage_tables(spark, lake, staging, results, dropped, exposure_df, rejects, n_tasks=len(tasks))
         _LOG.info(f"ingest: tables written in {time.perf_counter() - t0:.1f} s")
         summary = IngestSummary.of(files, exposure_df, ccd_rows, rejects)
@@ -522,6 +527,23 @@ def process_ccds(spark, tasks: list[dict], cfg: IngestConfig):
     return task_df.mapInArrow(lambda batches: process_tasks(batches, cfg), result_schema).persist(
         StorageLevel.DISK_ONLY
     )
+
+
+def stop_on_machine_faults(rejects: list[dict]) -> None:
+    """Stop the run, before anything is committed, if the machine failed to read some input.
+
+    A full disk or a permission is no fault of the file: rejecting it would hide it from every
+    later run (``watch`` never reads a rejected file again).  Nothing is written, and the same
+    command run again once the machine is fixed reads it.
+    """
+    faults = [r for r in rejects if r["reason"] == MACHINE_FAULT]
+    if faults:
+        first = faults[0]
+        raise MachineFault(
+            f"{len(faults)} input(s) could not be read because of the machine, not the files "
+            f"(first: {first['path']}: {first['detail']}); nothing was committed or rejected: "
+            "free the disk or fix the permissions and run the same command again"
+        )
 
 
 def account(

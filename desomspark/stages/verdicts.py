@@ -218,9 +218,10 @@ def agreement_texts(members: pd.DataFrame, rows: pd.DataFrame) -> list[str]:
     return [texts.get((int(x), int(y)), "") for x, y in zip(rows["cell_x"], rows["cell_y"])]
 
 
-def commit_verdicts(lake: Lake, table: pd.DataFrame, nights: list[str], batch: Batch | None) -> None:
+def commit_verdicts(
+    lake: Lake, staging: str, table: pd.DataFrame, nights: list[str], batch: Batch | None
+) -> None:
     """Stage the verdicts per night and commit them (the night's partition, or the batch's files)."""
-    staging = lake.new_staging()
     arrow = schema.conform(pa.Table.from_pandas(table, preserve_index=False), "verdicts")
     for night in sorted(set(table["night"])):
         part = arrow.filter(ds.field("night") == night).drop_columns(["night"])
@@ -247,6 +248,7 @@ def decide_nights(
     nights = nights or lake.nights("assignments")
     if not nights:
         raise UserError(f"the lake {lake.root} has no assignments: run assign first")
+    staging = lake.new_staging(replaces=["verdicts"] if batch is None else None)
     table, vote = verdict_table(lake, cfg, desom2, nights, batch)
     if vote is None:
         _LOG.warning(
@@ -254,7 +256,7 @@ def decide_nights(
             f" (run: desomspark assign --lake {lake.root} --night {nights[0]})"
         )
         return table
-    commit_verdicts(lake, table, nights, batch)
+    commit_verdicts(lake, staging, table, nights, batch)
     record_vote(lake, cfg, vote, desom2)
     counts = table["decision"].value_counts()
     _LOG.info(

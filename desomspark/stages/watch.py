@@ -82,6 +82,7 @@ from pyspark.sql import functions as F
 
 from desomspark import registry
 from desomspark.config import Config, WatchConfig
+from desomspark.errors import UserError
 from desomspark.ingest.fitsio import FITS_SUFFIXES, local_path
 from desomspark.lake import schema
 from desomspark.lake.layout import Batch, Lake
@@ -330,19 +331,27 @@ def _reference_distances(lake: Lake, night: str, table: pd.DataFrame, cfg: Watch
 
 
 def raise_alerts(lake: Lake, nights: list[str], batch_id: str, cfg: WatchConfig) -> list[Alert]:
-    """Evaluate the rules on the nights a batch touched; record, print and POST the new alerts."""
-    known = set()
+    """Evaluate the rules on the nights a batch touched; record, print and POST the new alerts.
+
+    The batch's commit replaces its earlier try's files: alerts that try committed are staged
+    again with the new ones, so a re-run that raises other alerts loses none.
+    """
+    committed = schema.empty_table("alerts")
     if lake.nights("alerts"):
-        known = set(lake.read("alerts", columns=["alert_id"]).column("alert_id").to_pylist())
+        committed = lake.scan("alerts", [*schema.ALERTS.names, "__filename"])
+    known = set(committed.column("alert_id").to_pylist())
     new = []
     for night in sorted(set(nights) & set(lake.nights("exposures"))):
         new += [a for a in night_alerts(lake, night, cfg) if a.alert_id not in known]
     if not new:
         return []
     now = datetime.now(UTC)
+    earlier = [
+        r for r in committed.to_pylist() if f"/part-b{batch_id}-" in r.pop("__filename", "")
+    ]  # this batch's earlier try
     staging = lake.new_staging()
-    for night in sorted({a.night for a in new}):
-        rows = [a.row(now) for a in new if a.night == night]
+    for night in sorted({a.night for a in new} | {r["night"] for r in earlier}):
+        rows = [a.row(now) for a in new if a.night == night] + [r for r in earlier if r["night"] == night]
         with lake.open(staging, "alerts", f"night={night}", "part-0.parquet", mode="wb") as fh:
             pq.write_table(schema.conform(pa.Table.from_pylist(rows), "alerts").drop(["night"]), fh)
     lake.commit_batch(staging, ["alerts"], batch_id)
@@ -390,6 +399,47 @@ def wait_until_settled(paths: list[str], settle_seconds: float, poll: float = 0.
         time.sleep(poll)
 
 
+class ChampionsKeeper:
+    """The champion pair for each batch, and the last one while MLflow does not answer.
+
+    A promotion during the night takes effect at the next batch.  When MLflow is unreachable the
+    pair of the last batch goes on sorting (logged once, not per batch); MLflow is asked again
+    after a back-off that doubles from ``first_pause`` to ``max_pause`` seconds, so that a batch
+    does not wait on a dead server's time-outs.  With no pair yet the outage is the run's error.
+    """
+
+    def __init__(self, lake: Lake, cfg: Config, first_pause: float = 5.0, max_pause: float = 300.0):
+        self.lake, self.cfg = lake, cfg
+        self.first_pause, self.max_pause = first_pause, max_pause
+        self.pair: registry.Champions | None = None
+        self.pause, self.next_try, self.down = first_pause, 0.0, False
+
+    def current(self) -> registry.Champions:
+        if self.down and time.monotonic() < self.next_try:
+            return self.pair
+        try:
+            pair = registry.Champions.of(self.lake, self.cfg)
+        except (registry.ModelMismatch, UserError):
+            raise
+        except Exception as exc:  # MLflow's client fails in many kinds when its server is away
+            if self.pair is None:
+                raise registry.RegistryError(
+                    f"MLflow unreachable, no champion models to sort with: {exc}"
+                ) from exc
+            if not self.down:
+                _LOG.warning(
+                    f"watch: MLflow unreachable ({type(exc).__name__}); sorting on with desom1 "
+                    f"v{self.pair.desom1.version} and desom2 v{self.pair.desom2.version} until it answers"
+                )
+            self.down, self.next_try = True, time.monotonic() + self.pause
+            self.pause = min(self.max_pause, self.pause * 2)
+            return self.pair
+        if self.down:
+            _LOG.warning("watch: MLflow answers again")
+        self.pair, self.down, self.pause = pair, False, self.first_pause
+        return pair
+
+
 def run_batch(
     spark,
     paths: list[str],
@@ -399,14 +449,13 @@ def run_batch(
     cfg: Config,
     night: str | None = None,
     camera: str | None = None,
+    keeper: ChampionsKeeper | None = None,
 ) -> pd.DataFrame:
     """One micro-batch: ingest the new files, map their exposures, raise alerts; returns its assignments."""
     if not paths:
         return pd.DataFrame()
     t0 = time.time()
-    champions = registry.Champions.of(
-        lake, cfg
-    )  # a promotion during the night takes effect at the next batch
+    champions = (keeper or ChampionsKeeper(lake, cfg)).current()
     files = [local_path(p) or p for p in paths]
     local = [f for f in files if "://" not in f]  # an object store shows whole objects only
     settled = wait_until_settled(local, cfg.watch.settle_seconds)
@@ -450,11 +499,12 @@ def watch(
         .select("path", F.col("modificationTime").cast("double").alias("modified"))
     )
 
+    keeper = ChampionsKeeper(lake, cfg)
+
     def each_batch(frame, batch_id: int) -> None:
         rows = frame.orderBy("path").collect()
-        run_batch(
-            spark, [r.path for r in rows], [r.modified for r in rows], batch_id, lake, cfg, night, camera
-        )
+        paths, modified = [r.path for r in rows], [r.modified for r in rows]
+        run_batch(spark, paths, modified, batch_id, lake, cfg, night, camera, keeper)
 
     query = (
         stream.writeStream.foreachBatch(each_batch)

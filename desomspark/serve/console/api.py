@@ -26,6 +26,7 @@ from werkzeug.exceptions import HTTPException
 from desomspark.decide.teff import TEFF_COLUMNS
 from desomspark.errors import UserError
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
+from desomspark.registry.store import RegistryError
 from desomspark.serve import explore
 from desomspark.serve.console.routes import exposure_row, lake, the_cell, the_night, view
 
@@ -60,6 +61,11 @@ def records(frame: pd.DataFrame) -> list[dict]:
 @api.errorhandler(HTTPException)
 def api_error(exc):
     return jsonify(error=exc.name, message=exc.description), exc.code
+
+
+@api.errorhandler(RegistryError)
+def api_registry_error(exc):
+    return jsonify(error="MLflow unreachable", message=str(exc)), 503
 
 
 @api.errorhandler(UserError)

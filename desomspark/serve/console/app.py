@@ -31,7 +31,10 @@ Safety
     ``console.token`` in conf), and every POST must carry it (a cookie set by
     ``/login?token=...``, or ``Authorization: Bearer ...``).  A POST whose
     ``Origin`` (or ``Referer``) is another site is refused (403) whatever it
-    carries.  Requests name cells, nights and exposure ids, which are checked
+    carries.  The ``Host`` a request names must be one the console was started for
+    (loopback without a token; with one also ``--host``, this machine's names and
+    ``console.hosts``): a page whose name was rebound to the console's address (DNS
+    rebinding) is refused.  Requests name cells, nights and exposure ids, which are checked
     and used as values in table filters, never as paths.  Templates escape
     every string (Jinja autoescape): a FITS header shows as text.
 """
@@ -46,15 +49,16 @@ from flask import Flask
 from desomspark.errors import UserError
 from desomspark.lake.layout import Lake
 from desomspark.serve.console.api import api
-from desomspark.serve.console.guard import guard, loopback
+from desomspark.serve.console.guard import answered_names, guard, loopback
 from desomspark.serve.console.routes import EXTENSION, bp
 from desomspark.serve.console.view import LakeView, exposure_image
 
 TOKEN_ENV = "DESOMSPARK_CONSOLE_TOKEN"
 
 
-def create_app(lake: Lake, cfg, token: str | None = None) -> Flask:
-    """The console as a Flask application over ``lake`` (``token``: required on every POST when set)."""
+def create_app(lake: Lake, cfg, token: str | None = None, host: str | None = None) -> Flask:
+    """The console as a Flask application over ``lake`` (``token``: required on every POST when set;
+    ``host``: the address it is bound to)."""
     app = Flask(__name__)  # templates/ beside this module
     view = LakeView(lake, cfg, cfg.console.refresh_seconds)
     view.map()  # read before the first request: a worker starts serving with its map in memory
@@ -63,7 +67,12 @@ def create_app(lake: Lake, cfg, token: str | None = None) -> Flask:
             lake, night, exposure, kind, version, shape
         )
     )
-    app.extensions[EXTENSION] = {"view": view, "token": token, "images": images}
+    app.extensions[EXTENSION] = {
+        "view": view,
+        "token": token,
+        "images": images,
+        "hosts": answered_names(host or cfg.console.host, cfg.console.hosts),
+    }
     app.before_request(guard)
     app.register_blueprint(bp)
     app.register_blueprint(api)
@@ -101,7 +110,7 @@ def serve(lake: Lake, cfg, host: str | None = None, port: int | None = None) -> 
                 self.cfg.set(key, value)
 
         def load(self):
-            return create_app(lake, cfg, token)
+            return create_app(lake, cfg, token, host)
 
     print(f"console: http://{host}:{port}/map  (lake {lake.root}; Ctrl-C stops)", flush=True)
     Console().run()

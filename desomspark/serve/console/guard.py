@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import socket
 from urllib.parse import urlparse
 
 from flask import abort, current_app, request
@@ -25,6 +26,17 @@ def loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def answered_names(bound: str, configured: tuple[str, ...] = ()) -> frozenset[str]:
+    """The ``Host`` names a console bound to ``bound`` answers to when it has a token: the bound
+    address, this machine's names and addresses, and ``console.hosts`` (loopback always)."""
+    names = {bound, socket.gethostname(), socket.getfqdn(), *configured}
+    try:
+        names |= {info[4][0] for info in socket.getaddrinfo(socket.gethostname(), None)}
+    except OSError:  # a machine whose own name does not resolve
+        pass
+    return frozenset(n.lower() for n in names if n and n not in ("0.0.0.0", "::"))
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -43,13 +55,15 @@ def supplied_token() -> str:
 def guard() -> None:
     """``before_request``: refuse a cross-site POST, and a POST without the token when there is one.
 
-    Without a token (bound to loopback) a request must also *name* loopback in its ``Host``: a page
-    of another site whose name was rebound to 127.0.0.1 (DNS rebinding) sends its own name there,
-    and its Origin would match it.
+    A request must also *name* the console in its ``Host`` (loopback; with a token also
+    :func:`answered_names`): a page of another site whose name was rebound to the console's address
+    (DNS rebinding) sends its own name there, and its Origin would match it.
     """
-    token = current_app.extensions[EXTENSION]["token"]
-    if not token and not loopback(urlparse(f"//{request.host}").hostname or ""):
-        abort(403, f"this console answers to its loopback address, not to {request.host!r}")
+    settings = current_app.extensions[EXTENSION]
+    token, name = settings["token"], urlparse(f"//{request.host}").hostname or ""
+    if not loopback(name) and (not token or name not in settings["hosts"]):
+        where = "its loopback address" if not token else f"{', '.join(sorted(settings['hosts']))}"
+        abort(403, f"this console answers to {where}, not to {request.host!r} (see console.hosts)")
     if request.method != "POST":
         return None
     origin = request.headers.get("Origin") or request.headers.get("Referer")

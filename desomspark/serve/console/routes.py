@@ -20,6 +20,7 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from desomspark.errors import UserError
 from desomspark.lake.layout import Lake
 from desomspark.lake.queries import night_summaries
+from desomspark.registry.store import RegistryError
 from desomspark.serve import explore, plots
 from desomspark.serve.console.view import LakeView, cell_colours, listing, spreadsheet_safe
 from desomspark.serve.drift import night_drift
@@ -416,6 +417,11 @@ def error(exc):
     return render_template(
         "console/error.html", code=exc.code, name=exc.name, message=exc.description
     ), exc.code
+
+
+@bp.app_errorhandler(RegistryError)
+def registry_error(exc):
+    return render_template("console/error.html", code=503, name="MLflow unreachable", message=str(exc)), 503
 
 
 @bp.app_errorhandler(UserError)
