@@ -49,7 +49,7 @@ KEYS = {
 class Watcher:
     """``desomspark watch`` in its own process group, its output in a file."""
 
-    def __init__(self, lake: Path, arrivals: Path, log: Path, conf: Path | None = None):
+    def __init__(self, lake: Path, arrivals: Path, log: Path, conf: Path | None = None, **env: str):
         args = [
             sys.executable,
             "-m",
@@ -66,7 +66,11 @@ class Watcher:
         ] + (["--conf", str(conf)] if conf else [])
         self.log = log
         self.proc = subprocess.Popen(
-            args, stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True, env=child_env()
+            args,
+            stdout=open(log, "a"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=child_env() | env,
         )
 
     def output(self) -> str:
@@ -192,6 +196,48 @@ def test_after_a_kill_and_restart_the_tables_equal_a_batch_nightly(spark, watche
         assert len(live) == len(expected), name
         pd.testing.assert_frame_equal(live, expected, check_dtype=False, obj=name)
     assert not lake.exists("_staging") or not os.listdir(lake.path("_staging"))
+
+
+@pytest.fixture(scope="module")
+def two_exposures(spark, night_dir, tmp_path_factory, config):
+    """Two files and the tables a batch nightly makes of them."""
+    tmp = tmp_path_factory.mktemp("two")
+    (tmp / "in").mkdir()
+    files = sorted(night_dir.glob("*.fits"))[:2]
+    for f in files:
+        shutil.copy(f, tmp / "in" / f.name)
+    reference = Lake(str(tmp / "reference"))
+    nightly(spark, str(tmp / "in"), reference, NIGHT, config)
+    return files, {name: _table(reference, name) for name in TABLES}
+
+
+@pytest.mark.parametrize("point", ["watch:after-ingest", "commit:inside-moves"])
+def test_a_batch_killed_between_or_inside_its_commits_is_redone_once(two_exposures, tmp_path, point):
+    """SIGKILL from inside the batch (the commit hook), after the ingest's commit and before the
+    histo-vectors' (``watch:after-ingest``), or in the middle of the ingest commit's file moves."""
+    from desomspark.lake.check import check_lake
+
+    files, expected = two_exposures
+    arrivals, lake = tmp_path / "arrivals", Lake(str(tmp_path / "lake"))
+    arrivals.mkdir()
+    dying = Watcher(Path(lake.root), arrivals, tmp_path / "watch.log", DESOMSPARK_CRASH_AT=point)
+    _drop(files, arrivals)
+    assert dying.proc.wait(timeout=600) == -signal.SIGKILL, dying.output()[-3000:]
+    try:
+        os.killpg(dying.proc.pid, signal.SIGKILL)  # what the dead driver left (its JVM)
+    except ProcessLookupError:
+        pass
+    watcher = Watcher(Path(lake.root), arrivals, tmp_path / "watch.log")
+    _wait(
+        lambda: lake.nights("verdicts") and lake.read("verdicts").num_rows == 2, "the batch redone", watcher
+    )
+    watcher.kill(signal.SIGINT)
+    for name in TABLES:  # the reference read the same files from another folder
+        live, reference = (
+            t.drop(columns=["path"], errors="ignore") for t in (_table(lake, name), expected[name])
+        )
+        pd.testing.assert_frame_equal(live, reference, check_dtype=False, obj=name)
+    assert check_lake(lake).problems == []
 
 
 class _Hook(BaseHTTPRequestHandler):

@@ -85,6 +85,7 @@ from desomspark.config import Config, WatchConfig
 from desomspark.errors import UserError
 from desomspark.ingest.fitsio import FITS_SUFFIXES, local_path
 from desomspark.lake import schema
+from desomspark.lake.commit import crash_point
 from desomspark.lake.layout import Batch, Lake
 from desomspark.stages.ingest import ingest_files
 from desomspark.stages.nightly import map_exposures
@@ -461,11 +462,13 @@ def run_batch(
     settled = wait_until_settled(local, cfg.watch.settle_seconds)
     modified = [settled.get(f, m) for f, m in zip(files, modified)]
     summary = ingest_files(spark, files, lake, night, cfg.ingest, camera, batch=str(batch_id))
+    crash_point("watch:after-ingest")  # the tests kill the batch between its commits
     table = pd.DataFrame()
     if summary.exposures:
         batch = Batch(str(batch_id), summary.exposures)
         nights = sorted({k.split("/")[0] for k in summary.exposures})
         table = map_exposures(spark, lake, champions, nights, batch)
+        crash_point("watch:after-assign")
         verdicts = decide_nights(lake, cfg, nights, batch, desom2=champions.desom2)
         post_retakes(verdicts, cfg.watch)
     raise_alerts(lake, summary.nights, str(batch_id), cfg.watch)
