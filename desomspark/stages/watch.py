@@ -527,6 +527,9 @@ def watch(
     try:
         while not stop.is_set() and query.isActive and (deadline is None or time.monotonic() < deadline):
             query.awaitTermination(1.0)
+        # --timeout stops between batches: a batch cut short is safe (it runs again) but noisy
+        while query.isActive and query.status.get("isTriggerActive") and not stop.is_set():
+            query.awaitTermination(0.2)
         if query.exception() is not None:
             raise RuntimeError(f"the watch query failed: {query.exception()}")
     finally:
