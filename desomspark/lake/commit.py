@@ -137,6 +137,8 @@ def drop_committed_rows(lake, staging: str, tables: list[str], batch: str) -> No
             continue
         for folder in sorted(fs.ls(staged_table, detail=False)):
             part = posixpath.basename(folder.rstrip("/"))
+            if not part.startswith("night="):  # Spark's _SUCCESS and the like
+                continue
             target = lake._fs_path(lake.path(table, part))
             others = [posixpath.join(target, n) for n in _parquet_names(fs, target) if not n.startswith(mine)]
             taken = _keys(fs, others, column)
@@ -144,7 +146,8 @@ def drop_committed_rows(lake, staging: str, tables: list[str], batch: str) -> No
                 continue
             for name in sorted(_parquet_names(fs, folder)):
                 path = posixpath.join(folder, name)
-                before = pq.read_metadata(fs.open(path, "rb")).num_rows
+                with fs.open(path, "rb") as fh:
+                    before = pq.read_metadata(fh).num_rows
                 kept = _write_without(fs, path, path + ".kept", column, taken)
                 fs.rm(path)
                 if kept:
