@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import posixpath
-import socket
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -41,7 +40,7 @@ import pyarrow.dataset as ds
 
 from desomspark.errors import DesomsparkError
 from desomspark.lake import commit, schema
-from desomspark.lake.lock import LakeLock, pid_alive
+from desomspark.lake.lock import LakeLock, owner_gone
 from desomspark.lake.lock import owner as lock_owner
 
 _LOG = logging.getLogger(__name__)
@@ -213,7 +212,7 @@ class Lake:
             owner = self.read_json(staging, commit.OWNER_FILE)
         except (ValueError, FileNotFoundError):  # written half-way, or removed by its run
             return
-        if owner.get("host") == socket.gethostname() and not pid_alive(int(owner.get("pid", -1))):
+        if owner_gone(owner):
             _LOG.info(f"lake: removing {staging}, left undecided by a run that died (pid {owner.get('pid')})")
             self.fs.rm(self._fs_path(self.path(staging)), recursive=True)
 

@@ -50,6 +50,11 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def owner_gone(record: dict) -> bool:
+    """True if the process a lock or staging folder names (``owner()``'s record) ran here and is dead."""
+    return record.get("host") == socket.gethostname() and not pid_alive(int(record.get("pid", -1)))
+
+
 def owner() -> dict:
     """Who we are, as a lock (or a staging folder) records it."""
     return {
@@ -103,7 +108,7 @@ class LakeLock:
     def _stale(self, holder: dict) -> str | None:
         """Why the lock ``holder`` is stale, or None if it may still be held."""
         age = time.time() - float(holder.get("since", 0))
-        if holder.get("host") == socket.gethostname() and not pid_alive(int(holder.get("pid", -1))):
+        if owner_gone(holder):
             return f"its owner (pid {holder.get('pid')}) is gone"
         if age > self.stale_after:
             return f"it is {age:.0f} s old (more than {self.stale_after:.0f} s)"
