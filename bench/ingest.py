@@ -17,7 +17,10 @@ On the same full-size simulated exposures (36 CCDs of 2048x4612 each):
 Prints seconds per CCD and the ratios (a)/(f) (targets: <= 1.2 full-size,
 <= 1.5 at 512x512), (b)/(a) (target <= 1.10: Spark's cost on one core), (b)/(f)
 and (b)/(c) (target >= 1.8: scaling over two cores).  Spark session start-up is
-timed apart: a nightly run pays it once.  ``--ccds C --ccd-shape H W`` makes
+timed apart: a nightly run pays it once.  Each Spark run ingests the night twice in
+its session (fresh lakes): the first pays the Python workers' imports and the JVM's
+warm-up (a few seconds, once per run), the second is what every later ingest of a
+long-running session (``watch``'s batches) pays.  ``--ccds C --ccd-shape H W`` makes
 smaller exposures (e.g. 4 CCDs of 512x512, the test suite's size).
 
 With ``--raw``, instead, in one run on the same scenes: the bare loop over the
@@ -128,18 +131,24 @@ def raw_and_gzip(args, cfg) -> None:
     print(f"gzip / plain read = {times['gzip'] / times['plain']:.2f}")
 
 
-def spark_run(master: str, data: Path, cfg) -> tuple[float, float, int, int]:
+def spark_run(master: str, data: Path, cfg) -> tuple[float, list[float], int, int]:
+    """(session start, [first ingest, the same ingest again], CCDs, cutouts), each ingest on a
+    fresh lake in one session: the first pays the Python workers' imports and the JVM's warm-up."""
     t = time.perf_counter()
     spark = get_spark(cfg.spark, master=master)
     startup = time.perf_counter() - t
-    lake_dir = tempfile.mkdtemp(prefix="bench-lake-")
+    elapsed = []
     try:
-        t = time.perf_counter()
-        summary = ingest(spark, str(data), Lake(lake_dir), cfg=cfg.ingest)
-        elapsed = time.perf_counter() - t
+        for _ in range(2):
+            lake_dir = tempfile.mkdtemp(prefix="bench-lake-")
+            try:
+                t = time.perf_counter()
+                summary = ingest(spark, str(data), Lake(lake_dir), cfg=cfg.ingest)
+                elapsed.append(time.perf_counter() - t)
+            finally:
+                shutil.rmtree(lake_dir, ignore_errors=True)
     finally:
         spark.stop()
-        shutil.rmtree(lake_dir, ignore_errors=True)
     return startup, elapsed, summary.ccds, summary.cutouts
 
 
@@ -197,15 +206,17 @@ def main() -> None:
         return
     results = {}
     for label, master in (("b", "local[1]"), ("c", "local[2]")):
-        startup, elapsed, ccds, cut = spark_run(master, data, cfg)
+        startup, (first, again), ccds, cut = spark_run(master, data, cfg)
         assert (ccds, cut) == (n_ccds, n_cut), "Spark and the bare loop disagree"
-        results[label] = elapsed
+        results[label] = first
         print(
-            f"({label}) spark {master:9s} {elapsed:7.1f} s  {elapsed / ccds:6.3f} s/CCD  "
-            f"(+{startup:.1f} s session start)"
+            f"({label}) spark {master:9s} {first:7.1f} s  {first / ccds:6.3f} s/CCD  "
+            f"(+{startup:.1f} s session start); the same ingest again in that session "
+            f"{again:7.1f} s  {again / ccds:6.3f} s/CCD"
         )
-    print(f"(b)/(a) = {results['b'] / bare:.3f}   (target <= 1.10)")
-    print(f"(b)/(f) = {results['b'] / ccds / per_floor:.3f}")
+        if label == "b":
+            print(f"(b)/(a) = {first / bare:.3f}, again {again / bare:.3f}   (target <= 1.10)")
+            print(f"(b)/(f) = {first / ccds / per_floor:.3f}")
     print(f"(b)/(c) = {results['b'] / results['c']:.3f}   (target >= 1.8)")
 
 

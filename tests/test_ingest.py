@@ -449,3 +449,47 @@ def test_the_summary_names_rejected_files_and_exposures_without_cutouts():
     assert sum(line.startswith("  rejected ") for line in lines) == IngestSummary.SHOWN
     assert any("and 2 more rejected files" in line and "rejects/" in line for line in lines)
     assert lines[-1] == "  no cutout (nothing for the map to sort): calexp42"
+
+
+def test_a_ccd_read_at_its_scanned_offset_equals_the_walked_read(tmp_path, night_dir):
+    """The scan's header offsets let a CCD be read without parsing the headers before it: the
+    pixels are the same, for a plain file, its gzip copy and BZERO-scaled 16-bit data; a
+    tile-compressed HDU has no offset (astropy decompresses it); a file rewritten since its scan
+    is a reject, not wrong pixels."""
+    import gzip
+
+    from desomspark.ingest.fitsio import Reject, read_ccd_and_mask
+
+    plain = sorted(night_dir.glob("*.fits"))[0]
+    zipped = tmp_path / (plain.name + ".gz")
+    zipped.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
+    for path in (str(plain), str(zipped)):
+        hdus = scan_file(path).hdus
+        assert all(h.header_offset is not None for h in hdus)
+        for h in hdus:
+            walked, _ = read_ccd_and_mask(path, h.hdu_index)
+            direct, _ = read_ccd_and_mask(path, h.hdu_index, header_offset=h.header_offset)
+            assert direct.dtype == np.float32 and np.array_equal(walked, direct)
+    with fits.open(plain) as src:
+        assert src[1].data.dtype.kind == "i" and src[1].header.get("BZERO") == 32768  # scaled uint16
+    compressed = tmp_path / "rice.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.ones((64, 64), np.float32), name="c")]).writeto(
+        compressed
+    )
+    assert [h.header_offset for h in scan_file(str(compressed), 32).hdus] == [None]
+    moved = scan_file(str(plain)).hdus[1].header_offset + 80  # inside a header, not at its start
+    with pytest.raises(Reject) as err:
+        read_ccd_and_mask(str(plain), 2, header_offset=moved)
+    assert err.value.reason == "unreadable_data"
+
+
+def test_ccd_tasks_are_sliced_to_keep_cores_busy_and_task_costs_small():
+    from desomspark.stages.ingest import PIXELS_PER_SLICE, SLICES_PER_CORE, n_slices
+
+    full = [dict(height=4612, width=2048)] * 144
+    small = [dict(height=512, width=512)] * 40
+    assert n_slices(full, cores=1) == -(-144 * 4612 * 2048 // PIXELS_PER_SLICE) > SLICES_PER_CORE
+    assert n_slices(full, cores=64) == 64 * SLICES_PER_CORE  # every core gets a few tasks
+    assert n_slices(small, cores=2) == 2 * SLICES_PER_CORE  # 5 small CCDs a task, not 1
+    assert n_slices(small[:3], cores=2) == 3  # never more tasks than CCDs
+    assert n_slices(full * 40, cores=4) == -(-40 * 144 * 4612 * 2048 // PIXELS_PER_SLICE)

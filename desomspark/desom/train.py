@@ -15,7 +15,8 @@ iterations; ``resume`` continues from the last checkpoint.
 On a GPU the step avoids what would make it wait on the host
 (:class:`TrainingStep`): batches are drawn on the device by a device
 generator, the SOM temperature is a device tensor, Adam is fused, the
-convolutions keep NHWC (``channels_last``, cuDNN's tensor-core layout), and
+convolutions keep NHWC (``channels_last``, cuDNN's tensor-core layout; on a
+CPU, oneDNN's NHWC kernels gave 1.8x the samples/s of NCHW, README), and
 with one rank the whole step (forward, loss, backward, Adam) is captured
 once in a CUDA graph and replayed, one launch per iteration instead of a few
 hundred.  ``precision="bf16"`` runs the autoencoder in bfloat16 autocast.
@@ -82,7 +83,7 @@ class TrainJob:
     column: str = "pixels"
     cuda_graph: bool = True  # capture the step in a CUDA graph (one GPU rank only)
     precision: str = "fp32"  # "bf16": the autoencoder in bfloat16 autocast on a GPU (SOM distances fp32)
-    channels_last: bool = True  # convolution weights and activations as NHWC on a GPU (tensor-core layout)
+    channels_last: bool = True  # convolutions in NHWC: cuDNN's tensor-core layout, oneDNN's on a CPU
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -368,7 +369,7 @@ def fit(model: DESOM, shard: Shard, job: TrainJob, rank: int = 0, world: int = 1
     device = shard.device
     model.to(device)
     model.bf16 = job.precision == "bf16" and device.type == "cuda"
-    if job.channels_last and device.type == "cuda":
+    if job.channels_last:  # also on the CPU, where oneDNN's NHWC convolutions ran 1.8x faster
         model.to(memory_format=torch.channels_last)
     state = load_checkpoint(job.checkpoint_path) if job.resume else None
     start, history = _start(model, shard, job, state)

@@ -230,15 +230,21 @@ def _open(path: str):
     unscaled (raw integers): :func:`read_ccd` applies BZERO/BSCALE itself,
     because astropy cannot memory-map scaled data.
     """
-    with _raw_open(path) as fh:
-        kind = stream_compression(fh.read(4))
-    local = inflated_copy(path, kind) if kind else local_path(path)
+    local = _local_file(path)
     if local is not None:
         return fits.open(
             local, memmap=True, lazy_load_hdus=True, mode="readonly", do_not_scale_image_data=True
         )
     fh = _raw_open(path)
     return fits.open(fh, lazy_load_hdus=True, mode="readonly", do_not_scale_image_data=True)
+
+
+def _local_file(path: str) -> str | None:
+    """A local path to read ``path`` from: itself, or the decompressed copy of a gzip or bzip2
+    stream; None for a remote file that is not compressed (read as a stream)."""
+    with _raw_open(path) as fh:
+        kind = stream_compression(fh.read(4))
+    return inflated_copy(path, kind) if kind else local_path(path)
 
 
 def _size(path: str) -> int:
@@ -314,6 +320,7 @@ class HduInfo:
     mask_index: int | None = None  # the HDU of its mask plane, if the file has one
     mask_bits: int | None = None  # mask bits that flag a pixel (None: any non-zero value)
     segments: dict | None = None  # sections.SegmentLayout.to_dict(): a CCD read out as one HDU per amplifier
+    header_offset: int | None = None  # byte where an uncompressed image HDU's header starts
 
 
 @dataclass
@@ -591,6 +598,9 @@ def _check_hdu(
             # a raw frame's SATURATE is in raw ADU, before bias and gain: the corrected image's maximum serves
             saturation=_first_card([header, primary], ("SATURATE",)) if layout is None else None,
             raw_layout=layout.to_dict() if layout is not None else None,
+            header_offset=None
+            if isinstance(hdu, fits.CompImageHDU)
+            else (hdu.fileinfo() or {}).get("hdrLoc"),
         )
     )
 
@@ -630,17 +640,19 @@ def _truncated(hdu, size: int | None, scan: FileScan, where: dict) -> bool:
 
 def _physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:
     """Raw FITS pixels -> physical values (BSCALE * raw + BZERO), native float32, BLANK -> NaN."""
-    # one pass: the astype makes the native-endian copy sep needs
-    data = raw.astype(np.float32, order="C")
+    bscale, bzero = float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
+    # one pass makes the native-endian float32 copy sep needs and adds BZERO (the usual
+    # unsigned 16-bit data); the float32 loop gives the numbers astype-then-add gave
+    data = np.empty(raw.shape, np.float32)
+    if bscale == 1.0:
+        np.add(raw, bzero, out=data, dtype=np.float32, casting="unsafe")
+    else:
+        np.multiply(raw, bscale, out=data, dtype=np.float32, casting="unsafe")
+        data += np.float32(bzero)
     if raw.dtype.kind in "iu":
         blank = header.get("BLANK")
         if isinstance(blank, (int, np.integer)):
             data[raw == blank] = np.nan
-    bscale, bzero = float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
-    if bscale != 1.0:
-        data *= np.float32(bscale)
-    if bzero != 0.0:
-        data += np.float32(bzero)
     return data
 
 
@@ -685,14 +697,23 @@ def read_ccd_and_mask(
     mask_index: int | None = None,
     mask_bits: int | None = None,
     segments: dict | None = None,
+    header_offset: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`read_ccd` and, where the CCD has a mask plane, :func:`read_mask`, from one opening of the file.
 
     A CCD written as amplifier segments (``segments`` from the scan) is read
     from all of them, each overscan-corrected, and assembled
-    (:func:`sections.assemble`).
+    (:func:`sections.assemble`).  With ``header_offset`` (from the scan) a
+    plain image HDU of a local file is read at that byte, without parsing the
+    headers before it (on the 36th CCD of an exposure that parsing cost as
+    much as reading its pixels).
     """
     with _reading():
+        if header_offset is not None and segments is None and mask_index is None:
+            image = _read_at(path, header_offset)
+            if image is not None:
+                layout = RawLayout.from_dict(raw_layout)
+                return (correct_raw(image, layout) if layout is not None else image), None
         with _open(path) as hdul:
             if segments is not None:
                 layout = SegmentLayout.from_dict(segments)
@@ -704,6 +725,26 @@ def read_ccd_and_mask(
             image = correct_raw(image, layout) if layout is not None else image
             mask = _flagged(hdul[mask_index], mask_bits, raw_layout) if mask_index is not None else None
             return image, mask
+
+
+def _read_at(path: str, offset: int) -> np.ndarray | None:
+    """The pixels of the image HDU whose header starts at byte ``offset`` of a local (or inflated)
+    file; None where the file is not local.  astropy reads that one header, memory-maps its data."""
+    from astropy.io.fits.file import _File  # astropy's own reader of one HDU at a position
+    from astropy.io.fits.hdu.base import _BaseHDU
+
+    local = _local_file(path)
+    if local is None:
+        return None
+    f = _File(local, mode="readonly", memmap=True)
+    try:
+        f.seek(offset)
+        hdu = _BaseHDU.readfrom(f, do_not_scale_image_data=True)
+        if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)):
+            raise Reject("unreadable_data", f"no image HDU at byte {offset}: the file changed since its scan")
+        return _pixels(hdu)
+    finally:
+        f.close()
 
 
 def _flagged(hdu, bits: int | None, raw_layout: dict | None) -> np.ndarray:

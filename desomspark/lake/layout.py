@@ -36,7 +36,9 @@ from urllib.parse import urlparse
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from desomspark.errors import DesomsparkError
 from desomspark.lake import commit, schema
@@ -157,6 +159,19 @@ class Lake:
         if replaces:
             self.write_json(commit.snapshot(self, replaces), staging, commit.SEEN_FILE)
         return staging
+
+    def stage_arrow(self, staging: str, table: str, rows: pa.Table) -> None:
+        """Write a small driver-side table under ``staging``, one Parquet file per night.
+
+        ``rows`` has the table's columns in any order (:func:`schema.conform`).  Written with
+        pyarrow through the lake's filesystem: a Spark job for a few hundred rows costs more
+        than the rows.
+        """
+        rows = schema.conform(rows, table)
+        for night in sorted(set(rows.column("night").to_pylist())):
+            part = rows.filter(pc.equal(rows.column("night"), night)).drop_columns(["night"])
+            with self.open(staging, table, f"night={night}", "part-00000.parquet", mode="wb") as fh:
+                pq.write_table(part, fh, compression="zstd")
 
     def commit_nights(
         self, staging: str, tables: list[str], nights: list[str], summary: dict | None = None

@@ -22,5 +22,10 @@ def cached_model(uri: str, device: str | None = None, threads: int | None = None
 
         if threads and device == "cpu":
             torch.set_num_threads(threads)
-        _MODELS[key] = mlflow.pytorch.load_model(uri).to(device)
+        model = mlflow.pytorch.load_model(uri).to(device)
+        if (
+            device == "cpu"
+        ):  # oneDNN's NHWC convolutions: 1.8x the cutouts/s (README); a dense model is unchanged
+            model = model.to(memory_format=torch.channels_last)
+        _MODELS[key] = model
     return _MODELS[key]

@@ -1,6 +1,6 @@
 """The Spark glue: each stage reads the lake, runs the pure code of its subpackage, commits its tables.
 
-``ingest``         FITS -> exposures/, ccds/, cutouts/, rejects/   (one task per CCD)
+``ingest``         FITS -> exposures/, ccds/, cutouts/, rejects/   (CCDs in a few tasks per core)
 ``train_desom1``   cutouts/ -> registered ``desom1`` (TorchDistributor, DDP)
 ``histovectors``   cutouts/ -> histovectors/                       (DESOM-1 in a UDF)
 ``train_desom2``   histovectors/ -> registered ``desom2``

@@ -5,8 +5,9 @@ The stages, each a Spark job over plain functions:
 1. the driver lists the input files (it opens none of them);
 2. *scan*: one task per file reads its headers (:func:`fitsio.scan_file`) and
    lists its image HDUs; file- and HDU-level problems become rejects;
-3. *process*: one task per CCD (one HDU, or the amplifier HDUs of one CCD),
-   so the 36 CCDs of an exposure spread over executors; each reads its own
+3. *process*: one unit of work per CCD (one HDU, or the amplifier HDUs of one
+   CCD), grouped into a few Spark tasks per core (:func:`n_slices`: a Spark
+   task costs as much as a small CCD); each CCD reads its own
    pixels by path (:func:`fitsio.read_ccd_and_mask`), runs
    :func:`detect.process_ccd` and returns its row and cutouts as one Arrow
    batch (``mapInArrow``: columnar from numpy to Parquet, no pickled rows);
@@ -149,6 +150,7 @@ def read_and_process(task: dict, cfg: IngestConfig) -> CcdResult:
         task.get("mask_index"),
         task.get("mask_bits"),
         task.get("segments"),
+        task.get("header_offset"),
     )
     return process_ccd(
         image,
@@ -510,19 +512,34 @@ def scan_files(spark, files: list[str], cfg: IngestConfig, camera: str | None = 
     return scans
 
 
-def process_ccds(spark, tasks: list[dict], cfg: IngestConfig):
-    """Stage 2: one Spark task per CCD, each giving its :data:`RESULT` row (persisted on disk; unpersist it).
+#: Spark slices per executor core at least, so that a slow CCD does not leave a core idle
+SLICES_PER_CORE = 4
+#: pixels a slice holds at most (~27 CCDs of 2048x4612): a Spark task costs ~0.1 s of its own
+#: (scheduling, the Python worker's round trip), as much as detection on a 512x512 CCD
+PIXELS_PER_SLICE = 256_000_000
 
-    The tasks are parallelized one slice per CCD; results come back as Arrow
-    batches (``mapInArrow``), columnar from the task's numpy arrays to the
-    Parquet files.
+
+def n_slices(tasks: list[dict], cores: int) -> int:
+    """How many Spark tasks the CCD tasks are split into: enough to keep every core busy
+    (:data:`SLICES_PER_CORE`), few enough that a task's own cost stays small beside its
+    CCDs' (:data:`PIXELS_PER_SLICE`), never more than one per CCD."""
+    pixels = sum(int(t["height"]) * int(t["width"]) for t in tasks)
+    return max(1, min(len(tasks), max(cores * SLICES_PER_CORE, -(-pixels // PIXELS_PER_SLICE))))
+
+
+def process_ccds(spark, tasks: list[dict], cfg: IngestConfig):
+    """Stage 2: the CCD tasks in :func:`n_slices` Spark tasks, each CCD giving its :data:`RESULT`
+    row (persisted on disk; unpersist it).
+
+    Each CCD is still read and processed on its own, consecutive CCDs sharing
+    a slice; results come back as Arrow batches (``mapInArrow``), one per
+    CCD, columnar from the task's numpy arrays to the Parquet files.
     """
     result_schema = schema.spark_schema(RESULT)
     if not tasks:
         return spark.createDataFrame([], result_schema)
-    task_df = spark.sparkContext.parallelize([(json.dumps(t),) for t in tasks], len(tasks)).toDF(
-        "task string"
-    )
+    slices = n_slices(tasks, spark.sparkContext.defaultParallelism)
+    task_df = spark.sparkContext.parallelize([(json.dumps(t),) for t in tasks], slices).toDF("task string")
     # on disk: an in-memory columnar cache of the nested cutouts costs more than it saves
     return task_df.mapInArrow(lambda batches: process_tasks(batches, cfg), result_schema).persist(
         StorageLevel.DISK_ONLY
@@ -599,23 +616,17 @@ def stage_tables(
         staging,
         "cutouts",
     )
-    _write_pandas(spark, exposure_df, lake, staging, "exposures")
-    _write_pandas(spark, pd.DataFrame(rejects, columns=schema.REJECTS.names), lake, staging, "rejects")
+    lake.stage_arrow(staging, "exposures", pa.Table.from_pandas(exposure_df, preserve_index=False))
+    lake.stage_arrow(
+        staging,
+        "rejects",
+        pa.Table.from_pandas(pd.DataFrame(rejects, columns=schema.REJECTS.names), preserve_index=False),
+    )
 
 
 def _write(df, lake: Lake, staging: str, table: str) -> None:
     df.write.mode("overwrite").option("compression", "zstd").partitionBy("night").parquet(
         lake.spark_path(staging, table)
-    )
-
-
-def _write_pandas(spark, frame: pd.DataFrame, lake: Lake, staging: str, table: str) -> None:
-    """Write a small driver-side table through Spark (the lake may be remote)."""
-    if frame.empty:
-        return
-    arrow = schema.conform(pa.Table.from_pandas(frame, preserve_index=False), table)
-    _write(
-        spark.createDataFrame(arrow.to_pandas(), schema.spark_schema(table)).coalesce(1), lake, staging, table
     )
 
 

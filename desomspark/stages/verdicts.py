@@ -21,8 +21,6 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from desomspark import registry
 from desomspark.config import Config
@@ -222,11 +220,7 @@ def commit_verdicts(
     lake: Lake, staging: str, table: pd.DataFrame, nights: list[str], batch: Batch | None
 ) -> None:
     """Stage the verdicts per night and commit them (the night's partition, or the batch's files)."""
-    arrow = schema.conform(pa.Table.from_pandas(table, preserve_index=False), "verdicts")
-    for night in sorted(set(table["night"])):
-        part = arrow.filter(ds.field("night") == night).drop_columns(["night"])
-        with lake.open(staging, "verdicts", f"night={night}", "part-00000.parquet", mode="wb") as fh:
-            pq.write_table(part, fh)
+    lake.stage_arrow(staging, "verdicts", pa.Table.from_pandas(table, preserve_index=False))
     if batch is None:
         lake.commit_nights(staging, ["verdicts"], nights)
     else:

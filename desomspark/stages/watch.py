@@ -77,7 +77,6 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pyspark.sql import functions as F
 
 from desomspark import registry
@@ -351,10 +350,7 @@ def raise_alerts(lake: Lake, nights: list[str], batch_id: str, cfg: WatchConfig)
         r for r in committed.to_pylist() if f"/part-b{batch_id}-" in r.pop("__filename", "")
     ]  # this batch's earlier try
     staging = lake.new_staging()
-    for night in sorted({a.night for a in new} | {r["night"] for r in earlier}):
-        rows = [a.row(now) for a in new if a.night == night] + [r for r in earlier if r["night"] == night]
-        with lake.open(staging, "alerts", f"night={night}", "part-0.parquet", mode="wb") as fh:
-            pq.write_table(schema.conform(pa.Table.from_pylist(rows), "alerts").drop(["night"]), fh)
+    lake.stage_arrow(staging, "alerts", pa.Table.from_pylist([a.row(now) for a in new] + earlier))
     lake.commit_batch(staging, ["alerts"], batch_id)
     for alert in new:
         _LOG.warning(alert.line())
