@@ -217,6 +217,11 @@ def _map_commands(sub) -> None:
         "--exposure", type=_exposure, metavar="NIGHT/ID", help="one exposure, e.g. 20251120/1000021"
     )
     p.add_argument("--label", default=None, help="the label, e.g. Good or BT")
+    p.add_argument(
+        "--add",
+        action="store_true",
+        help="the label is a new one (not in conf labels.vocabulary nor the lake)",
+    )
     p.add_argument("--unlabel", action="store_true", help="remove the label")
     p.add_argument("--undo", action="store_true", help="revert the last change of this cell or exposure")
 
@@ -446,8 +451,12 @@ def cmd_label(args, cfg: Config) -> int:
 
     if sum([args.unlabel, args.undo, args.label is not None]) != 1:
         raise UserError("give one of --label NAME, --unlabel or --undo")
-    label = None if args.unlabel else args.label
     lake = _lake(args)
+    label = None
+    if args.label is not None:  # matched to the vocabulary and the lake's labels, whatever its case
+        label = explore.vocabulary_label(
+            args.label, explore.known_labels(lake, cfg.labels.vocabulary), args.add
+        )
     desom2 = registry.registered(lake, cfg, "desom2")
     version = desom2.version
     if args.exposure:

@@ -223,6 +223,18 @@ class DecideConfig:
 
 
 @dataclass(frozen=True)
+class LabelsConfig:
+    """The label vocabulary (README "The console"): a name and what it means, per label."""
+
+    vocabulary: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        folded = [name.casefold() for name in self.vocabulary]
+        if len(set(folded)) != len(folded):
+            raise UserError("[labels] vocabulary: two labels differ only in case")
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
@@ -233,6 +245,7 @@ class Config:
     watch: WatchConfig = field(default_factory=WatchConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     decide: DecideConfig = field(default_factory=DecideConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

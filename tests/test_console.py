@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import HOSTILE_OBJECT
@@ -22,6 +23,7 @@ from localcluster import free_port
 from tools import child_env, open_browser
 
 from desomspark.lake.queries import current_labels
+from desomspark.serve import plots
 from desomspark.serve.console import create_app
 from desomspark.serve.explore import export
 from desomspark.stages.nightly import run_assign
@@ -116,7 +118,21 @@ def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spa
     night, exposure_id, x, y = hostile
     browser = open_browser(tmp_path)
     try:
-        browser.get(console.url + "/map")
+        for by in ("count", "novelty", "label"):  # every cell's text readable on its colour (WCAG AA)
+            browser.get(f"{console.url}/map?by={by}")
+            cells = browser.find_elements(By.CSS_SELECTOR, "a.cell")
+            assert cells
+            for cell in cells:
+                text, back = (_css_hex(cell.value_of_css_property(p)) for p in ("color", "background-color"))
+                assert plots.contrast_ratio(text, back) >= 4.5, (by, cell.get_attribute("id"), text, back)
+        # one image per occupied cell (its most central member's focal plane), a bar per median, a legend
+        images = [cell.find_elements(By.CSS_SELECTOR, "img.central") for cell in cells]
+        assert all(len(found) == 1 for found in images)
+        assert all(len(cell.find_elements(By.CSS_SELECTOR, "span.bar")) == 3 for cell in cells)
+        assert "seeing, PSF FWHM (arcsec)" in browser.find_element(By.ID, "map-legend").text
+        for found in images[:3]:
+            with urllib.request.urlopen(found[0].get_attribute("src"), timeout=60) as answer:
+                assert answer.read(8) == b"\x89PNG\r\n\x1a\n"
         browser.find_element(By.ID, f"cell-{x}-{y}").click()
         WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith(f"/cell/{x}/{y}"))
         mosaic = browser.find_element(By.CSS_SELECTOR, f'img[src$="/{exposure_id}/mosaic.png"]')
@@ -128,6 +144,19 @@ def test_label_a_cell_in_the_browser_and_undo(console, mapped_lake, hostile, spa
         assert browser.execute_script("return window.__pwned === undefined")  # ... never run
         assert browser.find_elements(By.TAG_NAME, "script") == []
         assert browser.find_element(By.ID, "label").text == "(none)"
+        # the full-resolution window, one click away, opens at its native size
+        browser.find_element(By.CSS_SELECTOR, f'a.full[href$="/{exposure_id}/window.png"]').click()
+        WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith("/window.png"))
+        window = browser.find_element(By.TAG_NAME, "img")
+        WebDriverWait(browser, 30).until(
+            lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", window)
+        )
+        natural, shown = browser.execute_script(
+            "return [arguments[0].naturalWidth, arguments[0].getBoundingClientRect().width]", window
+        )
+        assert natural >= 256 and shown == natural  # 500 px of a 512 px CCD, one screen pixel each
+        browser.back()
+        WebDriverWait(browser, 30).until(lambda b: b.current_url.endswith(f"/cell/{x}/{y}"))
 
         field = browser.find_element(By.ID, "label-input")
         field.clear()
@@ -184,6 +213,9 @@ def test_tables_download_as_csv_and_bad_requests_get_clear_errors(console, mappe
     assert _request(f"{console.url}/cell/99/0")[0] == 404
     status, body = _request(f"{console.url}/cell/99/0")
     assert "outside the" in body
+    versions = mapped_lake.read("assignments", columns=["desom1_version", "desom2_version"]).to_pylist()[0]
+    # the error page names the map it was asked of, as every page does
+    assert f"desom2 v{versions['desom2_version']} on desom1 v{versions['desom1_version']}" in body
     assert _request(f"{console.url}/map?by=mood")[0] == 400
     assert _request(f"{console.url}/cell/{x}/{y}?page=9")[0] == 404
     assert _request(f"{console.url}/exposure/{night}/no-such-exposure")[0] == 404
@@ -316,3 +348,53 @@ def test_with_a_token_the_login_cookie_labels_and_other_sites_and_names_are_refu
     assert client.post(url, data={"label": "Good"}, headers=same_site).status_code == 303  # the cookie
     assert client.post(f"/cell/{x}/{y}/undo", headers=same_site).status_code == 303
     assert mapped_lake.read("labels").num_rows == before + 2
+
+
+def _css_hex(value: str) -> str:
+    """``rgb(r, g, b)`` or ``rgba(r, g, b, a)``, as a browser reports a colour, as ``#rrggbb``."""
+    r, g, b = (int(float(v)) for v in value[value.index("(") + 1 : value.index(")")].split(",")[:3])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def test_cell_text_colours_meet_wcag_aa_on_every_colour_scale():
+    from desomspark.serve.console.view import cell_colours
+
+    cells = pd.DataFrame(
+        dict(cell_x=range(50), cell_y=0, count=range(1, 51), novelty=np.linspace(0.0, 3.0, 50))
+    )
+    labels = {(i, 0): f"label{i}" for i in range(0, 50, 3)}
+    for by in ("count", "novelty", "label"):
+        for colour in cell_colours(cells, labels, by).values():
+            assert plots.contrast_ratio(plots.text_colour(colour), colour) >= 4.5, (by, colour)
+    assert plots.text_colour("#08306b") == "#ffffff" and plots.text_colour("#d0d4dc") == "#000000"
+    assert round(plots.contrast_ratio("#000000", "#ffffff"), 1) == 21.0
+
+
+def test_every_exposure_with_psf_stars_has_its_stacked_star(mapped_lake, config, hostile):
+    """The stacked star (the median of the PSF stars' stamps, stored per CCD at ingest) of each
+    exposure that has PSF stars, and of a cell, as PNGs; none for an exposure without stars."""
+    from PIL import Image
+
+    from desomspark.ingest.qa import STACK_SIDE, decode_stack
+
+    _, _, x, y = hostile
+    client = create_app(mapped_lake, config).test_client()
+    ccds = mapped_lake.read("ccds", columns=["night", "exposure_id", "n_stars", "psf_stack"]).to_pandas()
+    for row in ccds.itertuples():
+        stack = decode_stack(row.psf_stack)
+        assert (stack is not None) == (row.n_stars > 0)
+        if stack is not None:  # unit peak, its light centred (a donut's too: its ring is round)
+            assert stack.shape == (STACK_SIDE, STACK_SIDE) and stack.max() == 1.0
+            grid = np.arange(STACK_SIDE) - STACK_SIDE // 2
+            light = np.clip(stack, 0, None)
+            centre = (light.sum(1) @ grid, light.sum(0) @ grid) / light.sum()
+            assert np.hypot(*centre) < 1.5, (row.exposure_id, centre)
+    stars = ccds.groupby(["night", "exposure_id"])["n_stars"].sum()
+    assert (stars > 0).any()
+    for (night, exposure_id), n in stars.items():
+        answer = client.get(f"/img/exposure/{night}/{exposure_id}/star.png")
+        assert answer.status_code == (200 if n > 0 else 404), (exposure_id, n)
+        if n > 0:
+            assert Image.open(io.BytesIO(answer.data)).size == (4 * STACK_SIDE, 4 * STACK_SIDE)
+    assert client.get(f"/img/cell/{x}/{y}/star.png").status_code == 200
+    assert 'id="cell-star"' in client.get(f"/cell/{x}/{y}").data.decode()

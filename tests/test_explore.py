@@ -8,6 +8,7 @@ import sys
 
 import pandas as pd
 import pytest
+from tools import renumbered_copy
 
 from desomspark import registry
 from desomspark.lake.layout import Lake
@@ -87,6 +88,8 @@ def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path, config):
     first = lake.read("assignments").to_pandas().sort_values("exposure_id").iloc[0]
     shape = registered(lake, config, "desom2").map_shape
     label_cell(Lake(str(moved)), first.desom2_version, (int(first.cell_x), int(first.cell_y)), "Ghost", shape)
+    # the next night: the same pixels as exposures under new ids (an id is unique in the lake)
+    next_night = renumbered_copy(night_dir, tmp_path / "next", offset=500_000)
     hidden = lake.path("mlartifacts") + ".hidden"
     os.rename(lake.path("mlartifacts"), hidden)  # the old place is gone: nothing may be read from it
     try:
@@ -95,7 +98,7 @@ def test_a_moved_lake_runs_nightly(lake, night_dir, tmp_path, config):
             "--lake",
             str(moved),
             "--input",
-            str(night_dir),
+            str(next_night),
             "--night",
             "20251122",
             "--master",
@@ -193,9 +196,15 @@ def test_export_into_a_new_folder(lake, tmp_path):
 
 
 def test_command_line(lake, tmp_path):
-    done = _cli("label", "--lake", lake.root, "--cell", "0,0", "--label", "Good")
+    done = _cli("label", "--lake", lake.root, "--cell", "0,0", "--label", "good")  # the vocabulary's Good
     assert done.returncode == 0 and "'Good'" in done.stdout, done.stderr
     assert _cli("label", "--lake", lake.root, "--cell", "0,0").returncode == 1
+    typo = _cli("label", "--lake", lake.root, "--cell", "0,0", "--label", "Goood")
+    assert typo.returncode == 1 and "not a known label" in typo.stderr and "--add" in typo.stderr
+    added = _cli("label", "--lake", lake.root, "--cell", "0,0", "--label", "Ghosts", "--add")
+    assert added.returncode == 0 and "'Ghosts'" in added.stdout, added.stderr
+    undone = _cli("label", "--lake", lake.root, "--cell", "0,0", "--undo")
+    assert undone.returncode == 0 and "'Good'" in undone.stdout, undone.stderr
     out = tmp_path / "e.csv"
     assert (
         _cli("export", "--lake", lake.root, "--format", "csv", "--out", str(out)).returncode == 0
@@ -265,3 +274,31 @@ def test_a_cell_label_belongs_to_its_map_version_and_its_exposures_keep_it(spark
         if lake.exists("exposure_labels"):  # the inherited labels go too: the lake as the other tests expect
             shutil.rmtree(lake.path("exposure_labels"))
         run_assign(spark, lake, config)
+
+
+def test_undo_steps_back_through_the_history_and_labels_are_matched_to_the_vocabulary(tmp_path):
+    from desomspark.errors import UserError
+    from desomspark.lake.queries import current_labels
+    from desomspark.serve.explore import known_labels, undo_label, vocabulary_label
+
+    lake, shape = Lake(str(tmp_path / "lake")), (3, 3)
+    for name in ("Good", "BT", "Streak"):
+        label_cell(lake, "1", (0, 0), name, shape)
+    label_cell(lake, "1", (1, 0), "RBT", shape)  # another cell's changes are its own
+    assert [undo_label(lake, "1", (0, 0), shape)["label"] for _ in range(3)] == ["BT", "Good", None]
+    with pytest.raises(UserError, match="no label change to undo"):
+        undo_label(lake, "1", (0, 0), shape)
+    label_cell(lake, "1", (0, 0), "BGP", shape)
+    assert undo_label(lake, "1", (0, 0), shape)["label"] is None  # a change after the undos, undone alone
+    now = current_labels(lake, "1").set_index(["cell_x", "cell_y"])["label"]
+    assert pd.isna(now.loc[(0, 0)]) and now.loc[(1, 0)] == "RBT"
+
+    vocabulary = {"Good": "sharp, round stars", "Streak": "a satellite streak"}
+    known = known_labels(lake, vocabulary)
+    assert known[:2] == ["Good", "Streak"] and "RBT" in known and "BT" in known  # then the lake's own
+    assert vocabulary_label("streak", known) == "Streak" and vocabulary_label("rbt", known) == "RBT"
+    with pytest.raises(UserError, match="--add"):
+        vocabulary_label("Ghosts", known)
+    assert vocabulary_label("Ghosts", known, add=True) == "Ghosts"
+    with pytest.raises(UserError, match="space"):
+        vocabulary_label(" Good", known)

@@ -470,8 +470,8 @@ def test_a_ccd_read_at_its_scanned_offset_equals_the_walked_read(tmp_path, night
             walked, _ = read_ccd_and_mask(path, h.hdu_index)
             direct, _ = read_ccd_and_mask(path, h.hdu_index, header_offset=h.header_offset)
             assert direct.dtype == np.float32 and np.array_equal(walked, direct)
-    with fits.open(plain) as src:
-        assert src[1].data.dtype.kind == "i" and src[1].header.get("BZERO") == 32768  # scaled uint16
+    with fits.open(plain, do_not_scale_image_data=True) as src:  # stored as int16 + BZERO: uint16
+        assert src[1].data.dtype.kind == "i" and src[1].header.get("BZERO") == 32768
     compressed = tmp_path / "rice.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.ones((64, 64), np.float32), name="c")]).writeto(
         compressed
@@ -489,7 +489,29 @@ def test_ccd_tasks_are_sliced_to_keep_cores_busy_and_task_costs_small():
     full = [dict(height=4612, width=2048)] * 144
     small = [dict(height=512, width=512)] * 40
     assert n_slices(full, cores=1) == -(-144 * 4612 * 2048 // PIXELS_PER_SLICE) > SLICES_PER_CORE
-    assert n_slices(full, cores=64) == 64 * SLICES_PER_CORE  # every core gets a few tasks
+    assert n_slices(full, cores=16) == 16 * SLICES_PER_CORE  # every core gets a few tasks
+    assert n_slices(full, cores=64) == 144  # never more tasks than CCDs
     assert n_slices(small, cores=2) == 2 * SLICES_PER_CORE  # 5 small CCDs a task, not 1
     assert n_slices(small[:3], cores=2) == 3  # never more tasks than CCDs
     assert n_slices(full * 40, cores=4) == -(-40 * 144 * 4612 * 2048 // PIXELS_PER_SLICE)
+
+
+def test_an_exposure_id_is_unique_in_the_lake_whatever_night_its_file_claims(
+    spark, night_dir, tmp_path, config
+):
+    files = sorted(night_dir.glob("*.fits"))[:2]
+    first = tmp_path / "first"
+    first.mkdir()
+    for f in files:
+        shutil.copy(f, first / f.name)
+    lake = Lake(str(tmp_path / "lake"))
+    assert ingest(spark, str(first), lake, cfg=config.ingest).ok == 2
+    again = ingest(spark, str(files[0]), lake, night="20251121", cfg=config.ingest)
+    assert again.ok == 0 and again.rejected == 1
+    ((name, reason, detail),) = again.rejected_files
+    assert reason == "duplicate_exposure" and "night 20251120" in detail
+    assert lake.read("exposures", nights=["20251121"]).num_rows == 0
+    # the night that holds them, run again, replaces its own rows: no duplicates, none rejected
+    rerun = ingest(spark, str(first), lake, cfg=config.ingest)
+    assert rerun.ok == 2 and rerun.rejected == 0
+    assert sorted(lake.read("exposures").column("night").to_pylist()) == [NIGHT, NIGHT]

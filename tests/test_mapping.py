@@ -222,6 +222,14 @@ def test_nightly_on_a_fresh_install_uses_the_default_models(fresh_nightly):
     assert first.exposures == 30 and sum(first.labels.values()) == 30
     assert len(first.most_novel) == 5
     assert lake.nights("assignments") == ["20260301"]
+    lines = first.lines()
+    assert lines[0] == (
+        "nightly 20260301: 30 exposures assigned, 0 files rejected, 0 with no cutout, of 30 files"
+    )
+    quantile, reference = first.novelty_reference
+    assert quantile == 0.99 and reference <= first.most_novel[0][1]  # the most novel is past the quantile
+    assert f"quantile is {reference:.3f}" in "\n".join(lines)
+    assert lines[-1] == f"  next: desomspark serve --lake {lake.root} to look at the map and label it"
 
 
 def test_nightly_twice_gives_identical_tables(fresh_nightly):

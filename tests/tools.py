@@ -59,3 +59,21 @@ def open_browser(tmp_path):
     ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def renumbered_copy(src, dst, offset: int):
+    """Copies of the FITS files in ``src`` under ``dst`` with EXPNUM + ``offset``: the same pixels
+    as other exposures (an exposure id is unique in a lake, whatever night its file claims)."""
+    import shutil
+    from pathlib import Path
+
+    from astropy.io import fits
+
+    dst = Path(dst)
+    dst.mkdir(parents=True)
+    for path in sorted(Path(src).glob("*.fits")):
+        copy = dst / path.name
+        shutil.copy(path, copy)
+        with fits.open(copy, mode="update") as hdul:
+            hdul[0].header["EXPNUM"] = int(hdul[0].header["EXPNUM"]) + offset
+    return dst

@@ -82,7 +82,9 @@ class CcdResult:
     pixels: list[bytes] = field(default_factory=list)
     #: the classical quality numbers of :func:`qa.ccd_qa` (NaN for a dead CCD)
     qa: dict = field(
-        default_factory=lambda: {c: float("nan") for c in CCD_QA_COLUMNS} | {"n_stars": 0, "n_saturated": 0}
+        default_factory=lambda: (
+            {c: float("nan") for c in CCD_QA_COLUMNS} | {"n_stars": 0, "n_saturated": 0, "psf_stack": None}
+        )
     )
 
     @property

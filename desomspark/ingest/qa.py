@@ -74,6 +74,7 @@ LOCUS_TOLERANCE = 0.2
 SUBSAMPLE = 4
 SATURATION_FRACTION = 0.8
 MIN_FWHM_PX = 1.5
+STACK_SIDE = 33  # pixels of a CCD's stacked star (its PSF stars' median), centred on its middle pixel
 MAX_MEASURED = 64  # PSF-star candidates whose FWHM is measured (the brightest of the smaller half)
 MEASURED_FOR_SIZE = 4 * MAX_MEASURED  # the brightest candidates whose half-light radius is measured
 
@@ -147,6 +148,34 @@ def _core_radius(above: np.ndarray, r: np.ndarray, step: float = 0.5) -> np.ndar
     return radius[:, None, None]
 
 
+def stacked_star(stamps: np.ndarray) -> np.ndarray:
+    """The stacked star of a CCD: the median of its PSF stars' stamps, each scaled to unit flux.
+
+    The stamps are centred on each star's nearest pixel; the stack is cut (or padded with zeros)
+    to :data:`STACK_SIDE` pixels around its middle and scaled to a peak of 1: the PSF an
+    astronomer checks first (trailed, donut or soft), from the stars the FWHM was measured on.
+    """
+    flux = stamps.sum(axis=(1, 2))
+    keep = flux > 0
+    stack = np.median(stamps[keep] / flux[keep, None, None], axis=0) if keep.any() else stamps[0] * 0
+    side, half = stack.shape[0], STACK_SIDE // 2
+    take = min(side // 2, half)
+    out = np.zeros((STACK_SIDE, STACK_SIDE), np.float32)
+    mid = side // 2
+    out[half - take : half + take + 1, half - take : half + take + 1] = stack[
+        mid - take : mid + take + 1, mid - take : mid + take + 1
+    ]
+    peak = out.max()
+    return out / peak if peak > 0 else out
+
+
+def decode_stack(blob: bytes | None) -> np.ndarray | None:
+    """A stored stacked star (``ccds.psf_stack``, float16) as a STACK_SIDE x STACK_SIDE array."""
+    if not blob:
+        return None
+    return np.frombuffer(blob, dtype=np.float16).astype(np.float32).reshape(STACK_SIDE, STACK_SIDE)
+
+
 def windowed_shape(
     stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray, sigma: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -200,7 +229,8 @@ def ccd_qa(
     Returns
     -------
     dict
-        The keys of :data:`CCD_QA_COLUMNS`; NaN where no PSF star was found.
+        The keys of :data:`CCD_QA_COLUMNS` (NaN where no PSF star was found) and ``psf_stack``,
+        the :func:`stacked_star` as float16 bytes (None without PSF stars).
     """
     rms = float(bkg.globalrms)
     if residual is None:
@@ -211,6 +241,7 @@ def ccd_qa(
     mesh = image[centres] - residual[centres]
     out = dict.fromkeys(CCD_QA_COLUMNS, float("nan"))
     out["n_stars"] = 0
+    out["psf_stack"] = None
     out["background_structure"] = float(np.std(mesh) / rms) if rms > 0 else float("nan")
     saturation = float(saturation) if saturation else float(image.max())
     saturated = _saturated(image, objects, saturation)
@@ -233,6 +264,7 @@ def ccd_qa(
         ellipticity_median=float(np.median(ellipticity)),
         # a point source at S/N 10 in an optimal (Gaussian) aperture: 10 rms sqrt(4 pi) sigma
         flux_sn10=10.0 * rms * math.sqrt(4 * math.pi) * fwhm_px / 2.3548,
+        psf_stack=stacked_star(stamps).astype(np.float16).tobytes(),
     )
     return out
 

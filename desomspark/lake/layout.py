@@ -281,23 +281,23 @@ class Lake:
         ) from lost
 
     def committed_exposures(
-        self, nights: list[str], except_batch: str | None = None
-    ) -> dict[tuple[str, str], str]:
-        """``(night, exposure_id) -> path`` of the exposures committed for ``nights``.
+        self, except_nights: list[str] = (), except_batch: str | None = None
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """``(camera, exposure_id) -> (night, path)`` of every exposure committed to the lake.
 
-        Rows a micro-batch ``except_batch`` committed (an earlier try of the
-        batch being run again) are left out.
+        An exposure id is unique per camera in the whole lake, whatever night a file claims.
+        Left out: the nights ``except_nights`` (a run that replaces them brings their exposures
+        again) and the rows a micro-batch ``except_batch`` committed (an earlier try of the
+        batch being run again).
         """
-        nights = [n for n in nights if n in self.nights("exposures")]
-        if not nights:
+        if not self.nights("exposures"):
             return {}
-        rows = self.scan(
-            "exposures", ["night", "exposure_id", "path", "__filename"], ds.field("night").isin(nights)
-        )
+        where = ~ds.field("night").isin(list(except_nights)) if except_nights else None
+        rows = self.scan("exposures", ["camera", "night", "exposure_id", "path", "__filename"], where)
         mine = f"/part-b{except_batch}-"
         return {
-            (n, e): p
-            for n, e, p, f in zip(*(rows.column(c).to_pylist() for c in rows.column_names))
+            (c or "", e): (n, p)
+            for c, n, e, p, f in zip(*(rows.column(c).to_pylist() for c in rows.column_names))
             if except_batch is None or mine not in f
         }
 

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from desomspark.errors import UserError
-from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
+from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS, decode_stack
 from desomspark.lake.layout import Lake
 from desomspark.serve import plots
 
@@ -150,7 +150,8 @@ def _image(data, height: int, width: int) -> np.ndarray | None:
 
 
 def exposure_views(lake: Lake, exposure_ids: list[str], nights: list[str] | None = None) -> dict[str, dict]:
-    """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails and its full-resolution ``window``.
+    """Per exposure: its focal-plane ``mosaic`` of CCD thumbnails, its full-resolution ``window``
+    and its stacked ``star`` (the median of its CCDs' stacked stars; None without PSF stars).
 
     ``nights``, when known, limits the search to their partitions.
     """
@@ -171,6 +172,7 @@ def exposure_views(lake: Lake, exposure_ids: list[str], nights: list[str] | None
             "window",
             "window_height",
             "window_width",
+            "psf_stack",
         ],
         where=ds.field("exposure_id").isin(list(exposure_ids)),
     ).to_pandas()
@@ -187,7 +189,12 @@ def exposure_views(lake: Lake, exposure_ids: list[str], nights: list[str] | None
             for r in central_first(group).itertuples()
             if (w := _image(r.window, r.window_height, r.window_width)) is not None
         ]
-        views[exposure_id] = {"mosaic": plots.focal_plane(thumbs), "window": windows[0] if windows else None}
+        stacks = [stack for blob in group["psf_stack"] if (stack := decode_stack(blob)) is not None]
+        views[exposure_id] = {
+            "mosaic": plots.focal_plane(thumbs),
+            "window": windows[0] if windows else None,
+            "star": np.median(stacks, axis=0) if stacks else None,
+        }
     return views
 
 

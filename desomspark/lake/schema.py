@@ -90,6 +90,7 @@ CCDS = pa.schema(
         ("background_structure", pa.float64()),  # std of the sep background mesh / background RMS
         ("n_saturated", pa.int32()),
         ("flux_sn10", pa.float64()),  # ADU of a point source at S/N 10
+        ("psf_stack", pa.binary()),  # float16 33x33 median of the PSF stars, peak 1 (qa.stacked_star)
         ("reject_reason", pa.string()),  # null when the CCD was used
         ("thumbnail", pa.binary()),  # uint8 block-averaged image (see thumbnail_shape)
         ("thumbnail_height", pa.int32()),
@@ -163,6 +164,7 @@ LABELS = pa.schema(
         ("label", pa.string()),  # null: the cell was unlabelled
         ("author", pa.string()),
         ("labelled_at", pa.timestamp("us", tz="UTC")),
+        ("undoes", pa.timestamp("us", tz="UTC")),  # an undo: the labelled_at of the change it reverts
     ]
 )
 
@@ -196,6 +198,7 @@ EXPOSURE_LABELS = pa.schema(
         ("cell_y", pa.int32()),
         ("author", pa.string()),
         ("labelled_at", pa.timestamp("us", tz="UTC")),
+        ("undoes", pa.timestamp("us", tz="UTC")),  # an undo: the labelled_at of the change it reverts
     ]
 )
 

@@ -55,6 +55,35 @@ def valid_label(label: str) -> str:
     return label
 
 
+def known_labels(lake: Lake, vocabulary: dict[str, str]) -> list[str]:
+    """The names a label may take without ``add``: the vocabulary's (conf ``labels.vocabulary``),
+    then those already in the lake's cell and exposure labels, each once whatever its case."""
+    used = list(lake.read("labels", columns=["label"]).column("label").drop_null().to_pylist())
+    used += lake.read("exposure_labels", columns=["label"]).column("label").drop_null().to_pylist()
+    names: dict[str, str] = {}
+    for name in [*vocabulary, *sorted(set(used))]:
+        names.setdefault(name.casefold(), name)
+    return list(names.values())
+
+
+def vocabulary_label(label: str, known: list[str], add: bool = False) -> str:
+    """``label`` spelt as the known label it names, matched whatever its case ("streak" is Streak).
+
+    A name that is none of ``known`` is refused unless ``add``: a new class is a decision, not a
+    typo.  The rule of :func:`valid_label` applies to every name.
+    """
+    label = valid_label(label)
+    match = {name.casefold(): name for name in known}.get(label.casefold())
+    if match is not None:
+        return match
+    if not add:
+        raise UserError(
+            f"{label!r} is not a known label ({', '.join(known)}); to make it a new label, "
+            "give --add (console: tick 'a new label')"
+        )
+    return label
+
+
 def label_cell(
     lake: Lake, desom2_version: str, cell: tuple[int, int], label: str | None, map_shape: tuple[int, int]
 ) -> dict:
@@ -68,8 +97,12 @@ def label_cells(
     cells: list[tuple[int, int]],
     label: str | None,
     map_shape: tuple[int, int],
+    undoes=None,
 ) -> list[dict]:
-    """Record ``label`` (None: remove it) for several cells of a DESOM-2 version at once (one file)."""
+    """Record ``label`` (None: remove it) for several cells of a DESOM-2 version at once (one file).
+
+    ``undoes``: the time of the change this entry reverts (see :func:`undo_label`).
+    """
     rows, cols = map_shape
     for x, y in cells:
         if not (0 <= x < cols and 0 <= y < rows):
@@ -85,6 +118,7 @@ def label_cells(
             "label": label,
             "author": who,
             "labelled_at": now,
+            "undoes": undoes,
         }
         for x, y in cells
     ]
@@ -92,22 +126,42 @@ def label_cells(
     return labelled
 
 
-def undo_label(lake: Lake, desom2_version: str, cell: tuple[int, int], map_shape: tuple[int, int]) -> dict:
-    """Revert a cell's last change: its label goes back to what it was before (appended, like any label).
+def undo_step(history: pd.DataFrame) -> tuple[str | None, object] | None:
+    """What undoing a label log's last change writes: (the label before that change, the change's
+    time), or None when nothing is left to undo.
 
-    The log keeps both entries; a second undo reverts the undo.
+    Undo steps back through the history: an undo entry names the change it reverts, and that
+    change is then out of the history, so the next undo reverts the change before it (A, B, C:
+    undo gives B, again A, again no label) instead of undoing the undo.
     """
-    history = label_history(lake, desom2_version, cell)
-    if history.empty:
-        raise UserError(f"cell {cell[0]},{cell[1]} of desom2 v{desom2_version} has never been labelled")
-    before = history["label"].iloc[-2] if len(history) > 1 else None
-    return label_cell(lake, desom2_version, cell, before if isinstance(before, str) else None, map_shape)
+    live = []
+    for row in history.itertuples():
+        if pd.isna(row.undoes):
+            live.append(row)
+        else:
+            live = [r for r in live if r.labelled_at != row.undoes]
+    if not live:
+        return None
+    before = live[-2].label if len(live) > 1 else None
+    return (before if isinstance(before, str) else None), live[-1].labelled_at
 
 
-def label_exposure(lake: Lake, night: str, exposure_id: str, label: str | None, desom2_version: str) -> dict:
+def undo_label(lake: Lake, desom2_version: str, cell: tuple[int, int], map_shape: tuple[int, int]) -> dict:
+    """Revert a cell's last change not yet undone (appended, like any label; see :func:`undo_step`)."""
+    step = undo_step(label_history(lake, desom2_version, cell))
+    if step is None:
+        raise UserError(f"cell {cell[0]},{cell[1]} of desom2 v{desom2_version} has no label change to undo")
+    before, undone = step
+    return label_cells(lake, desom2_version, [cell], before, map_shape, undoes=undone)[0]
+
+
+def label_exposure(
+    lake: Lake, night: str, exposure_id: str, label: str | None, desom2_version: str, undoes=None
+) -> dict:
     """Record an expert's ``label`` (None: remove it) for one exposure; it overrides its cell's label.
 
-    ``desom2_version``: the map the expert was looking at (kept for the record).
+    ``desom2_version``: the map the expert was looking at (kept for the record); ``undoes``: the
+    time of the change this entry reverts (see :func:`undo_exposure_label`).
     """
     known = lake.read(
         "exposures",
@@ -129,6 +183,7 @@ def label_exposure(lake: Lake, night: str, exposure_id: str, label: str | None, 
         "cell_y": None,
         "author": author(),
         "labelled_at": datetime.now(UTC),
+        "undoes": undoes,
     }
     labellog.append(lake, "exposure_labels", [row])
     return row
@@ -146,14 +201,12 @@ def exposure_label_history(lake: Lake, night: str, exposure_id: str) -> pd.DataF
 
 
 def undo_exposure_label(lake: Lake, night: str, exposure_id: str, desom2_version: str) -> dict:
-    """Revert an exposure's last label change (appended, like any label; a second undo reverts the undo)."""
-    history = exposure_label_history(lake, night, exposure_id)
-    if history.empty:
-        raise UserError(f"exposure {exposure_id} of night {night} has never been labelled")
-    before = history["label"].iloc[-2] if len(history) > 1 else None
-    return label_exposure(
-        lake, night, exposure_id, before if isinstance(before, str) else None, desom2_version
-    )
+    """Revert an exposure's last label change not yet undone (appended; see :func:`undo_step`)."""
+    step = undo_step(exposure_label_history(lake, night, exposure_id))
+    if step is None:
+        raise UserError(f"exposure {exposure_id} of night {night} has no label change to undo")
+    before, undone = step
+    return label_exposure(lake, night, exposure_id, before, desom2_version, undoes=undone)
 
 
 #: what export carries of the decision: the labels as they stand, the verdict as last decided

@@ -61,18 +61,33 @@ class MapState:
         return {key: self.members.iloc[start:stop] for key, (start, stop) in self.slices.items()}
 
 
+#: per-cell medians drawn on the map as bars: (column, what it is, unit)
+CELL_MEDIANS = (
+    ("fwhm", "seeing, PSF FWHM", "arcsec"),
+    ("elongation_median", "star elongation a/b", ""),
+    ("depth", "depth, point source at S/N 10", "mag"),
+)
+
+
 def cell_summary(members: pd.DataFrame) -> pd.DataFrame:
-    """One row per occupied cell: count, median novelty, and majority true class where known."""
+    """One row per occupied cell: count, median novelty, majority true class where known, the
+    medians of :data:`CELL_MEDIANS`, and its most central member (nearest its prototype, the
+    exposure that shows the cell best)."""
 
     def majority(s: pd.Series):
         s = s.dropna()
         return s.value_counts().index[0] if len(s) else None
 
-    return (
-        members.groupby(["cell_x", "cell_y"])
-        .agg(count=("exposure_id", "size"), truth=("truth_label", majority), novelty=("distance", "median"))
-        .reset_index()
+    cells = members.groupby(["cell_x", "cell_y"])
+    summary = cells.agg(
+        count=("exposure_id", "size"),
+        truth=("truth_label", majority),
+        novelty=("distance", "median"),
+        **{column: (column, "median") for column, _, _ in CELL_MEDIANS},
     )
+    central = members.loc[cells["distance"].idxmin(), ["cell_x", "cell_y", "night", "exposure_id"]]
+    central = central.rename(columns={"night": "central_night", "exposure_id": "central_exposure"})
+    return summary.reset_index().merge(central, on=["cell_x", "cell_y"], how="left")
 
 
 def read_map_state(lake: Lake, cfg) -> MapState:

@@ -81,6 +81,31 @@ def _hex(rgb) -> str:
     return "#" + "".join(f"{int(round(v * 255)):02x}" for v in list(rgb)[:3])
 
 
+def luminance(css: str) -> float:
+    """WCAG 2 relative luminance of a ``#rrggbb`` colour."""
+    rgb = np.array([int(css[i : i + 2], 16) for i in (1, 3, 5)]) / 255.0
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return float(linear @ [0.2126, 0.7152, 0.0722])
+
+
+def contrast_ratio(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio of two ``#rrggbb`` colours (1 to 21; AA text needs 4.5)."""
+    high, low = sorted((luminance(a), luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def text_colour(background: str) -> str:
+    """Black or white, whichever reads better on ``background`` (never below 4.58:1)."""
+    return max(("#000000", "#ffffff"), key=lambda text: contrast_ratio(text, background))
+
+
+def star_png(stack: np.ndarray, zoom: int = 4) -> bytes:
+    """A stacked star (peak 1) as a PNG, ``zoom`` screen pixels per CCD pixel, on a square-root
+    stretch so that the wings (a trail, a donut's ring) show beside the core."""
+    shown = np.sqrt(np.clip(np.asarray(stack, dtype=float), 0.0, 1.0))
+    return png(np.kron(shown, np.ones((zoom, zoom))), vmin=0, vmax=1)
+
+
 def png(image: np.ndarray, vmin: float = 0, vmax: float = 255, cmap: str = "gray") -> bytes:
     """An image as PNG bytes, one pixel per value (NaN holes in the gallery's blue), without a figure."""
     from PIL import Image

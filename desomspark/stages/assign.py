@@ -173,7 +173,7 @@ def inherit_labels(lake: Lake, desom2_version: str, nights: list[str], batch: Ba
     ]
     fresh = fresh[keep]
     now = pd.Timestamp.now(tz="UTC")
-    rows = fresh.assign(author="inherited", labelled_at=now).to_dict("records")
+    rows = fresh.assign(author="inherited", labelled_at=now, undoes=None).to_dict("records")
     labellog.append(lake, "exposure_labels", rows)
     if rows:
         _LOG.info(f"assign: {len(rows)} exposures keep the labels of their cells on earlier maps")

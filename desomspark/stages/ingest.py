@@ -279,13 +279,16 @@ def window_hdus(scan: FileScan, n: int = WINDOWS_PER_EXPOSURE) -> list[int]:
 
 
 def plan_night(
-    scans: list[FileScan], night: str | None, known: dict[tuple[str, str], str] | None = None
+    scans: list[FileScan],
+    night: str | None,
+    known: dict[tuple[str, str], tuple[str, str]] | None = None,
 ) -> tuple[list[dict], list[dict], list[dict]]:
     """Turn file scans into exposure rows (partial), HDU tasks and rejects.
 
-    A file whose exposure id another file of the run has already taken, or
-    one of ``known`` (``(night, exposure_id) -> path``: what earlier batches
-    of a live night committed), is a ``duplicate_exposure`` reject.
+    An exposure id is unique per camera, whatever night its file claims: a
+    file whose id another file of the run has already taken, or one of
+    ``known`` (``(camera, exposure_id) -> (night, path)``: what the lake holds
+    outside what this run replaces), is a ``duplicate_exposure`` reject.
 
     Exposures take ``night`` when given, else the night of their header.
     Rejects of files whose night is unknown go to the run's night: ``night``,
@@ -294,17 +297,19 @@ def plan_night(
     ``YYYYMMDD`` partition).
     """
     exposures, tasks, rejects = [], [], []
-    seen: dict[tuple[str, str], str] = dict(known or {})
+    seen = dict(known or {})
     for scan in scans:
         n = night or scan.night
         if scan.file_reject is None and n is not None:
-            key = (n, scan.exposure_id)
+            key = (scan.meta.get("camera") or "", scan.exposure_id)
             if key in seen:
+                other_night, other_path = seen[key]
                 scan.file_reject = Reject(
-                    "duplicate_exposure", f"exposure {scan.exposure_id} is also {seen[key]}"
+                    "duplicate_exposure",
+                    f"exposure {scan.exposure_id} is also {other_path} (night {other_night})",
                 )
             else:
-                seen[key] = scan.path
+                seen[key] = (n, scan.path)
         if scan.file_reject is None and n is None:
             scan.file_reject = Reject(
                 "bad_header", "no DATE-OBS or MJD-OBS to place it in a night; give --night"
@@ -462,11 +467,10 @@ def ingest_files(
     _LOG.info(f"ingest: {len(files)} input files")
     staging = lake.new_staging(replaces=list(TABLES) if batch is None else None)
     scans = scan_files(spark, files, cfg, camera)
-    known = {}
-    if batch is not None:  # a live night: the exposures earlier batches committed are taken
-        known = lake.committed_exposures(
-            sorted({night or s.night for s in scans} - {None}), except_batch=batch
-        )
+    # exposure ids already in the lake are taken, except where this run replaces them: its
+    # nights (a night run again) or its own batch's earlier try (a live night's batch run again)
+    run_nights = sorted({night or s.night for s in scans} - {None})
+    known = lake.committed_exposures(except_nights=run_nights if batch is None else (), except_batch=batch)
     exposures, tasks, rejects = plan_night(scans, night, known)
     stop_on_machine_faults(rejects)
     _LOG.info(
@@ -475,7 +479,9 @@ def ingest_files(
     results = process_ccds(spark, tasks, cfg)
     try:
         t0 = time.perf_counter()
-        summary_cols = [f.name for f in RESULT if f.name not in ("cutouts", "thumbnail", "window")]
+        summary_cols = [
+            f.name for f in RESULT if f.name not in ("cutouts", "thumbnail", "window", "psf_stack")
+        ]
         ccd_rows = results.select(*summary_cols).toPandas()  # runs every CCD task once (then cached)
         _LOG.info(f"ingest: processed {len(ccd_rows)} CCDs in {time.perf_counter() - t0:.1f} s")
         exposure_df, rejects, dropped = account(exposures, tasks, ccd_rows, rejects)

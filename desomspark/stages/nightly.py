@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from desomspark import registry
@@ -21,7 +22,7 @@ from desomspark.lake.layout import Batch, Lake
 from desomspark.registry import Champions
 from desomspark.stages.assign import write_assignments
 from desomspark.stages.histovectors import write_histovectors
-from desomspark.stages.ingest import ingest
+from desomspark.stages.ingest import IngestSummary, ingest
 from desomspark.stages.verdicts import decide_nights
 
 _LOG = logging.getLogger(__name__)
@@ -59,23 +60,39 @@ def map_exposures(
 class NightlySummary:
     night: str
     exposures: int
-    rejected_files: int
+    ingest: IngestSummary
     labels: dict[str, int]
     decisions: dict[str, int]
     most_novel: list[tuple[str, float, int, int]]
+    #: (quantile, distance): the night's own distance at ``watch.novelty_quantile``, to judge by
+    novelty_reference: tuple[float, float] = (0.99, float("nan"))
+    lake: str = "LAKE"
 
     def lines(self) -> list[str]:
+        """What the night gave, every input file accounted for, and what to run next."""
+        i = self.ingest
         out = [
-            f"nightly {self.night}: {self.exposures} exposures assigned, {self.rejected_files} files rejected"
+            f"nightly {self.night}: {self.exposures} exposures assigned, {i.rejected} files rejected, "
+            f"{len(i.no_cutouts)} with no cutout, of {i.files} files"
         ]
+        # (the ingest step has listed the rejected files by name with their reason, and the
+        # exposures without a cutout, just before: every one is also a row of rejects/)
         out.append("  by label: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.labels.items())))
         out.append(
             "  verdicts: "
             + ", ".join(f"{self.decisions.get(d, 0)} {d}" for d in ("accept", "review", "retake"))
             + f" (desomspark verdicts --night {self.night} writes the feed)"
         )
-        out.append("  most novel (far from every prototype):")
-        out += [f"    {e}  distance {d:.3f}  cell ({x},{y})" for e, d, x, y in self.most_novel]
+        q, ref = self.novelty_reference
+        out.append(
+            f"  most novel (latent distance to the cell's prototype; "
+            f"the night's {q:.0%} quantile is {ref:.3f}):"
+        )
+        out += [
+            f"    {e}  distance {d:.3f} ({d / ref:.1f}x that quantile)  cell ({x},{y})"
+            for e, d, x, y in self.most_novel
+        ]
+        out.append(f"  next: desomspark serve --lake {self.lake} to look at the map and label it")
         return out
 
 
@@ -91,15 +108,18 @@ def nightly(
     verdicts = decide_nights(lake, cfg, [night], desom2=champions.desom2)
     labels = table["label"].fillna("(unlabelled)").value_counts().to_dict()
     novel = table.sort_values("distance", ascending=False).head(5)
+    quantile = cfg.watch.novelty_quantile
     result = NightlySummary(
         night=night,
         exposures=len(table),
-        rejected_files=summary.rejected,
+        ingest=summary,
         labels={str(k): int(v) for k, v in labels.items()},
         decisions={str(k): int(v) for k, v in verdicts["decision"].value_counts().items()},
         most_novel=[
             (r.exposure_id, float(r.distance), int(r.cell_x), int(r.cell_y)) for r in novel.itertuples()
         ],
+        novelty_reference=(quantile, float(np.quantile(table["distance"], quantile))),
+        lake=lake.root,
     )
     for line in result.lines():
         _LOG.info(line)

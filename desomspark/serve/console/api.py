@@ -5,9 +5,9 @@
 * ``GET  /api/v1/exposures/<night>/<id>`` -- one exposure: header, QA numbers, verdict, label history;
 * ``GET  /api/v1/cells`` -- the map's occupied cells: count, label, suggested label, label-next score;
 * ``POST /api/v1/cells/<x>/<y>/label`` and ``POST /api/v1/exposures/<night>/<id>/label`` with
-  ``{"label": "Good"}`` (``null`` removes it) -- the same labels as the pages, under the same
-  guard (the token, when the console has one) and only as ``application/json`` (a plain HTML
-  form of another site cannot send that);
+  ``{"label": "Good"}`` (``null`` removes it; ``"add": true`` for a name not yet known) -- the
+  same labels as the pages, under the same guard (the token, when the console has one) and
+  only as ``application/json`` (a plain HTML form of another site cannot send that);
 * ``GET  /api/v1/openapi.json`` -- this API as an OpenAPI 3.1 document.
 
 Verdicts are those of the labels as they stand now (:meth:`LakeView.decisions`).
@@ -28,7 +28,7 @@ from desomspark.errors import UserError
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
 from desomspark.registry.store import RegistryError
 from desomspark.serve import explore
-from desomspark.serve.console.routes import exposure_row, lake, the_cell, the_night, view
+from desomspark.serve.console.routes import exposure_row, lake, the_cell, the_night, view, vocabulary
 
 api = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -129,10 +129,15 @@ def posted_label() -> str | None:
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or "label" not in body:
         abort(400, 'expected a JSON object {"label": "Good"} (null removes it)')
-    label = body["label"]
+    label, add = body["label"], body.get("add", False)
     if label is not None and not isinstance(label, str):
         abort(400, "label must be text or null")
-    return label
+    if not isinstance(add, bool):
+        abort(400, "add must be true or false")
+    if label is None:
+        return None
+    # matched to the label vocabulary as the pages match it; a new name needs "add": true
+    return explore.vocabulary_label(label, [name for name, _ in vocabulary()], add=add)
 
 
 @api.post("/cells/<int:x>/<int:y>/label")

@@ -22,11 +22,32 @@ from desomspark.lake.layout import Lake
 from desomspark.lake.queries import night_summaries
 from desomspark.registry.store import RegistryError
 from desomspark.serve import explore, plots
-from desomspark.serve.console.view import LakeView, cell_colours, listing, spreadsheet_safe
+from desomspark.serve.console.view import (
+    BAR_COLOURS,
+    LakeView,
+    cell_bars,
+    cell_colours,
+    cell_star,
+    listing,
+    spreadsheet_safe,
+)
 from desomspark.serve.drift import night_drift
-from desomspark.serve.mapstate import MEMBER_COLUMNS, MapState, with_labels
+from desomspark.serve.mapstate import CELL_MEDIANS, MEMBER_COLUMNS, MapState, with_labels
 
 bp = Blueprint("console", __name__)
+
+#: the unit of each quality column the pages show (ingest.qa: arcsec from the header's pixel scale)
+COLUMN_UNITS = {
+    "fwhm": "arcsec",
+    "sky": "ADU",
+    "sky_rms": "ADU",
+    "sky_spread": "rms",
+    "depth": "mag",
+    "exptime": "s",
+    "distance": "latent units",
+    "fwhm_px": "px",
+    "elongation_median": "a/b",
+}
 
 #: how a map cell can be coloured
 COLOURINGS = ("label", "count", "novelty")
@@ -46,6 +67,25 @@ def lake() -> Lake:
 
 def settings():
     return view().cfg
+
+
+def vocabulary() -> list[tuple[str, str]]:
+    """(name, meaning) of the labels the forms offer: the conf's vocabulary, then the lake's own."""
+    meanings = settings().labels.vocabulary
+    return [(name, meanings.get(name, "")) for name in explore.known_labels(lake(), meanings)]
+
+
+def form_label() -> str | None:
+    """The label a form posted, spelt as the known label it names (None: remove the label).
+
+    A typed name's surrounding spaces are the form's; a name that is not known needs the form's
+    "a new label" box (else a UserError: the 400 page, as the command line refuses it).
+    """
+    label = (request.form.get("label") or "").strip()
+    if not label:
+        return None
+    known = [name for name, _ in vocabulary()]
+    return explore.vocabulary_label(label, known, add=request.form.get("add") == "on")
 
 
 def token() -> str | None:
@@ -157,6 +197,9 @@ def map_page():
             legend=plots.label_colours(labels.values()),
             novelty_range=(data.cells["novelty"].min(), data.cells["novelty"].max()),
             top=int(data.cells["count"].max()),
+            bars=cell_bars(data.cells),
+            medians=CELL_MEDIANS,
+            bar_colours=BAR_COLOURS,
         )
 
     return view().cached(data, ("map", by, decisions.key), render)
@@ -189,10 +232,11 @@ def cell_page(x: int, y: int):
             members=shown,
             n_members=len(members),
             columns=columns,
+            units=COLUMN_UNITS,
             page=page,
             pages=pages,
             label=labels.get((x, y)),
-            known_labels=sorted(set(everything["label"].dropna()) | set(settings().watch.good_labels)),
+            known_labels=vocabulary(),
             history=history.iloc[::-1],
             novelty=members["distance"].median(),
             suggestion=decisions.suggestion(x, y),
@@ -211,9 +255,7 @@ def cell_page(x: int, y: int):
 def label_page(x: int, y: int):
     data = view().map()
     the_cell(data, x, y)
-    label = (request.form.get("label") or "").strip()  # a typed name: spaces around it are the form's
-    # explore.valid_label refuses what the command line refuses (a UserError: the 400 page)
-    explore.label_cell(lake(), data.d2_version, (x, y), label or None, data.shape)
+    explore.label_cell(lake(), data.d2_version, (x, y), form_label(), data.shape)
     return redirect(url_for(".cell_page", x=x, y=y), 303)
 
 
@@ -255,12 +297,11 @@ def exposure_page(night: str, exposure_id: str):
     history = explore.exposure_label_history(lake(), night, exposure_id)
     return render_template(
         "console/exposure.html",
+        units=COLUMN_UNITS,
         verdict=view().decisions().of_exposure(night, exposure_id),
         own_history=history.iloc[::-1],
         own_label=history["label"].iloc[-1] if len(history) else None,
-        known_labels=sorted(
-            set(view().labels(data.d2_version)["label"].dropna()) | set(settings().watch.good_labels)
-        ),
+        known_labels=vocabulary(),
         data=data,
         night=night,
         exposure_id=exposure_id,
@@ -275,8 +316,7 @@ def exposure_page(night: str, exposure_id: str):
 
 @bp.post("/exposure/<night>/<exposure_id>/label")
 def exposure_label_page(night: str, exposure_id: str):
-    label = (request.form.get("label") or "").strip()
-    explore.label_exposure(lake(), the_night(night), exposure_id, label or None, view().map().d2_version)
+    explore.label_exposure(lake(), the_night(night), exposure_id, form_label(), view().map().d2_version)
     return redirect(url_for(".exposure_page", night=night, exposure_id=exposure_id), 303)
 
 
@@ -303,12 +343,24 @@ def next_page():
 
 @bp.get("/img/exposure/<night>/<exposure_id>/<kind>.png")
 def exposure_png(night: str, exposure_id: str, kind: str):
-    if kind not in ("mosaic", "window", "density"):
+    if kind not in ("mosaic", "window", "star", "density"):
         abort(404, f"no {kind!r} image")
     data = view().map()
     return png(
         image(the_night(night), exposure_id, kind, data.d1_version, data.d1_shape),
         f"no {kind} image of exposure {exposure_id}",
+    )
+
+
+@bp.get("/img/cell/<int:x>/<int:y>/star.png")
+def cell_star_png(x: int, y: int):
+    data = view().map()
+    members = data.cell(x, y)
+    if members.empty:
+        abort(404, f"cell {x},{y} has no member")
+    return png(
+        view().cached(data, ("cell-star", x, y), lambda: cell_star(lake(), members)),
+        f"no member of cell {x},{y} has PSF stars",
     )
 
 
@@ -414,19 +466,32 @@ def nights_png():
 @bp.app_errorhandler(404)
 @bp.app_errorhandler(405)
 def error(exc):
-    return render_template(
-        "console/error.html", code=exc.code, name=exc.name, message=exc.description
-    ), exc.code
+    return error_page(exc.code, exc.name, exc.description)
 
 
 @bp.app_errorhandler(RegistryError)
 def registry_error(exc):
-    return render_template("console/error.html", code=503, name="MLflow unreachable", message=str(exc)), 503
+    return error_page(503, "MLflow unreachable", str(exc))
 
 
 @bp.app_errorhandler(UserError)
 def user_error(exc):
-    return render_template("console/error.html", code=400, name="Bad request", message=str(exc)), 400
+    return error_page(400, "Bad request", str(exc))
+
+
+def error_page(code: int, name: str, message: str):
+    """An error page that still names the map it was asked of, when the map can be read."""
+    try:
+        data = view().map()
+    except Exception:  # the error may be that the map cannot be read: the page goes without it
+        data = None
+    return render_template("console/error.html", code=code, name=name, message=message, data=data), code
+
+
+@bp.app_template_filter("text_colour")
+def text_colour(background: str) -> str:
+    """The text colour for a cell of colour ``background`` (WCAG AA contrast)."""
+    return plots.text_colour(background)
 
 
 @bp.app_template_filter("num")
