@@ -515,3 +515,23 @@ def test_an_exposure_id_is_unique_in_the_lake_whatever_night_its_file_claims(
     rerun = ingest(spark, str(first), lake, cfg=config.ingest)
     assert rerun.ok == 2 and rerun.rejected == 0
     assert sorted(lake.read("exposures").column("night").to_pylist()) == [NIGHT, NIGHT]
+
+
+def test_an_undated_file_takes_the_runs_night():
+    """--night places every file, undated ones too; without it an undated file is a reject filed
+    under the night most of the run's files claim (else the night the run started in)."""
+    from desomspark.ingest.fitsio import FileScan, HduInfo
+    from desomspark.stages.ingest import plan_night
+
+    def scan(path, exposure_id, night):
+        hdu = HduInfo(hdu_index=1, extname="ccd00", height=512, width=512, ccd_row=0, ccd_col=0)
+        return FileScan(path=path, exposure_id=exposure_id, night=night, hdus=[hdu], meta={"camera": "sim"})
+
+    undated = scan("/in/undated.fits", "9", None)
+    exposures, _, rejects = plan_night([scan("/in/a.fits", "1", "20251120"), undated], night="20251122")
+    assert rejects == [] and {e["night"] for e in exposures} == {"20251122"}
+    scans = [scan("/in/a.fits", "1", "20251120"), scan("/in/c.fits", "3", "20251120")]
+    scans += [scan("/in/b.fits", "2", "20251121"), scan("/in/undated.fits", "9", None)]
+    _, _, rejects = plan_night(scans, night=None)
+    ((row,),) = [[r for r in rejects if r["path"] == "/in/undated.fits"]]
+    assert row["night"] == "20251120" and row["reason"] == "bad_header" and "--night" in row["detail"]

@@ -44,6 +44,26 @@ def prototype_map(
     return str(path)
 
 
+def histovector_png(counts: np.ndarray, map_shape: tuple[int, int]) -> bytes:
+    """An exposure's histo-vector on the DESOM-1 grid as a PNG with axes and a colour bar: the
+    share of its weighted detections on each node (node (0, 0) top left, as the prototypes)."""
+    share = np.asarray(counts, dtype=float).reshape(map_shape)
+    share = share / share.sum() if share.sum() > 0 else share
+    rows, cols = map_shape
+    fig, ax = plt.subplots(figsize=(4.2, 3.4), dpi=100)
+    shown = ax.imshow(share, cmap="viridis", vmin=0, interpolation="nearest")
+    ax.set_xticks(range(0, cols, 5))
+    ax.set_yticks(range(0, rows, 5))
+    ax.set_xlabel("DESOM-1 node column")
+    ax.set_ylabel("node row")
+    fig.colorbar(shown, ax=ax, label="share of the exposure's detections")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def focal_plane(thumbnails: list[tuple[int, int, np.ndarray]], gap: int = 2) -> np.ndarray:
     """Place CCD thumbnails (ccd_row, ccd_col, uint8 image) in their focal-plane layout.
 
@@ -104,6 +124,27 @@ def star_png(stack: np.ndarray, zoom: int = 4) -> bytes:
     stretch so that the wings (a trail, a donut's ring) show beside the core."""
     shown = np.sqrt(np.clip(np.asarray(stack, dtype=float), 0.0, 1.0))
     return png(np.kron(shown, np.ones((zoom, zoom))), vmin=0, vmax=1)
+
+
+def with_scale_bar(image: np.ndarray, arcsec_per_px: float | None) -> np.ndarray:
+    """A uint8 sky image with a scale bar and its length in arcsec drawn in its lower left corner
+    (the longest of 30, 10, 5, 2 or 1 arcsec that fits a quarter of the width); unchanged
+    without a pixel scale."""
+    from PIL import Image, ImageDraw
+
+    if not arcsec_per_px or not np.isfinite(arcsec_per_px) or arcsec_per_px <= 0:
+        return image
+    h, w = image.shape
+    fits = [a for a in (30, 10, 5, 2, 1) if a / arcsec_per_px <= w / 4]
+    if not fits or h < 24:
+        return image
+    arcsec, length = fits[0], int(round(fits[0] / arcsec_per_px))
+    canvas = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([6, h - 12, 10 + length, h - 6], fill=0)  # a dark edge: readable on sky and star
+    draw.rectangle([8, h - 10, 8 + length, h - 8], fill=255)
+    draw.text((8, h - 24), f'{arcsec}"', fill=255, stroke_width=1, stroke_fill=0)
+    return np.asarray(canvas)
 
 
 def png(image: np.ndarray, vmin: float = 0, vmax: float = 255, cmap: str = "gray") -> bytes:

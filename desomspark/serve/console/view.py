@@ -248,14 +248,25 @@ def exposure_image(
         vectors = vectors[vectors["desom1_version"] == str(d1_version)]
         if vectors.empty:
             return None
-        counts = np.asarray(vectors["counts"].iloc[0], dtype=float).reshape(d1_shape)
-        return plots.png(
-            np.kron(counts / max(counts.max(), 1), np.ones((8, 8))), vmin=0, vmax=1, cmap="viridis"
-        )
+        return plots.histovector_png(vectors["counts"].iloc[0], d1_shape)
     view = exposure_views(lake, [exposure_id], nights=[night]).get(exposure_id)
     if view is None or view.get(kind) is None:
         return None
-    return plots.star_png(view["star"]) if kind == "star" else plots.png(view[kind])
+    if kind == "star":
+        return plots.star_png(view["star"])
+    if kind == "window":  # at native size: a scale bar from the PSF's FWHM in arcsec and pixels
+        return plots.png(plots.with_scale_bar(view["window"], pixel_scale(lake, night, exposure_id)))
+    return plots.png(view[kind])
+
+
+def pixel_scale(lake: Lake, night: str, exposure_id: str) -> float | None:
+    """arcsec per pixel of an exposure, as its quality numbers measured it (FWHM in arcsec over px)."""
+    row = lake.read(
+        "exposures", nights=[night], columns=["fwhm", "fwhm_px"], where=ds.field("exposure_id") == exposure_id
+    ).to_pylist()
+    if not row or not row[0]["fwhm"] or not row[0]["fwhm_px"]:
+        return None
+    return float(row[0]["fwhm"]) / float(row[0]["fwhm_px"])
 
 
 def cell_star(lake: Lake, members: pd.DataFrame) -> bytes | None:
