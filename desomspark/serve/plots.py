@@ -89,6 +89,13 @@ def css_colour(value: float, cmap: str) -> str:
     return _hex(plt.get_cmap(cmap)(float(np.clip(value, 0, 1))))
 
 
+def css_colour_hls(hue: float, lightness: float, saturation: float) -> str:
+    """A CSS colour (``#rrggbb``) from hue, lightness and saturation in [0, 1]."""
+    import colorsys
+
+    return _hex(colorsys.hls_to_rgb(hue, lightness, saturation))
+
+
 def label_colours(labels) -> dict[str, str]:
     """A distinct light CSS colour per label name (tab10, in name order): the same on a map and its legend."""
     palette = plt.get_cmap("tab10").colors

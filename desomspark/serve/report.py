@@ -32,7 +32,14 @@ from desomspark.lake.layout import Lake
 from desomspark.lake.queries import current_labels, exposure_views, night_summaries
 from desomspark.serve import plots
 from desomspark.serve.drift import ccd_health, night_drift
-from desomspark.serve.mapstate import MEMBER_COLUMNS, MapState, labelled, read_map_state
+from desomspark.serve.mapstate import (
+    CELL_MEDIANS,
+    MEMBER_COLUMNS,
+    MapState,
+    cell_bars,
+    labelled,
+    read_map_state,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -63,8 +70,8 @@ def _colour(label: str | None, count: int, top: int, named: dict[str, str]) -> s
     count."""
     if label:
         return named[label]
-    shade = 95 - int(45 * count / max(1, top))
-    return f"hsl(220, 15%, {shade}%)"
+    shade = 0.95 - 0.45 * count / max(1, top)
+    return plots.css_colour_hls(220 / 360, shade, 0.15)
 
 
 def _table(frame: pd.DataFrame, columns: list[str], cls: str = "") -> str:
@@ -80,7 +87,11 @@ STYLE = """
 body { font-family: sans-serif; margin: 1.5em; color: #222; }
 table.map { border-collapse: collapse; }
 table.map td { padding: 1px; }
-button.cell { width: 3.6em; height: 3.2em; border: 1px solid #888; font-size: 0.7em; cursor: pointer; }
+button.cell { width: 7em; min-height: 3.2em; border: 1px solid #888; font-size: 0.7em; cursor: pointer;
+  padding: 0 0 2px; vertical-align: top; }
+button.cell img { display: block; width: 100%; image-rendering: pixelated; background: #3060a0; }
+button.cell span.track { display: block; height: 4px; margin: 1px 3px 0; background: #fff; }
+button.cell span.bar { display: block; height: 4px; }
 button.cell.empty { visibility: hidden; }
 table.list { border-collapse: collapse; font-size: 0.8em; }
 table.list td, table.list th { border: 1px solid #ccc; padding: 2px 6px; }
@@ -128,9 +139,14 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0) -> Path:
         in_cell[(int(c.cell_x), int(c.cell_y))]["exposure_id"].iloc[0]
         for c in state.cells.sort_values("count", ascending=False).head(4).itertuples()
     ]
+    central = set(state.cells["central_exposure"].dropna())
     views = exposure_views(
-        lake, sorted({e for g in galleries.values() for e in g["exposure_id"]} | set(examples))
+        lake, sorted({e for g in galleries.values() for e in g["exposure_id"]} | set(examples) | central)
     )
+    for c in state.cells.itertuples():  # each cell drawn on the map by its most central member
+        mosaic = views.get(c.central_exposure, {}).get("mosaic")
+        if mosaic is not None:
+            (out / "img" / f"central_{int(c.cell_x)}_{int(c.cell_y)}.png").write_bytes(plots.png(mosaic))
     figures = _figures(lake, state, examples, views, out)
     sections = [
         _cell_section(lake, state, x, y, pick, in_cell[(x, y)], views, out)
@@ -146,8 +162,10 @@ def write_report(lake: Lake, cfg, out: str | Path, seed: int = 0) -> Path:
 <p>desom2 v{_e(state.d2_version)} on desom1 v{_e(state.d1_version)} &middot; {len(state.members)} exposures in
 {len(state.cells)} cells &middot; lake <code>{_e(lake.root)}</code> &middot; written {stamp}</p>
 <h2>The map</h2>
-<p>Each button is a cell (x to the right, y down): its number of exposures and its label. Click one to see
-it.</p>
+<p>Each button is a cell (x to the right, y down): the focal plane of its most central member (the
+exposure nearest its prototype), its number of exposures, its label, and bars of its members' median
+{", ".join(f"{what}{f' ({unit})' if unit else ''}" for _, what, unit in CELL_MEDIANS)}, each from the
+map's lowest cell median (short) to its highest (full; values in the tooltips). Click one to see it.</p>
 <table class="map">{_map_grid(state)}</table>
 <div id="galleries">{"".join(sections)}</div>
 <h2>Nights</h2>
@@ -291,6 +309,7 @@ def _map_grid(state: MapState) -> str:
     top = int(state.cells["count"].max())
     by_cell = {(int(c.cell_x), int(c.cell_y)): c for c in state.cells.itertuples()}
     named = plots.label_colours(label for label in state.cells["label"] if isinstance(label, str))
+    bars = cell_bars(state.cells)
     grid = []
     for y in range(state.shape[0]):
         tds = []
@@ -300,10 +319,17 @@ def _map_grid(state: MapState) -> str:
                 tds.append('<td><button class="cell empty" disabled></button></td>')
                 continue
             label = c.label if isinstance(c.label, str) else None
+            colour = _colour(label, c.count, top, named)
+            bar_spans = "".join(
+                f'<span class="track" title="{_e(tip)}"><span class="bar" style="width:{width}%;'
+                f'background:{bar}"></span></span>'
+                for width, bar, tip in bars[(x, y)]
+            )
             tds.append(
                 f'<td><button class="cell" id="cell-{x}-{y}" data-gallery="gallery-{x}-{y}" '
-                f'style="background:{_colour(label, c.count, top, named)}" title="cell ({x}, {y})">'
-                f"{c.count}<br>{_e(label)}</button></td>"
+                f'style="background:{colour};color:{plots.text_colour(colour)}" title="cell ({x}, {y})">'
+                f'<img src="img/central_{x}_{y}.png" alt="">'
+                f"<b>{c.count}</b> {_e(label)}{bar_spans}</button></td>"
             )
         grid.append("<tr>" + "".join(tds) + "</tr>")
     return "".join(grid)

@@ -23,16 +23,21 @@ from desomspark.lake.queries import night_summaries
 from desomspark.registry.store import RegistryError
 from desomspark.serve import explore, plots
 from desomspark.serve.console.view import (
-    BAR_COLOURS,
     LakeView,
-    cell_bars,
     cell_colours,
     cell_star,
     listing,
     spreadsheet_safe,
 )
 from desomspark.serve.drift import night_drift
-from desomspark.serve.mapstate import CELL_MEDIANS, MEMBER_COLUMNS, MapState, with_labels
+from desomspark.serve.mapstate import (
+    BAR_COLOURS,
+    CELL_MEDIANS,
+    MEMBER_COLUMNS,
+    MapState,
+    cell_bars,
+    with_labels,
+)
 
 bp = Blueprint("console", __name__)
 

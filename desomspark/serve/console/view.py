@@ -23,7 +23,7 @@ from desomspark.lake import schema
 from desomspark.lake.layout import COMMIT_FILE, Lake
 from desomspark.lake.queries import exposure_views, label_history
 from desomspark.serve import plots
-from desomspark.serve.mapstate import CELL_MEDIANS, MapState, read_map_state
+from desomspark.serve.mapstate import MapState, read_map_state
 from desomspark.stages.verdicts import resolved_members, verdict_table
 
 _LOG = logging.getLogger(__name__)
@@ -204,30 +204,6 @@ def cell_colours(cells: pd.DataFrame, labels: dict, by: str) -> dict[tuple[int, 
             out[key] = plots.css_colour(0.15 + 0.85 * c.count / top, "Blues")
         else:
             out[key] = plots.css_colour((c.novelty - lo) / (hi - lo) if hi > lo else 0.5, "magma_r")
-    return out
-
-
-#: the colour of each per-cell median's bar on the map (one colour per quantity, on a white track)
-BAR_COLOURS = {"fwhm": "#c0392b", "elongation_median": "#7d3c98", "depth": "#1e8449"}
-
-
-def cell_bars(cells: pd.DataFrame) -> dict[tuple[int, int], list[tuple[int, str, str]]]:
-    """Per occupied cell, one bar per quantity of :data:`mapstate.CELL_MEDIANS`: (width in % of
-    its track, its colour, its value with its unit as a tooltip).  Each quantity is scaled from
-    its smallest to its largest cell median on this map (10 % to 100 %), so the bars compare
-    cells of one map; the values are in the tooltips and the cells CSV."""
-    out: dict[tuple[int, int], list[tuple[int, str, str]]] = {
-        (int(x), int(y)): [] for x, y in zip(cells["cell_x"], cells["cell_y"])
-    }
-    for column, what, unit in CELL_MEDIANS:
-        values = cells[column].astype(float)
-        lo, hi = values.min(), values.max()
-        for (x, y), v in zip(zip(cells["cell_x"], cells["cell_y"]), values):
-            if not np.isfinite(v):
-                out[(int(x), int(y))].append((0, BAR_COLOURS[column], f"{what}: unknown"))
-                continue
-            width = 10 + 90 * (v - lo) / (hi - lo) if hi > lo else 55
-            out[(int(x), int(y))].append((int(round(width)), BAR_COLOURS[column], f"{what}: {v:.2f} {unit}"))
     return out
 
 
