@@ -62,7 +62,10 @@ def time_commands(lake: Lake) -> list[tuple[str, float, float]]:
         ("label --exposure N/ID --undo", ["label", *root, "--exposure", f"{night}/{exposure}", "--undo"]),
         ("similar --exposure ID -k 10", ["similar", *root, "--exposure", exposure, "-k", "10"]),
         ("export --format csv", ["export", *root, "--format", "csv", "--out", str(out / "e.csv")]),
-        ("filter --node 12,12", ["filter", *root, "--node", "12,12"]),
+        (
+            "filter --node 12,12 --min-fraction 0.05",
+            ["filter", *root, "--node", "12,12", "--min-fraction", "0.05"],
+        ),
         (
             "promote desom2 (the champion again)",
             ["promote", *root, "--model", "desom2", "--version", champion_version(lake)],

@@ -32,8 +32,9 @@ from tools import open_browser  # noqa: E402
 def label_by_truth(lake: Lake) -> tuple[int, int]:
     """Label every cell of the champion map by its members' majority true class; the fullest cell."""
     desom2 = registry.registered(lake, load_config(), "desom2")
-    cells = lake.read("assignments", columns=["cell_x", "cell_y", "truth_label"]).to_pandas()
-    cells = cells.dropna(subset=["truth_label"])
+    cells = lake.read("assignments", columns=["night", "exposure_id", "cell_x", "cell_y"]).to_pandas()
+    truth = lake.read("exposures", columns=["night", "exposure_id", "truth_label"]).to_pandas()
+    cells = cells.merge(truth, on=["night", "exposure_id"]).dropna(subset=["truth_label"])
     for (x, y), members in cells.groupby(["cell_x", "cell_y"]):
         label = members["truth_label"].value_counts().index[0]
         label_cells(lake, desom2.version, [(int(x), int(y))], str(label), desom2.map_shape)

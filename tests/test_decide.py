@@ -297,3 +297,26 @@ def test_without_a_token_the_console_answers_only_to_its_loopback_name(lake, con
         headers={"Host": "evil.example:8050", "Origin": "http://evil.example:8050"},
     )
     assert answer.status_code == 403 and lake.read("exposure_labels").num_rows == before
+
+
+def test_the_vote_learns_from_nothing_once_every_label_is_undone():
+    """A lake whose labels were all removed (undo) reads back ``own_from`` as all-null floats: the
+    vote then has no labelled exposure, and says so, instead of failing."""
+    from desomspark.config import load_config
+    from desomspark.stages.verdicts import labelled_rows, settings_of
+
+    members = pd.DataFrame(
+        dict(
+            night=["n", "n"],
+            exposure_id=["a", "b"],
+            cell_x=[0, 1],
+            cell_y=[0, 0],
+            label=[None, None],
+            label_source=[None, None],
+            own_from=[np.nan, np.nan],
+        )
+    )
+    assert labelled_rows(members, settings_of(load_config())).empty
+    members.loc[0, ["label", "label_source"]] = ["BT", "inherited"]
+    known = labelled_rows(members, settings_of(load_config()))
+    assert known["group"].tolist() == ["from "] and known["bad"].tolist() == [1.0]

@@ -123,7 +123,8 @@ def labelled_rows(members: pd.DataFrame, s: DecideSettings) -> pd.DataFrame:
     cell = known["cell_x"].astype(str) + "," + known["cell_y"].astype(str)
     known["group"] = np.select(
         [known["label_source"] == "cell", known["label_source"] == "inherited"],
-        ["cell " + cell, "from " + known["own_from"].fillna("")],
+        # own_from as text whatever pandas made of it (all-null logs read back as float NaN)
+        ["cell " + cell, "from " + known["own_from"].astype(object).fillna("").astype(str)],
         "exposure " + known["night"] + "/" + known["exposure_id"],
     )
     return known
