@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -230,6 +231,34 @@ def test_command_line(lake, tmp_path):
         done.stdout + done.stderr
     )
     assert 0 < expected < len(share)
+
+
+def test_small_commands_load_neither_spark_nor_mlflow_nor_torch(lake, tmp_path):
+    """label, similar, export and filter answer from the lake's tables and its own MLflow store
+    (their imports alone took 2-3 s of each command before): none of them brings in Spark, the
+    MLflow client or torch."""
+    exposure = lake.read("assignments").to_pandas()["exposure_id"].iloc[0]
+    root = ["--lake", lake.root, "-q"]
+    runs = [
+        ["label", *root, "--cell", "1,0", "--label", "Good"],
+        ["label", *root, "--cell", "1,0", "--undo"],
+        ["similar", *root, "--exposure", exposure, "-k", "3"],
+        ["export", *root, "--format", "csv", "--out", str(tmp_path / "e.csv")],
+        ["filter", *root, "--node", "0,0", "--min-fraction", "0.5"],
+    ]
+    script = (
+        "import json, sys\n"
+        "from desomspark.cli import main\n"
+        "codes = [main(args) for args in json.loads(sys.argv[1])]\n"
+        "print(json.dumps([codes, sorted(m for m in ('pyspark', 'mlflow', 'torch') if m in sys.modules)]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(runs)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    codes, loaded = json.loads(done.stdout.splitlines()[-1])
+    assert codes == [0] * len(runs) and loaded == [], done.stdout
+    assert exposure in done.stdout and (tmp_path / "e.csv").exists()
 
 
 def test_a_cell_label_belongs_to_its_map_version_and_its_exposures_keep_it(spark, lake, config, tmp_path):

@@ -15,6 +15,7 @@ from desomspark import registry
 from desomspark.desom.exposure_mapper import gaussian_taps, hellinger, smooth_on_grid
 from desomspark.desom.mapping import cutout_nodes, map_inputs
 from desomspark.desom.model import split_inference
+from desomspark.errors import UserError
 from desomspark.evaluation.simulate import simulate_night
 from desomspark.ingest.cutout import decode_pixels
 from desomspark.lake.layout import Lake
@@ -179,6 +180,65 @@ def test_version_mismatch_is_refused(spark, mapped):
     )
     with pytest.raises(ModelMismatch, match="v999"):
         write_assignments(spark, lake, other)
+
+
+def test_assign_stores_the_latent_vector_the_served_model_gives(mapped):
+    """similar and verdicts read DESOM-2's latent vectors from assignments/; a map that did not
+    assign an exposure maps it again, through the model, when asked."""
+    from desomspark.lake.queries import latent_vectors, stored_latents
+
+    lake, cfg, _, _, _ = mapped
+    assigned = lake.read("assignments").to_pandas()
+    (version,) = set(assigned["desom2_version"])
+    desom2 = registry.registered(lake, cfg, "desom2", f"models:/desom2/{version}")
+    table, _ = desom2_inputs(lake, desom2.desom1_version, desom2.qa_inputs)
+    served = map_inputs(
+        cached_model(desom2.uri, "cpu"), input_matrix(table["counts"], table, desom2.qa_inputs)
+    )
+    stored = stored_latents(lake, version, None).set_index("exposure_id").loc[table["exposure_id"]]
+    assert len(stored) == 12 and np.stack(stored["z"]).shape == served[2].shape
+    np.testing.assert_allclose(np.stack(stored["z"]), served[2], rtol=1e-5, atol=1e-6)
+    read = latent_vectors(lake, desom2).set_index("exposure_id").loc[table["exposure_id"]]
+    np.testing.assert_array_equal(np.stack(read["z"]), np.stack(stored["z"]))
+    # a DESOM-2 that assigned nothing: its vectors come from the model
+    short = train_desom2(lake, replace(cfg, desom2=replace(cfg.desom2, iterations=20, seed=7)))
+    first = registry.registered(lake, cfg, "desom2", f"models:/desom2/{short['version']}")
+    assert first.version != version and stored_latents(lake, first.version, None).empty
+    table, _ = desom2_inputs(lake, first.desom1_version, first.qa_inputs)
+    mapped_again = latent_vectors(lake, first).set_index("exposure_id").loc[table["exposure_id"]]
+    direct = map_inputs(
+        cached_model(first.uri, "cpu"), input_matrix(table["counts"], table, first.qa_inputs)
+    )[2]
+    np.testing.assert_allclose(np.stack(mapped_again["z"]), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_the_lakes_own_store_is_read_as_mlflow_reads_it(mapped):
+    """registered() reads a version straight from the lake's SQLite store (no MLflow import): the same
+    record as MLflow's client gives, for every version and the champion alias; what it cannot
+    answer alone (an alias nobody set, another store) it leaves to MLflow."""
+    from mlflow import MlflowClient
+
+    from desomspark.registry.store import is_embedded, read_embedded_version
+
+    lake, cfg, _, _, _ = mapped
+    assert is_embedded(lake, cfg.mlflow)
+    registry.connect(lake, cfg.mlflow)
+    versions = MlflowClient().search_model_versions("name = 'desom2'")
+    assert len(versions) >= 2  # the fixture's, and the one the test above trained
+    for mv in versions:
+        found = read_embedded_version(lake, "desom2", f"models:/desom2/{mv.version}")
+        assert found == (str(mv.version), mv.run_id, registry.download_uri("desom2", mv.version))
+        fast = registry.RegisteredModel.from_version("desom2", found)
+        assert fast == registry.RegisteredModel.load("desom2", mv.version)
+        assert fast.metadata == registry.RegisteredModel.load("desom2", mv.version).metadata
+    challenger = MlflowClient().get_model_version_by_alias("desom1", registry.CHALLENGER).version
+    assert read_embedded_version(lake, "desom1", "models:/desom1@challenger")[0] == str(challenger)
+    assert read_embedded_version(lake, "desom1", "models:/desom1@nobody-set-this") is None
+    assert read_embedded_version(lake, "desom1", "models:/desom2/1") is None  # another model's URI
+    assert read_embedded_version(lake, "desom1", "models:/desom1/999") is None
+    with pytest.raises(UserError, match="is a desom2 model, not desom1"):
+        registry.registered(lake, cfg, "desom1", "models:/desom2/1")
+    assert not is_embedded(lake, replace(cfg.mlflow, tracking_uri="http://127.0.0.1:1"))
 
 
 def _same_class_closeness(table: pd.DataFrame) -> tuple[float, float]:

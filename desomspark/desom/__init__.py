@@ -1,6 +1,7 @@
 """DESOM, the model side: pure torch/numpy, importable on a bare GPU host (no Spark, MLflow or sep).
 
-``model``            DESOM (autoencoder + SOM), its :class:`~desomspark.desom.model.ModelSpec`
+``spec``             :class:`~desomspark.desom.spec.ModelSpec`: what fixes an architecture (no torch import)
+``model``            DESOM (autoencoder + SOM), built from its spec
 ``train``            the training loop, DDP, checkpoints (``python -m desomspark.desom.train job.json``)
 ``metrics``          quantization and topographic errors, purity, NMI
 ``mapping``          cutouts or inputs -> nodes, CPU or GPU, fed from pinned buffers

@@ -37,7 +37,6 @@ import warnings
 
 import numpy as np
 import sep
-from scipy.spatial import cKDTree
 
 from desomspark.ingest.cutout import cut
 
@@ -285,10 +284,12 @@ def _isolated_bright(
     n = len(objects)
     if n == 0:
         return np.zeros(0, int), 8
+    from scipy import spatial  # here: reading the lake's QA columns should not pay scipy's import
+
     x, y = objects["x"], objects["y"]
     snr = objects["flux"] / (rms * np.sqrt(np.maximum(objects["npix"], 1))) if rms > 0 else np.zeros(n)
     nearest = (
-        cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)[0][:, 1]
+        spatial.cKDTree(np.column_stack([x, y])).query(np.column_stack([x, y]), k=2)[0][:, 1]
         if n > 1
         else np.full(n, np.inf)
     )

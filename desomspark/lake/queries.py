@@ -18,23 +18,53 @@ import pyarrow.dataset as ds
 
 from desomspark.errors import UserError
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS, decode_stack
+from desomspark.lake import schema
 from desomspark.lake.layout import Lake
-from desomspark.serve import plots
 
 
 def latent_vectors(lake: Lake, desom2, exposure_ids: list[str] | None = None) -> pd.DataFrame:
     """Every exposure's DESOM-2 latent vector ``z`` (from its histo-vector made by the model's DESOM-1,
-    and its quality numbers where the model reads them); ``exposure_ids``: only those."""
+    and its quality numbers where the model reads them); ``exposure_ids``: only those.
+
+    ``assign`` stores each exposure's ``z`` with its cell: those are read as they are.  Only the
+    exposures the map did not assign (or assigned before the column existed) are mapped here,
+    so that ``similar`` and ``verdicts`` on an assigned lake load no model.
+    """
+    vectors, _ = desom2_inputs(lake, desom2.desom1_version, desom2.qa_inputs, exposure_ids)
+    stored = stored_latents(lake, str(desom2.version), exposure_ids)
+    keyed = vectors[["night", "exposure_id"]].merge(stored, on=["night", "exposure_id"], how="left")
+    z = list(keyed["z"])
+    missing = [k for k, v in enumerate(z) if not isinstance(v, np.ndarray)]
+    if missing:
+        for k, v in zip(missing, mapped_latents(desom2, vectors.iloc[missing])):
+            z[k] = v
+    return keyed.assign(z=z)
+
+
+def stored_latents(lake: Lake, desom2_version: str, exposure_ids: list[str] | None) -> pd.DataFrame:
+    """(night, exposure_id, z) of the exposures ``assign`` mapped with this DESOM-2 version."""
+    where = ds.field("desom2_version") == desom2_version
+    if exposure_ids is not None:
+        where &= ds.field("exposure_id").isin(list(exposure_ids))
+    rows = lake.read("assignments", columns=["night", "exposure_id", "latent"], where=where).to_pandas()
+    rows = rows[rows["latent"].notna()]
+    return pd.DataFrame(
+        {
+            "night": rows["night"].to_numpy(),
+            "exposure_id": rows["exposure_id"].to_numpy(),
+            "z": [np.asarray(v, dtype=np.float32) for v in rows["latent"]],
+        }
+    )
+
+
+def mapped_latents(desom2, vectors: pd.DataFrame) -> np.ndarray:
+    """DESOM-2's latent vectors of ``vectors`` (histo-vectors and quality inputs), through the model."""
     from desomspark import registry
     from desomspark.desom.mapping import map_inputs
 
-    qa_inputs = desom2.qa_inputs
-    vectors, _ = desom2_inputs(lake, desom2.desom1_version, qa_inputs, exposure_ids)
-    _, _, z = map_inputs(
-        registry.cached_model(desom2.uri, "cpu"), input_matrix(vectors["counts"], vectors, qa_inputs)
-    )
-    return pd.DataFrame(
-        {"night": vectors["night"].to_numpy(), "exposure_id": vectors["exposure_id"].to_numpy(), "z": list(z)}
+    mapper = registry.cached_model(desom2.uri, "cpu")
+    return map_inputs(mapper, input_matrix(vectors["counts"], vectors, desom2.qa_inputs))[2].astype(
+        np.float32
     )
 
 
@@ -76,7 +106,7 @@ def with_current_labels(lake: Lake, assignments: pd.DataFrame) -> pd.DataFrame:
 
 def map_members(lake: Lake, desom2_version: str) -> pd.DataFrame:
     """Every exposure assigned by one DESOM-2 version, with its header fields and quality numbers."""
-    assigned = lake.read("assignments").to_pandas()
+    assigned = lake.read("assignments", columns=schema.ASSIGNMENT_RESULTS).to_pandas()
     assigned = assigned[assigned["desom2_version"] == str(desom2_version)]
     exposures = lake.read(
         "exposures",
@@ -191,11 +221,31 @@ def exposure_views(lake: Lake, exposure_ids: list[str], nights: list[str] | None
         ]
         stacks = [stack for blob in group["psf_stack"] if (stack := decode_stack(blob)) is not None]
         views[exposure_id] = {
-            "mosaic": plots.focal_plane(thumbs),
+            "mosaic": focal_plane(thumbs),
             "window": windows[0] if windows else None,
             "star": np.median(stacks, axis=0) if stacks else None,
         }
     return views
+
+
+def focal_plane(thumbnails: list[tuple[int, int, np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Place CCD thumbnails (ccd_row, ccd_col, uint8 image) in their focal-plane layout.
+
+    Row 0 is drawn at the top; a CCD missing from the list (rejected) is a NaN hole.
+    CCDs without a known position (row or column < 0) are laid out in one row.
+    """
+    if not thumbnails:
+        return np.full((1, 1), np.nan, dtype=np.float32)
+    if any(r < 0 or c < 0 for r, c, _ in thumbnails):
+        thumbnails = [(0, k, img) for k, (_, _, img) in enumerate(thumbnails)]
+    h = max(img.shape[0] for _, _, img in thumbnails)
+    w = max(img.shape[1] for _, _, img in thumbnails)
+    rows = max(r for r, _, _ in thumbnails) + 1
+    cols = max(c for _, c, _ in thumbnails) + 1
+    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan, dtype=np.float32)
+    for r, c, img in thumbnails:
+        out[r * (h + gap) : r * (h + gap) + img.shape[0], c * (w + gap) : c * (w + gap) + img.shape[1]] = img
+    return out
 
 
 def central_first(group: pd.DataFrame) -> pd.DataFrame:

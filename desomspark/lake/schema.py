@@ -152,8 +152,14 @@ ASSIGNMENTS = pa.schema(
         ("cell_y", pa.int32()),  # row on the map
         ("distance", pa.float64()),  # to the cell prototype in latent space: novelty
         ("label", pa.string()),  # the expert label of the cell, if any
+        # DESOM-2's latent vector z: similar and the verdict vote read it without loading the model
+        # (null in rows written before the column existed: those are mapped again when read)
+        ("latent", pa.list_(pa.float32())),
     ]
 )
+
+#: the assignments columns results show (export, the console, alerts): all but the latent vector
+ASSIGNMENT_RESULTS = [name for name in ASSIGNMENTS.names if name != "latent"]
 
 #: expert labels of DESOM-2 cells (not partitioned; append-only log, last one wins)
 LABELS = pa.schema(

@@ -21,7 +21,7 @@ from desomspark.config import Config, MlflowConfig
 from desomspark.errors import DesomsparkError, UserError
 from desomspark.lake.layout import Lake
 from desomspark.registry.record import RegisteredModel
-from desomspark.registry.store import RegistryError
+from desomspark.registry.store import RegistryError, is_embedded, read_embedded_version
 from desomspark.registry.tracking import CHALLENGER, connect, register_model_dir, run
 
 _LOG = logging.getLogger(__name__)
@@ -132,8 +132,10 @@ def bootstrap_defaults(lake: Lake, cfg: Config) -> None:
 
 def registered(lake: Lake, cfg: Config, name: str, uri: str | None = None) -> RegisteredModel:
     """The model at ``uri`` (default: ``name``'s champion; the shipped defaults on a fresh lake)."""
-    connect(lake, cfg.mlflow)
     uri = uri or DEFAULT_URIS[name]
+    if is_embedded(lake, cfg.mlflow) and (found := read_embedded_version(lake, name, uri)):
+        return RegisteredModel.from_version(name, found)
+    connect(lake, cfg.mlflow)
     if uri == DEFAULT_URIS[name]:
         bootstrap_defaults(lake, cfg)
     model_name, version = resolve(uri)

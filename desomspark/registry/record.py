@@ -3,16 +3,18 @@
 :class:`RegisteredModel` is what the registry hands out (like hats'
 ``TableProperties``): name, version, the artifact URI a worker loads
 from without the tracking server, the run that made it, its
-:class:`~desomspark.desom.model.ModelSpec` and the metadata the mapper
+:class:`~desomspark.desom.spec.ModelSpec` and the metadata the mapper
 needs (transform, quality inputs, node smoothing, DESOM-1 version).  No
 reader parses MLflow metadata itself.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from urllib.parse import urlparse
 
-from desomspark.desom.model import ModelSpec
+from desomspark.desom.spec import ModelSpec
 from desomspark.registry.store import RegistryError, unreachable
 
 
@@ -33,6 +35,12 @@ class RegisteredModel:
     ) -> "RegisteredModel":
         """The record of a model whose MLmodel metadata is ``metadata`` (the one place it is parsed)."""
         return cls(name, str(version), uri, ModelSpec.from_dict(metadata), run_id, dict(metadata))
+
+    @classmethod
+    def from_version(cls, name: str, found: tuple[str, str | None, str]) -> "RegisteredModel":
+        """The record of ``(version, run id, download URI)`` as the lake's store names them."""
+        version, run_id, uri = found
+        return cls.from_metadata(name, version, uri, model_metadata(uri), run_id)
 
     @classmethod
     def load(cls, name: str, version: str) -> "RegisteredModel":
@@ -86,6 +94,11 @@ class RegisteredModel:
 
 def model_metadata(uri: str) -> dict:
     """The metadata written with a model (map shape, DESOM-1 version...)."""
+    if uri.startswith("file://"):  # a local model: its MLmodel file is YAML, read without MLflow
+        import yaml
+
+        with open(os.path.join(urlparse(uri).path, "MLmodel")) as f:
+            return dict((yaml.safe_load(f) or {}).get("metadata") or {})
     import mlflow
     from mlflow.models import Model
 

@@ -9,6 +9,7 @@ before MLflow opens it (:func:`reroot_embedded_store`).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from contextlib import closing
@@ -16,6 +17,8 @@ from contextlib import closing
 from desomspark.config import MlflowConfig
 from desomspark.errors import DesomsparkError
 from desomspark.lake.layout import Lake
+
+_LOG = logging.getLogger(__name__)
 
 # The user's MLFLOW_TRACKING_URI, read once: mlflow.set_tracking_uri() writes the
 # variable itself, and a process that uses two lakes must not inherit the first one's store.
@@ -101,3 +104,56 @@ def reroot_embedded_store(lake: Lake) -> int:
                     )
                     changed += cursor.rowcount
     return changed
+
+
+def is_embedded(lake: Lake, cfg: MlflowConfig = MlflowConfig()) -> bool:
+    """True when the lake's own SQLite store is the one in use (and it exists)."""
+    if not lake.is_local or _USER_TRACKING_URI or cfg.tracking_uri:
+        return False
+    return os.path.exists(lake.path("mlflow.db"))
+
+
+def read_embedded_version(lake: Lake, name: str, uri: str) -> tuple[str, str | None, str] | None:
+    """(version, run id, download URI) of ``models:/name@alias`` or ``models:/name/V`` read straight
+    from the lake's own SQLite store, or None where that store cannot answer it alone.
+
+    Reading a registered model through MLflow's client costs 2 s of imports and schema checks;
+    the small commands (``label``, ``similar``, ``verdicts``) only need these three values.  The
+    queries are the ones MLflow's SQLAlchemy store runs (a version not deleted; its download URI
+    is its storage location, else its source).  Any doubt -- an alias not set yet (the shipped
+    defaults are registered through MLflow), a store of another schema -- returns None and the
+    caller asks MLflow.
+    """
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri[len("models:/") :]
+    if "@" in rest:
+        (model, alias), version = rest.split("@", 1), None
+    elif "/" in rest:
+        (model, version), alias = rest.split("/", 1), None
+    else:
+        return None
+    if model != name:
+        return None
+    reroot_embedded_store(lake)
+    try:
+        with closing(sqlite3.connect(f"file:{lake.path('mlflow.db')}?mode=ro", uri=True)) as db:
+            if alias is not None:
+                row = db.execute(
+                    "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", (name, alias)
+                ).fetchone()
+                if row is None:
+                    return None
+                version = str(row[0])
+            row = db.execute(
+                "SELECT version, run_id, storage_location, source FROM model_versions "
+                "WHERE name = ? AND version = ? AND current_stage != 'Deleted_Internal'",
+                (name, int(version)),
+            ).fetchone()
+    except (sqlite3.Error, ValueError) as err:  # another schema, a locked file, a version not a number
+        _LOG.debug(f"registry: the embedded store could not answer {uri} alone ({err}); asking MLflow")
+        return None
+    if row is None:
+        return None
+    found, run_id, storage_location, source = row
+    return str(found), run_id, storage_location or source

@@ -24,7 +24,7 @@ from desomspark.decide.labels import own_labels, pick
 from desomspark.decide.teff import TEFF_COLUMNS
 from desomspark.errors import UserError
 from desomspark.ingest.qa import EXPOSURE_QA_COLUMNS
-from desomspark.lake import labellog
+from desomspark.lake import labellog, schema
 from desomspark.lake.layout import Lake
 from desomspark.lake.queries import label_history, latent_vectors, with_current_labels
 from desomspark.registry import RegisteredModel
@@ -222,7 +222,7 @@ def export(lake: Lake, out: str, fmt: str) -> int:
     (latent distance to the cell's prototype).  ``label`` is the exposure's own label where it has
     one, else its cell's (``cell_label``).
     """
-    table = with_current_labels(lake, lake.read("assignments").to_pandas())
+    table = with_current_labels(lake, lake.read("assignments", columns=schema.ASSIGNMENT_RESULTS).to_pandas())
     header = ["path", "date_obs", "filter", "object", "exptime", "airmass"]
     exposures = lake.read(
         "exposures", columns=["night", "exposure_id", *header, *EXPOSURE_QA_COLUMNS]

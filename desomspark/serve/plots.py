@@ -64,26 +64,6 @@ def histovector_png(counts: np.ndarray, map_shape: tuple[int, int]) -> bytes:
     return buffer.getvalue()
 
 
-def focal_plane(thumbnails: list[tuple[int, int, np.ndarray]], gap: int = 2) -> np.ndarray:
-    """Place CCD thumbnails (ccd_row, ccd_col, uint8 image) in their focal-plane layout.
-
-    Row 0 is drawn at the top; a CCD missing from the list (rejected) is a NaN hole.
-    CCDs without a known position (row or column < 0) are laid out in one row.
-    """
-    if not thumbnails:
-        return np.full((1, 1), np.nan, dtype=np.float32)
-    if any(r < 0 or c < 0 for r, c, _ in thumbnails):
-        thumbnails = [(0, k, img) for k, (_, _, img) in enumerate(thumbnails)]
-    h = max(img.shape[0] for _, _, img in thumbnails)
-    w = max(img.shape[1] for _, _, img in thumbnails)
-    rows = max(r for r, _, _ in thumbnails) + 1
-    cols = max(c for _, c, _ in thumbnails) + 1
-    out = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan, dtype=np.float32)
-    for r, c, img in thumbnails:
-        out[r * (h + gap) : r * (h + gap) + img.shape[0], c * (w + gap) : c * (w + gap) + img.shape[1]] = img
-    return out
-
-
 def css_colour(value: float, cmap: str) -> str:
     """A CSS colour (``#rrggbb``) for ``value`` in [0, 1] on a matplotlib colour map."""
     return _hex(plt.get_cmap(cmap)(float(np.clip(value, 0, 1))))

@@ -33,7 +33,7 @@ _LOG = logging.getLogger(__name__)
 def assign_rows(
     batches: Iterator[pd.DataFrame], desom2: RegisteredModel, threads: int | None
 ) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: histo-vectors -> cell and distance (labels come later)."""
+    """mapInPandas body: histo-vectors -> cell, distance and latent vector (labels come later)."""
     mapper = registry.cached_model(desom2.uri, threads=threads)
     cols = desom2.map_shape[1]
     for batch in batches:
@@ -41,7 +41,7 @@ def assign_rows(
             continue
         for version in batch["desom1_version"].unique():
             registry.check_desom1(desom2, version)
-        node, dist, _ = map_inputs(mapper, input_matrix(batch["counts"], batch, desom2.qa_inputs))
+        node, dist, z = map_inputs(mapper, input_matrix(batch["counts"], batch, desom2.qa_inputs))
         yield pd.DataFrame(
             {
                 "night": batch["night"],
@@ -52,6 +52,7 @@ def assign_rows(
                 "cell_x": (node % cols).astype(np.int32),
                 "cell_y": (node // cols).astype(np.int32),
                 "distance": dist.astype(np.float64),
+                "latent": list(z.astype(np.float32)),
             }
         )
 
@@ -97,7 +98,7 @@ def write_assignments(
     threads = max(1, (os.cpu_count() or 1) // slots)
     out_schema = (
         "night string, exposure_id string, desom1_version string, desom2_version string, "
-        "cell int, cell_x int, cell_y int, distance double"
+        "cell int, cell_x int, cell_y int, distance double, latent array<float>"
     )
     cells = vectors.mapInPandas(lambda it: assign_rows(it, desom2, threads), out_schema)
     labels = spark.createDataFrame(

@@ -311,7 +311,11 @@ def night_alerts(lake: Lake, night: str, cfg: WatchConfig) -> list[Alert]:
         alerts += dead_ccds(ccds.merge(times, on="exposure_id"), night, cfg)
     if night not in lake.nights("assignments"):  # a batch of rejects maps nothing
         return alerts
-    table = lake.read("assignments", nights=[night]).to_pandas().merge(times, on="exposure_id", how="left")
+    table = (
+        lake.read("assignments", nights=[night], columns=schema.ASSIGNMENT_RESULTS)
+        .to_pandas()
+        .merge(times, on="exposure_id", how="left")
+    )
     if "bad_run" in cfg.rules:
         alerts += bad_runs(table, night, cfg)
     if "novelty" in cfg.rules and len(table):
