@@ -2,9 +2,13 @@
 
 The quality bench (``bench/quality.py --keep DIR``) trains one DESOM-2 on its
 night; the map's scores are those of one random draw.  This script trains
-DESOM-2 again with seeds 1..N on the same histo-vectors (the champion
-DESOM-1), assigns the night with each version and prints the leave-one-out
-neighbour accuracy of each draw, then their mean and range.  Each version is
+DESOM-2 again N times on the same histo-vectors (the champion DESOM-1),
+assigns the night with each version and prints the leave-one-out neighbour
+accuracy of each, then their mean and range.  Each of the N runs is the
+whole procedure: with ``--draws D`` (default: the conf's ``desom2.draws``)
+run k fits D draws with seeds (k-1)*D+1 ... k*D, none shared with another
+run, and keeps the one its label-free score (neighbour distance) prefers;
+``--draws 1`` scores single draws.  Each version is
 registered but not promoted; the champion's assignments are written back at
 the end, so the lake reads as before.
 
@@ -42,7 +46,8 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--lake", required=True, help="a lake kept by bench/quality.py --keep")
-    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--seeds", type=int, default=8, help="how many runs of the procedure")
+    parser.add_argument("--draws", type=int, default=None, help="draws per run (default: the conf's)")
     parser.add_argument(
         "--smoothing", type=float, default=None, help="desom2.node_smoothing (default: the conf's)"
     )
@@ -52,13 +57,16 @@ def main() -> None:
     cfg = load_config(args.conf)
     if args.smoothing is not None:
         cfg = replace(cfg, desom2=replace(cfg.desom2, node_smoothing=args.smoothing))
+    draws = args.draws or cfg.desom2.draws
+    cfg = replace(cfg, desom2=replace(cfg.desom2, draws=draws))
     lake = Lake(args.lake)
     spark = get_spark(cfg.spark)
     rows = []
     try:
         try:
             for seed in range(1, args.seeds + 1):
-                trained = train_desom2(lake, replace(cfg, desom2=replace(cfg.desom2, seed=seed)))
+                first = (seed - 1) * draws + 1
+                trained = train_desom2(lake, replace(cfg, desom2=replace(cfg.desom2, seed=first)))
                 run_assign(
                     spark, lake, cfg, desom2_uri=f"models:/desom2/{trained['version']}", nights=[TRAIN_NIGHT]
                 )
@@ -66,7 +74,8 @@ def main() -> None:
                 scores = map_scores(lake, [TRAIN_NIGHT])
                 rows.append(
                     {
-                        "seed": seed,
+                        "run": seed,
+                        "kept_seed": trained["seed"],
                         "version": trained["version"],
                         "cells_used": scores["cells_used"],
                         **{k: v for k, v in scores.items() if k.startswith("neighbour")},
@@ -74,6 +83,7 @@ def main() -> None:
                         "loss": last["loss"],
                         "QE": last["quantization_error"],
                         "TE": last["topographic_error"],
+                        "nb_dist": trained["draws"][trained["seed"] - first]["neighbour_distance"],
                     }
                 )
                 print(
@@ -88,7 +98,7 @@ def main() -> None:
         spark.stop()
     table = pd.DataFrame(rows)
     print(
-        f"\nDESOM-2 retrained with {args.seeds} seeds on {lake.root} "
+        f"\nDESOM-2 retrained {args.seeds} times ({draws} draw(s) each) on {lake.root} "
         f"(node smoothing {cfg.desom2.node_smoothing:g}):"
     )
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -118,6 +118,7 @@ class Desom2Config:
     learning_rate: float = 2e-3
     iterations: int = 10_000
     seed: int = 42
+    draws: int = 4  # DESOM-2 fitted with seeds seed, seed+1...; the map keeping neighbours best is kept
     clip_sigma: float = 3.0
     log_every: int = 500
     transform: str = "hellinger"
@@ -138,6 +139,8 @@ class Desom2Config:
     def __post_init__(self):
         if self.node_smoothing < 0 or self.qa_weight < 0:
             raise UserError("[desom2] node_smoothing and qa_weight must be >= 0")
+        if int(self.draws) < 1:
+            raise UserError(f"[desom2] draws must be at least 1, not {self.draws}")
 
 
 #: the alert rules ``watch`` knows (desomspark/watch.py)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -210,6 +211,33 @@ def test_assign_stores_the_latent_vector_the_served_model_gives(mapped):
         cached_model(first.uri, "cpu"), input_matrix(table["counts"], table, first.qa_inputs)
     )[2]
     np.testing.assert_allclose(np.stack(mapped_again["z"]), direct, rtol=1e-5, atol=1e-6)
+
+
+def test_several_draws_keep_the_map_whose_neighbours_are_nearest(mapped):
+    """desom2.draws: seeds seed, seed+1... are fitted, the one with the lowest neighbour distance is
+    registered, with every draw's score in its run; a draw is the same fitted alone or among others."""
+    import json
+
+    from mlflow import MlflowClient
+
+    lake, cfg, _, _, _ = mapped
+    c = replace(cfg.desom2, iterations=60, seed=11, draws=3, exposures_per_cell=1)  # a 3x3 map
+    three = train_desom2(lake, replace(cfg, desom2=c))
+    scores = {d["seed"]: d["neighbour_distance"] for d in three["draws"]}
+    assert sorted(scores) == [11, 12, 13] and all(0 < v < 1 for v in scores.values()), scores
+    assert three["seed"] == min(scores, key=lambda seed: (scores[seed], seed))
+    run = MlflowClient().get_run(three["run_id"])
+    assert run.data.params["kept_seed"] == str(three["seed"]) and run.data.params["desom2.draws"] == "3"
+    assert run.data.metrics["neighbour_distance"] == pytest.approx(scores[three["seed"]])
+    recorded = json.loads(Path(MlflowClient().download_artifacts(three["run_id"], "draws.json")).read_text())
+    assert recorded["kept_seed"] == three["seed"] and len(recorded["draws"]) == 3
+    alone = train_desom2(lake, replace(cfg, desom2=replace(c, seed=three["seed"], draws=1)))
+    kept = three["mapper"].inference.desom.som.prototypes
+    torch.testing.assert_close(alone["mapper"].inference.desom.som.prototypes, kept)
+    other = train_desom2(lake, replace(cfg, desom2=replace(c, seed=three["seed"] % 3 + 11, draws=1)))
+    assert not torch.allclose(other["mapper"].inference.desom.som.prototypes, kept)  # another draw
+    with pytest.raises(UserError, match="draws must be at least 1"):
+        replace(c, draws=0)
 
 
 def test_the_lakes_own_store_is_read_as_mlflow_reads_it(mapped):

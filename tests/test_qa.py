@@ -137,6 +137,23 @@ def test_neighbour_predictions_on_a_map():
     assert (lonely == np.array(["Good", "BT", "Good", "BT"])).sum() < 4
 
 
+def test_neighbour_distance_prefers_a_map_that_keeps_alike_samples_together():
+    """The label-free score that chooses among DESOM-2 draws: two clusters in the input space, one
+    map that gives each its own cells, one that mixes them (same cell sizes): the first scores lower."""
+    rng = np.random.default_rng(3)
+    x = np.concatenate([rng.normal(0, 0.1, (12, 4)), rng.normal(3, 0.1, (12, 4))])
+    positions = {c: (0, 2 * c) for c in range(6)}  # cells two apart: each cell is its members only
+    sorted_cells = np.repeat(np.arange(6), 4)  # cells 0-2 hold the first cluster, 3-5 the second
+    mixed = sorted_cells[np.r_[0:12:2, 12:24:2, 1:12:2, 13:24:2]]  # every cell holds both clusters
+    good = metrics.neighbour_distance(x, sorted_cells, positions)
+    bad = metrics.neighbour_distance(x, mixed, positions)
+    assert 0 < good < 0.2 < 0.5 < bad
+    # neighbours of a lone sample are its nearest ring's members; a sample alone in all has none
+    neighbours = metrics.map_neighbours([0, 0, 5], {0: (0, 0), 5: (0, 3)})
+    assert [list(n) for n in neighbours] == [[1], [0], [0, 1]]
+    assert [list(n) for n in metrics.map_neighbours([7], {7: (0, 0)})] == [[]]
+
+
 def test_knn_leaves_the_sample_out():
     features = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]])
     truth = ["a", "a", "a", "b", "b", "b"]

@@ -74,19 +74,13 @@ def _majority(labels: list[str]) -> str:
     return str(values[np.argmax(counts)])
 
 
-def neighbour_predictions(truth, clusters, positions: dict, metric: str = "chebyshev") -> np.ndarray:
-    """Leave-one-out class of each sample from its neighbours on a map (or among clusters).
-
-    Each sample's class is predicted by the majority class of the *other*
-    members of its cluster; a sample alone in its cluster takes the majority
-    of the nearest ring of occupied clusters (all those at the smallest
-    distance from its own).  This is what an expert's cell label does to a new
-    exposure, and, unlike cell purity, it does not reward a map that gives
-    every exposure a cell of its own.
+def map_neighbours(clusters, positions: dict, metric: str = "chebyshev") -> list[np.ndarray]:
+    """Each sample's neighbours on a map: the other members of its cluster (cell), or, for a sample
+    alone in its cluster, the members of the nearest ring of occupied clusters (all those at the
+    smallest distance from its own).  A sample alone in all has none.
 
     Parameters
     ----------
-    truth : array of str
     clusters : array
         Cluster (cell) of each sample.
     positions : dict
@@ -94,28 +88,68 @@ def neighbour_predictions(truth, clusters, positions: dict, metric: str = "cheby
     metric : {"chebyshev", "euclidean"}
         Ring distance: Chebyshev for map cells (the 8 neighbours first), Euclidean for centroids.
     """
-    truth, clusters = np.asarray(truth).astype(str), np.asarray(clusters)
+    clusters = np.asarray(clusters)
     members: dict = {}
     for i, c in enumerate(clusters):
         members.setdefault(c, []).append(i)
     occupied = list(members)
     coords = np.array([np.asarray(positions[c], dtype=float) for c in occupied])
-    predicted = np.empty(len(truth), dtype=object)
+    neighbours: list[np.ndarray] = [np.zeros(0, int)] * len(clusters)
     for k, c in enumerate(occupied):
         idx = members[c]
         if len(idx) > 1:
             for i in idx:
-                predicted[i] = _majority([truth[j] for j in idx if j != i])
+                neighbours[i] = np.array([j for j in idx if j != i])
             continue
         diff = np.abs(coords - coords[k])
         dist = diff.max(axis=1) if metric == "chebyshev" else np.sqrt((diff**2).sum(axis=1))
         dist[k] = np.inf
-        if not np.isfinite(dist).any():
-            predicted[idx[0]] = truth[idx[0]]  # a single sample in all: nothing to compare with
-            continue
-        ring = np.flatnonzero(np.isclose(dist, dist.min()))
-        predicted[idx[0]] = _majority([truth[j] for r in ring for j in members[occupied[r]]])
-    return predicted.astype(str)
+        if np.isfinite(dist).any():
+            ring = np.flatnonzero(np.isclose(dist, dist.min()))
+            neighbours[idx[0]] = np.array([j for r in ring for j in members[occupied[r]]])
+    return neighbours
+
+
+def neighbour_predictions(truth, clusters, positions: dict, metric: str = "chebyshev") -> np.ndarray:
+    """Leave-one-out class of each sample from its neighbours on a map (or among clusters).
+
+    Each sample's class is predicted by the majority class of its :func:`map_neighbours`: the
+    *other* members of its cluster, or the nearest ring of occupied clusters for a sample alone
+    in its own.  This is what an expert's cell label does to a new exposure, and, unlike cell
+    purity, it does not reward a map that gives every exposure a cell of its own.  A sample
+    alone in all keeps its own class (nothing to compare with).  ``truth``: array of str; the
+    other parameters as :func:`map_neighbours`.
+    """
+    truth = np.asarray(truth).astype(str)
+    return np.array(
+        [
+            _majority(list(truth[nb])) if len(nb) else truth[i]
+            for i, nb in enumerate(map_neighbours(clusters, positions, metric))
+        ],
+        dtype=str,
+    )
+
+
+def neighbour_distance(x: np.ndarray, clusters, positions: dict, pairs: int = 20_000, seed: int = 0) -> float:
+    """How far apart, in the input space ``x``, samples and their neighbours on the map are: the mean
+    distance of a sample to its :func:`map_neighbours`, over the mean distance between two samples.
+
+    The label-free side of :func:`neighbour_predictions`: a map whose cells (or nearest rings)
+    gather samples close in the input space scores low, and such a map lets an expert's cell
+    label reach alike exposures.  Used to choose among DESOM-2 draws (README, "One map is one
+    draw").  The mean pairwise distance is taken over ``pairs`` random pairs (``seed``).
+    """
+    x = np.asarray(x, dtype=np.float64)
+    near = [
+        np.linalg.norm(x[nb] - x[i], axis=1).mean()
+        for i, nb in enumerate(map_neighbours(clusters, positions))
+        if len(nb)
+    ]
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(len(x), size=(2, pairs))
+    keep = i != j
+    scale = np.linalg.norm(x[i[keep]] - x[j[keep]], axis=1).mean()
+    return float(np.mean(near) / scale) if near and scale > 0 else float("nan")
 
 
 def knn_predictions(truth, features: np.ndarray, k: int = 5) -> np.ndarray:

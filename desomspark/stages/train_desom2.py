@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from desomspark import registry
 from desomspark.config import Config, Desom2Config
 from desomspark.desom.exposure_mapper import ExposureMapper, build_mapper, desom2_map_shape
+from desomspark.desom.metrics import neighbour_distance
 from desomspark.desom.train import Shard, TrainJob, fit, row_groups
 from desomspark.errors import UserError
 from desomspark.ingest.qa import QA_FEATURES
@@ -53,6 +54,9 @@ class Desom2Fit:
     cells_used: int
     iterations: int
     t_max: float
+    seed: int
+    neighbour_distance: float  # metrics.neighbour_distance of this draw's map (lower: alike together)
+    draws: list[dict] = field(default_factory=list)  # every draw fitted: seed, neighbour_distance, cells
 
 
 def training_inputs(lake: Lake, c: Desom2Config, desom1_version: str | None = None) -> Desom2Inputs:
@@ -75,8 +79,25 @@ def training_inputs(lake: Lake, c: Desom2Config, desom1_version: str | None = No
 
 
 def fit_desom2(data: Desom2Inputs, c: Desom2Config, iterations: int | None = None) -> Desom2Fit:
-    """Fit: normalisation and DESOM-2 on the arrays of ``data`` (no I/O but a scratch folder for the
-    shard)."""
+    """Fit: ``c.draws`` draws of DESOM-2 on the arrays of ``data`` (seeds ``c.seed``, ``c.seed + 1``...),
+    keeping the one whose map neighbours are nearest in the input space (no labels: README, "One map
+    is one draw").  No I/O but a scratch folder for the shard."""
+    fits = [fit_draw(data, replace(c, seed=c.seed + k), iterations) for k in range(c.draws)]
+    best = min(fits, key=lambda f: (f.neighbour_distance, f.seed))
+    best.draws = [
+        {"seed": f.seed, "neighbour_distance": f.neighbour_distance, "cells_used": f.cells_used} for f in fits
+    ]
+    if c.draws > 1:
+        _LOG.info(
+            f"train-desom2: {c.draws} draws, neighbour distance "
+            + ", ".join(f"{f.neighbour_distance:.4f} (seed {f.seed})" for f in fits)
+            + f": kept seed {best.seed}"
+        )
+    return best
+
+
+def fit_draw(data: Desom2Inputs, c: Desom2Config, iterations: int | None = None) -> Desom2Fit:
+    """One draw: normalisation and DESOM-2 with seed ``c.seed``, and how its map keeps neighbours."""
     counts = data.x_raw[:, : data.n_bins]
     qa = data.x_raw[:, data.n_bins :] if c.qa_inputs else None
     map_shape = desom2_map_shape(c, len(data.x_raw))
@@ -126,11 +147,22 @@ def fit_desom2(data: Desom2Inputs, c: Desom2Config, iterations: int | None = Non
     with torch.no_grad():
         cells = model.predict(torch.as_tensor(x))[0].numpy()
     used = int(np.unique(cells).size)
+    cols = map_shape[1]
+    positions = {int(cell): (int(cell) // cols, int(cell) % cols) for cell in np.unique(cells)}
     _LOG.info(
         f"train-desom2: {used} of {map_shape[0] * map_shape[1]} cells used by {len(x)} exposures "
         f"({len(x) / used:.1f} per used cell)"
     )
-    return Desom2Fit(mapper, map_shape, result["history"], used, job.iterations, job.t_max)
+    return Desom2Fit(
+        mapper,
+        map_shape,
+        result["history"],
+        used,
+        job.iterations,
+        job.t_max,
+        c.seed,
+        neighbour_distance(x, cells, positions),
+    )
 
 
 def _description(c: Desom2Config, trained: Desom2Fit, data: Desom2Inputs, nights: list[str]) -> str:
@@ -162,6 +194,7 @@ def record_desom2(lake: Lake, cfg: Config, data: Desom2Inputs, trained: Desom2Fi
                 "t_max_used": trained.t_max,
                 "n_exposures": len(table),
                 "desom1_version": version,
+                "kept_seed": trained.seed,
             },
             registry.TrainingData(
                 f"desom2 training histo-vectors of desom1 v{version}",
@@ -173,8 +206,11 @@ def record_desom2(lake: Lake, cfg: Config, data: Desom2Inputs, trained: Desom2Fi
         )
         registry.log_training_outcome(
             trained.history,
-            metrics={"cells_used": trained.cells_used},
-            dicts={"training_exposures.json": {"exposures": list(table["exposure_id"])}},
+            metrics={"cells_used": trained.cells_used, "neighbour_distance": trained.neighbour_distance},
+            dicts={
+                "training_exposures.json": {"exposures": list(table["exposure_id"])},
+                "draws.json": {"kept_seed": trained.seed, "draws": trained.draws},
+            },
         )
         new_version = registry.register_model(
             mapper,
@@ -219,6 +255,8 @@ def train_desom2(
         "map_shape": trained.map_shape,
         "cells_used": trained.cells_used,
         "history": trained.history,
+        "seed": trained.seed,
+        "draws": trained.draws,
         "run_id": run_id,
         "mapper": trained.mapper,
     }
