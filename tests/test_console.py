@@ -370,6 +370,24 @@ def test_cell_text_colours_meet_wcag_aa_on_every_colour_scale():
     assert round(plots.contrast_ratio("#000000", "#ffffff"), 1) == 21.0
 
 
+def test_the_window_zooms_with_square_pixels(mapped_lake, config):
+    """The exposure page links a zoomed window: the full-resolution PNG at a whole magnification,
+    unsmoothed; a zoom that is not offered is a clear 400, an exposure without a window a 404."""
+    from PIL import Image
+
+    client = create_app(mapped_lake, config).test_client()
+    row = mapped_lake.read("assignments", columns=["night", "exposure_id"]).to_pylist()[0]
+    page = f"/exposure/{row['night']}/{row['exposure_id']}"
+    assert f'href="{page}/window?zoom=4"' in client.get(page).data.decode()
+    native = Image.open(io.BytesIO(client.get(f"/img{page}/window.png").data)).size
+    html = client.get(f"{page}/window?zoom=4").data.decode()
+    assert f"width:{4 * native[0]}px;height:{4 * native[1]}px" in html and "pixelated" in html
+    assert '<a class="zoom" href="?zoom=8">' in html and "<b>x4</b>" in html
+    refused = client.get(f"{page}/window?zoom=3")
+    assert refused.status_code == 400 and "zoom must be one of 1, 2, 4, 8" in refused.data.decode()
+    assert client.get(f"/exposure/{row['night']}/nope/window").status_code == 404
+
+
 def test_every_exposure_with_psf_stars_has_its_stacked_star(mapped_lake, config, hostile):
     """The stacked star (the median of the PSF stars' stamps, stored per CCD at ingest) of each
     exposure that has PSF stars, and of a cell, as PNGs; none for an exposure without stars."""

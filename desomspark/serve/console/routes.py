@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import io
 import re
+import struct
 import time
 
 import numpy as np
@@ -354,6 +355,33 @@ def exposure_png(night: str, exposure_id: str, kind: str):
     return png(
         image(the_night(night), exposure_id, kind, data.d1_version, data.d1_shape),
         f"no {kind} image of exposure {exposure_id}",
+    )
+
+
+#: the magnifications of the window page (whole numbers: every image pixel stays a square of screen pixels)
+ZOOMS = (1, 2, 4, 8)
+
+
+@bp.get("/exposure/<night>/<exposure_id>/window")
+def window_page(night: str, exposure_id: str):
+    """The full-resolution window magnified ``?zoom=`` times, its pixels drawn as squares (no smoothing):
+    a trail's width or a donut's ring, pixel by pixel."""
+    zoom = request.args.get("zoom", 2, type=int)
+    if zoom not in ZOOMS:
+        abort(400, f"zoom must be one of {', '.join(map(str, ZOOMS))}")
+    data = view().map()
+    picture = image(the_night(night), exposure_id, "window", data.d1_version, data.d1_shape)
+    if picture is None:
+        abort(404, f"no window image of exposure {exposure_id}")
+    width, height = struct.unpack(">II", picture[16:24])  # a PNG's IHDR: its size in pixels
+    return render_template(
+        "console/window.html",
+        night=night,
+        exposure_id=exposure_id,
+        zoom=zoom,
+        zooms=ZOOMS,
+        width=width * zoom,
+        height=height * zoom,
     )
 
 
