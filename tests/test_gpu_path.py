@@ -67,11 +67,13 @@ def test_gpu_check_runs_without_spark_mlflow_sep_astropy(tmp_path):
     assert set(runs) == {"graph_s42", "nchw_s42", "bf16_s42", "eager_s42", "eager_s43", "graph_b4"}
     assert len(figures["step_variants"]) == 5
     assert all(r["samples_per_s"] > 0 for r in runs.values()) and figures["training"]["bare_loop_per_s"] > 0
-    # the same seed gives the same run; another seed another one.  On a CPU the graph switch alone
-    # changes nothing (nchw_s42 is eager_s42 bit for bit); channels_last changes the order of the
-    # convolutions' sums only, far inside the noise of another seed.
+    # the same seed gives the same run, to the order of float sums; another seed another one.  On a
+    # CPU the graph switch changes no arithmetic and channels_last only the order of the convolutions'
+    # sums (and a loaded machine schedules oneDNN's threads differently run to run: 1e-8 to 1e-7 in
+    # loss), both far inside the noise of another seed.
     loss = figures["convergence"]["loss"]
-    assert loss["nchw_s42_diff"] == 0.0 and loss["seed_noise"] > 0
+    assert loss["seed_noise"] > 0
+    assert loss["nchw_s42_diff"] < 1e-3 * loss["seed_noise"]
     assert loss["graph_s42_diff"] < 1e-3 * loss["seed_noise"]
     mapping = figures["mapping"]
     assert mapping["same_nodes"] == 1.0 and mapping["project_per_s"] > 0 and mapping["udf"][0]["rows"] == 1000
