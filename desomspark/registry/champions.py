@@ -21,7 +21,7 @@ from desomspark.config import Config, MlflowConfig
 from desomspark.errors import DesomsparkError, UserError
 from desomspark.lake.layout import Lake
 from desomspark.registry.record import RegisteredModel
-from desomspark.registry.store import RegistryError, is_embedded, read_embedded_version
+from desomspark.registry.store import RegistryError, is_embedded, parse_model_uri, read_embedded_version
 from desomspark.registry.tracking import CHALLENGER, connect, register_model_dir, run
 
 _LOG = logging.getLogger(__name__)
@@ -51,16 +51,18 @@ def resolve(uri: str) -> tuple[str, str]:
     """``models:/name@alias`` or ``models:/name/3`` -> (name, version)."""
     from mlflow import MlflowClient
 
+    parsed = parse_model_uri(uri)
+    if parsed is None:
+        raise RegistryError(f"expected models:/NAME@ALIAS or models:/NAME/VERSION, not {uri!r}")
+    name, alias, version = parsed
     client = MlflowClient()
-    if not uri.startswith("models:/"):
-        raise RegistryError(f"expected a models:/ URI, not {uri!r}")
-    rest = uri[len("models:/") :]
     try:
-        if "@" in rest:
-            name, alias = rest.split("@", 1)
-            return name, str(client.get_model_version_by_alias(name, alias).version)
-        name, version = rest.split("/", 1)
-        return name, str(client.get_model_version(name, version).version)
+        found = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, version)
+        )
+        return name, str(found.version)
     except Exception as exc:  # MLflow's "not found" comes as several kinds: one message for all
         raise RegistryError(f"{uri}: no such model version ({type(exc).__name__})") from exc
 

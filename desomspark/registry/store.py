@@ -106,6 +106,20 @@ def reroot_embedded_store(lake: Lake) -> int:
     return changed
 
 
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None] | None:
+    """``models:/name@alias`` -> (name, alias, None); ``models:/name/V`` -> (name, None, V); else None."""
+    if not uri.startswith("models:/"):
+        return None
+    rest = uri[len("models:/") :]
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        return name, alias, None
+    if "/" in rest:
+        name, version = rest.split("/", 1)
+        return name, None, version
+    return None
+
+
 def is_embedded(lake: Lake, cfg: MlflowConfig = MlflowConfig()) -> bool:
     """True when the lake's own SQLite store is the one in use (and it exists)."""
     if not lake.is_local or _USER_TRACKING_URI or cfg.tracking_uri:
@@ -124,17 +138,10 @@ def read_embedded_version(lake: Lake, name: str, uri: str) -> tuple[str, str | N
     defaults are registered through MLflow), a store of another schema -- returns None and the
     caller asks MLflow.
     """
-    if not uri.startswith("models:/"):
+    parsed = parse_model_uri(uri)
+    if parsed is None or parsed[0] != name:
         return None
-    rest = uri[len("models:/") :]
-    if "@" in rest:
-        (model, alias), version = rest.split("@", 1), None
-    elif "/" in rest:
-        (model, version), alias = rest.split("/", 1), None
-    else:
-        return None
-    if model != name:
-        return None
+    _, alias, version = parsed
     reroot_embedded_store(lake)
     try:
         with closing(sqlite3.connect(f"file:{lake.path('mlflow.db')}?mode=ro", uri=True)) as db:
