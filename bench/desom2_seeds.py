@@ -12,6 +12,9 @@ run, and keeps the one its label-free score (neighbour distance) prefers;
 registered but not promoted; the champion's assignments are written back at
 the end, so the lake reads as before.
 
+DESOM-2 is trained on the first night's exposures only (TRAIN_NIGHT), so a
+lake kept by ``bench/holdout.py --keep`` serves as well.
+
 Run: python bench/quality.py --seed 59 --keep /tmp/q59
      python bench/desom2_seeds.py --lake /tmp/q59 [--seeds 8] [--smoothing 1.0]
 """
@@ -45,7 +48,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--lake", required=True, help="a lake kept by bench/quality.py --keep")
+    parser.add_argument(
+        "--lake", required=True, help="a lake kept by bench/quality.py or bench/holdout.py --keep"
+    )
     parser.add_argument("--seeds", type=int, default=8, help="how many runs of the procedure")
     parser.add_argument("--draws", type=int, default=None, help="draws per run (default: the conf's)")
     parser.add_argument(
@@ -61,12 +66,16 @@ def main() -> None:
     cfg = replace(cfg, desom2=replace(cfg.desom2, draws=draws))
     lake = Lake(args.lake)
     spark = get_spark(cfg.spark)
+    # the night's own exposures: a lake kept by bench/holdout.py holds later nights too
+    night_ids = lake.read("exposures", nights=[TRAIN_NIGHT], columns=["exposure_id"]).column(0).to_pylist()
     rows = []
     try:
         try:
             for seed in range(1, args.seeds + 1):
                 first = (seed - 1) * draws + 1
-                trained = train_desom2(lake, replace(cfg, desom2=replace(cfg.desom2, seed=first)))
+                trained = train_desom2(
+                    lake, replace(cfg, desom2=replace(cfg.desom2, seed=first)), exposure_ids=night_ids
+                )
                 run_assign(
                     spark, lake, cfg, desom2_uri=f"models:/desom2/{trained['version']}", nights=[TRAIN_NIGHT]
                 )

@@ -120,6 +120,12 @@ def _pipeline_commands(sub) -> None:
     p.add_argument("--ccd-shape", type=_positive, nargs=2, metavar=("H", "W"), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mix", choices=("balanced", "survey"), default="balanced")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated classes the night may hold (default: the paper's six and Streak; "
+        "Pickup and AmpGlow add defects of the sky between sources)",
+    )
     p.add_argument("--compress", action="store_true", help="Rice-compress the CCDs (.fits.fz)")
     p.add_argument(
         "--raw",
@@ -312,7 +318,7 @@ def _lake(args, create: bool = False):
 def cmd_simulate(args, cfg: Config) -> int:
     from dataclasses import replace
 
-    from desomspark.evaluation.simulate import simulate_night
+    from desomspark.evaluation.simulate import CLASSES, simulate_night
 
     sim = cfg.simulate
     if args.ccds or args.ccd_shape:
@@ -328,6 +334,7 @@ def cmd_simulate(args, cfg: Config) -> int:
         compress=args.compress,
         raw=args.raw,
         processes=args.processes,
+        classes=tuple(c.strip() for c in args.classes.split(",")) if args.classes else CLASSES,
     )
     print(f"simulate: wrote {len(paths)} exposures and truth.csv to {Path(args.out).resolve()}")
     return 0

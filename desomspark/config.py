@@ -131,6 +131,8 @@ class Desom2Config:
         "sky_rms",
         "sky_spread",
         "background_structure",
+        "noise_correlation",
+        "trail_length",
         "depth",
     )
     qa_weight: float = 0.25

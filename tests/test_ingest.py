@@ -294,7 +294,8 @@ def test_a_trail_is_cut_out_along_its_length(config):
     sky = rng.normal(1000.0, 10.0, (512, 512)).astype(np.float32)
     for x0, y0 in rng.uniform(40, 470, (40, 2)):  # round stars
         sky += 800.0 * np.exp(-((xx - x0) ** 2 + (yy - y0) ** 2) / (2 * 1.5**2))
-    assert np.isnan(process_ccd(sky.copy(), "t", 0, config.ingest).flux).sum() == 0
+    stars = process_ccd(sky.copy(), "t", 0, config.ingest)
+    assert np.isnan(stars.flux).sum() == 0 and stars.qa["trail_length"] == 0.0
     angle = np.deg2rad(30.0)
     distance = (xx - 256) * np.sin(angle) - (yy - 256) * np.cos(angle)
     for peak in (3000.0, 300.0):
@@ -307,6 +308,9 @@ def test_a_trail_is_cut_out_along_its_length(config):
         # star merged into a piece tilts its axis, and the tiles at its ends drift off)
         assert not tiles.any() or (offset[tiles] < 8.0).mean() >= 0.75
         if peak == 3000.0:
+            # the CCD's trail_length number: the 591 px the line runs across the CCD as sep's
+            # second moments measure it, which stars merged into the line stretch (968 px here)
+            assert 450.0 < trailed.qa["trail_length"] < 1200.0, trailed.qa["trail_length"]
             assert tiles.sum() >= 8
             assert (trailed.source_index[tiles] > trailed.source_index[~tiles].max()).all()
     # the detector's own lines run along the columns (a hot column, a saturated star's bleed):
@@ -315,7 +319,8 @@ def test_a_trail_is_cut_out_along_its_length(config):
     hot = sky.copy()
     hot[:, 300] += 3000.0
     hot[100:400, 150:152] += 60000.0
-    assert np.isnan(process_ccd(hot, "t", 0, config.ingest).flux).sum() == 0
+    detector_lines = process_ccd(hot, "t", 0, config.ingest)
+    assert np.isnan(detector_lines.flux).sum() == 0 and detector_lines.qa["trail_length"] == 0.0
     tilted = (xx - 256) * np.cos(np.deg2rad(10.0)) - (yy - 256) * np.sin(np.deg2rad(10.0))
     assert (
         np.isnan(
@@ -535,3 +540,17 @@ def test_an_undated_file_takes_the_runs_night():
     _, _, rejects = plan_night(scans, night=None)
     ((row,),) = [[r for r in rejects if r["path"] == "/in/undated.fits"]]
     assert row["night"] == "20251120" and row["reason"] == "bad_header" and "--night" in row["detail"]
+
+
+def test_a_thumbnail_is_the_mean_of_each_block():
+    """block_mean sums strided slices: the numbers of a reshaped mean, the ragged edge left out."""
+    from desomspark.ingest.detect import block_mean
+
+    rng = np.random.default_rng(8)
+    for shape, factor in (((512, 512), 4), ((301, 205), 37), ((6, 6), 1)):
+        image = rng.normal(1000.0, 10.0, shape).astype(np.float32)
+        h, w = (shape[0] // factor) * factor, (shape[1] // factor) * factor
+        expected = image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
+        got = block_mean(image, factor)
+        assert got.shape == expected.shape and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=1e-6)

@@ -169,6 +169,35 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
     assert len(alone) == 12 and set(alone["desom2_version"]) == {d2_alone["version"]}
 
 
+def test_novelty_is_the_latent_distance_over_the_cells_own_scale(mapped):
+    """A cell of alike exposures is tight: the novelty divides by each cell's spread on the training set."""
+    from desomspark.desom.exposure_mapper import NOVELTY_MIN_MEMBERS, NOVELTY_QUANTILE
+    from desomspark.ingest.qa import LOG_SCALED
+
+    lake, cfg, _, d2, _ = mapped
+    mapper = d2["mapper"].eval()
+    inputs = tuple(cfg.desom2.qa_inputs)
+    table, _ = desom2_inputs(lake, d2["desom1_version"], inputs)
+    x = torch.as_tensor(input_matrix(table["counts"], table, inputs))
+    with torch.no_grad():
+        node, novelty, _ = split_inference(mapper(x))
+        _, plain, _ = split_inference(mapper.inference(mapper.normalise(x)))
+    scale = mapper.cell_scale[node]
+    torch.testing.assert_close(novelty * scale, plain, rtol=1e-5, atol=1e-6)
+    counts = torch.bincount(node, minlength=mapper.cell_scale.numel())
+    overall = torch.quantile(plain, NOVELTY_QUANTILE)
+    for cell in torch.unique(node):
+        members = novelty[node == cell]
+        if counts[cell] >= NOVELTY_MIN_MEMBERS:  # its own far members sit at 1
+            assert float(torch.quantile(members, NOVELTY_QUANTILE)) == pytest.approx(1.0, rel=1e-4)
+        else:  # too few to judge by: the map's scale
+            assert float(mapper.cell_scale[cell]) == pytest.approx(float(overall), rel=1e-5)
+    assert (counts >= NOVELTY_MIN_MEMBERS).any() and not torch.allclose(scale, scale[0])
+    # the log-scaled numbers (a trail's length) are flagged for the graph, the others not
+    assert [bool(v) for v in mapper.qa_log] == [name in LOG_SCALED for name in inputs]
+    assert "trail_length" in inputs and mapper.qa_log.any()
+
+
 def test_version_mismatch_is_refused(spark, mapped):
     lake, cfg, _, d2, _ = mapped
     with pytest.raises(ModelMismatch, match="desom1 version"):

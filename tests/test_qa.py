@@ -182,3 +182,42 @@ def test_yaml_defaults_and_dataclass_defaults_agree():
     for section in ("simulate", "ingest", "desom1", "desom2", "mlflow"):
         assert getattr(loaded, section) == getattr(declared, section), section
     assert set(loaded.desom2.qa_inputs) <= set(qa.QA_FEATURES)
+
+
+def test_noise_correlation_is_zero_for_white_noise_and_sees_a_pattern():
+    rng = np.random.default_rng(3)
+    white = rng.normal(0.0, 10.0, (600, 500)).astype(np.float32)
+    assert qa.noise_correlation(white, 10.0) < 0.05
+    # neighbouring pixels sharing half their noise: rho = 0.5 along x
+    shared = (white[:, :-1] + white[:, 1:]) / np.sqrt(2)
+    assert 0.4 < qa.noise_correlation(shared, 10.0) < 0.6
+    # sources (beyond 3 rms) do not count as sky
+    spotted = white.copy()
+    spotted[::40, ::40] += 5000.0
+    assert qa.noise_correlation(spotted, 10.0) < 0.05
+    assert np.isnan(qa.noise_correlation(white[:1], 10.0)) and np.isnan(qa.noise_correlation(white, 0.0))
+
+
+def test_cell_labels_sort_a_later_night():
+    """Out of sample: a training night labels cells; a later exposure in an empty cell takes its ring's."""
+    truth = ["Good", "Good", "BT", "BT", "RBT"]
+    cells = [0, 0, 1, 1, 5]
+    positions = {0: (0, 0), 1: (0, 1), 2: (0, 2), 5: (2, 2), 9: (0, 4)}
+    predicted = metrics.cell_label_predictions(truth, cells, positions, [0, 1, 2, 9])
+    # cells 2 and 9 are empty: the nearest labelled cell of 2 is 1 (BT), that of 9 is 5 (RBT)
+    assert list(predicted) == ["Good", "BT", "BT", "RBT"]
+    fitted = metrics.knn_predictions(
+        truth, np.array([[0.0], [0.1], [5.0], [5.1], [5.2]]), 1, np.array([[0.2]])
+    )
+    assert list(fitted) == ["Good"]
+
+
+def test_a_trails_length_is_compared_on_a_log_scale():
+    """0 on most exposures, hundreds of pixels on a few: log(1 + value), so one long trail does not set
+    the scale by which a short one is judged; the other numbers are compared as they are."""
+    names = ("fwhm", "trail_length")
+    values = np.array([[0.7, 0.0], [0.8, 130.0], [0.9, 1000.0], [np.nan, -1.0]])
+    out = qa.compared(values, names)
+    np.testing.assert_array_equal(out[:, 0], values[:, 0])
+    np.testing.assert_allclose(out[:, 1], [0.0, np.log1p(130.0), np.log1p(1000.0), 0.0])
+    assert values[1, 1] == 130.0  # the caller's array is left as it was

@@ -12,6 +12,7 @@ import pytest
 import sep
 from astropy.io import fits
 
+from desomspark.errors import UserError
 from desomspark.evaluation.simulate import CLASSES, plan_night, simulate_ccd, simulate_night
 from desomspark.ingest.detect import detect_sources
 
@@ -205,3 +206,36 @@ def test_command_line_writes_a_night(tmp_path):
     assert len(list(out.glob("*.fits"))) == 3 and (out / "truth.csv").exists()
     bad = subprocess.run(cmd[:-2] + ["--mix", "weird"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+def test_background_defects_live_between_the_sources(small_sim, config):
+    """Pickup: correlated stripes that per-star numbers do not see; AmpGlow: bright amplifier corners."""
+    from desomspark.evaluation.simulate import KNOWN_CLASSES, sky_sigma
+    from desomspark.ingest.qa import noise_correlation
+
+    cfg = replace(small_sim, ccd_shape=(512, 512), p_hot_column=0.0, p_dead_ccd=0.0)
+    specs = plan_night(len(KNOWN_CLASSES), seed=9, cfg=cfg, classes=KNOWN_CLASSES)
+    assert [s.quality for s in specs] == list(KNOWN_CLASSES)
+    images = {s.quality: simulate_ccd(s, 0, cfg) for s in specs}
+    correlation = {}
+    for name, (data, _) in images.items():
+        objects, bkg = detect_sources(data.astype(np.float32), config.ingest)
+        correlation[name] = noise_correlation(data.astype(np.float32) - bkg.back(), bkg.globalrms)
+    assert correlation["Pickup"] > 0.1 > max(correlation[c] for c in ("Good", "BT", "B-Seeing", "AmpGlow"))
+    glow, header = images["AmpGlow"]
+    sigma = sky_sigma(cfg.sky_rate * specs[0].exptime, cfg)
+    corner = np.median(glow[:8, :8].astype(float))
+    assert corner - np.median(glow[200:300, 200:300].astype(float)) > 3 * sigma, header["SIMGLOW"]
+    assert "SIMPICK" in images["Pickup"][1] and "SIMGLOW" not in images["Good"][1]
+
+
+def test_a_night_of_the_paper_classes_is_unchanged_by_the_defect_classes(small_sim):
+    """The defects draw from their own generator: a Good exposure is the same in either night plan."""
+    from desomspark.evaluation.simulate import KNOWN_CLASSES, check_classes
+
+    cfg = replace(small_sim, ccd_shape=(128, 128))
+    plain = plan_night(7, seed=4, cfg=cfg)
+    assert [s.quality for s in plain] == list(CLASSES)
+    assert plan_night(7, seed=4, cfg=cfg, classes=KNOWN_CLASSES)[:7] == plain
+    with pytest.raises(UserError, match="unknown simulated class.*Fringe"):
+        check_classes(["Good", "Fringe"])

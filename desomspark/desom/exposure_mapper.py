@@ -22,9 +22,17 @@ training set stored as a buffer, so a served model needs nothing else:
     over 625 nodes averages out while a feature that fills a region of the
     map (trail tiles, donuts) stays (README "Measured quality").
 quality numbers
+    the :data:`qa.LOG_SCALED` ones (a trail's length) on log(1 + value), then
     each robustly standardised (median, IQR), clipped to +-10, a missing value
     (no PSF star measured) set to the median, and scaled so that the block
     carries ``qa_weight`` times the histogram block's variance.
+
+The distance it returns is the *novelty*: the latent distance to the cell's
+prototype over the cell's own scale, the :data:`NOVELTY_QUANTILE` of the
+distances of the training exposures it holds (of all of them, for a cell that
+holds fewer than :data:`NOVELTY_MIN_MEMBERS`).  Cells differ in spread: a
+cell of alike exposures is tight, so an exposure that is ordinary elsewhere
+stands out there, and 1 means "as far as the cell's own far members".
 
 The DESOM-1 version whose histo-vectors it was trained on is in the model's
 metadata; a histo-vector made by another DESOM-1 is refused.  Training runs in
@@ -41,11 +49,13 @@ import torch
 from torch import nn
 
 from desomspark.config import Desom2Config
-from desomspark.desom.model import DESOM, DesomInference, desom2, map_side_for
+from desomspark.desom.model import DESOM, DesomInference, desom2, map_side_for, split_inference
 from desomspark.errors import UserError
-from desomspark.ingest.qa import robust_scale
+from desomspark.ingest.qa import LOG_SCALED, compared, robust_scale
 
 TRANSFORMS = ("original", "hellinger")
+NOVELTY_QUANTILE = 0.9  # a cell's scale: this quantile of its training exposures' latent distances
+NOVELTY_MIN_MEMBERS = 3  # fewer training exposures than this: the map's scale stands in
 
 
 def clean_and_standardise(counts: torch.Tensor, clip_sigma: float = 3.0) -> torch.Tensor:
@@ -106,6 +116,7 @@ class ExposureMapper(nn.Module):
         qa_scale: torch.Tensor | None = None,
         node_taps: torch.Tensor | None = None,
         node_grid: tuple[int, int] | None = None,
+        qa_log: torch.Tensor | None = None,
     ):
         super().__init__()
         if transform not in TRANSFORMS:
@@ -129,6 +140,11 @@ class ExposureMapper(nn.Module):
         qa_scale = torch.ones(0) if qa_scale is None else qa_scale
         self.register_buffer("qa_center", qa_center.float())
         self.register_buffer("qa_scale", qa_scale.float())
+        # which quality inputs are compared on log(1 + value) (qa.LOG_SCALED)
+        qa_log = torch.zeros(qa_center.numel(), dtype=torch.bool) if qa_log is None else qa_log
+        self.register_buffer("qa_log", qa_log.bool())
+        # each cell's novelty scale (fit_cell_scale); 1: the plain latent distance
+        self.register_buffer("cell_scale", torch.ones(desom.som.n_nodes))
 
     @property
     def n_inputs(self) -> int:
@@ -146,6 +162,7 @@ class ExposureMapper(nn.Module):
 
     def qa_block(self, qa: torch.Tensor) -> torch.Tensor:
         # qa_scale already holds the block weight; a missing number sits at the median
+        qa = torch.where(self.qa_log, torch.log1p(qa.clamp_min(0.0)), qa)  # as qa.compared
         z = ((qa - self.qa_center) / self.qa_scale).clamp(-10.0, 10.0)  # as qa.standardise
         return torch.where(torch.isnan(z), torch.zeros_like(z), z)
 
@@ -156,13 +173,34 @@ class ExposureMapper(nn.Module):
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
     def forward(self, x: torch.Tensor):
-        return self.inference(self.normalise(x))
+        out = self.inference(self.normalise(x))
+        node = out[:, 0].round().long()
+        novelty = out[:, 1] / self.cell_scale[node]
+        return torch.cat([out[:, :1], novelty[:, None], out[:, 2:]], dim=1)
+
+    @torch.no_grad()
+    def fit_cell_scale(self, x_raw: torch.Tensor) -> None:
+        """Each cell's novelty scale from the training exposures ``x_raw`` (raw inputs)."""
+        node, distance, _ = split_inference(self.inference(self.normalise(x_raw)))
+        overall = torch.quantile(distance, NOVELTY_QUANTILE).clamp_min(1e-12)
+        scale = torch.full_like(self.cell_scale, float(overall))
+        for cell in torch.unique(node):
+            members = distance[node == cell]
+            if members.numel() >= NOVELTY_MIN_MEMBERS:
+                scale[cell] = torch.quantile(members, NOVELTY_QUANTILE).clamp_min(1e-12)
+        self.cell_scale.copy_(scale)
 
 
 def fit_normalisation(
-    counts: torch.Tensor, qa: torch.Tensor | None, transform: str, clip_sigma: float, qa_weight: float
+    counts: torch.Tensor,
+    qa: torch.Tensor | None,
+    transform: str,
+    clip_sigma: float,
+    qa_weight: float,
+    qa_inputs: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
-    """The mapper's buffers fitted on a training set (see the module docstring)."""
+    """The mapper's buffers fitted on a training set (see the module docstring); ``qa_inputs`` names
+    the columns of ``qa``."""
     v = hellinger(counts) if transform == "hellinger" else clean_and_standardise(counts, clip_sigma)
     if transform == "hellinger":
         # one scale for every bin keeps the Hellinger geometry; dividing by the largest
@@ -177,13 +215,15 @@ def fit_normalisation(
     if qa is not None and qa.shape[1]:
         x_hist = (v - out["bin_center"]) / out["bin_scale"]
         block_variance = float(x_hist.var(dim=0, unbiased=False).sum())
-        median, spread = robust_scale(qa.double().numpy())
+        median, spread = robust_scale(compared(qa.double().numpy(), qa_inputs))  # unnamed: as they are
         # unit-variance features, then the block weighted to qa_weight x the histogram block
         factor = np.sqrt(qa_weight * block_variance / qa.shape[1]) if qa_weight > 0 else 0.0
         out["qa_center"] = torch.as_tensor(median, dtype=torch.float32)
         out["qa_scale"] = torch.as_tensor(
             spread / factor if factor > 0 else np.full_like(spread, np.inf), dtype=torch.float32
         )
+        names = tuple(qa_inputs) + ("",) * (qa.shape[1] - len(qa_inputs))
+        out["qa_log"] = torch.tensor([name in LOG_SCALED for name in names], dtype=torch.bool)
     return out
 
 
@@ -224,6 +264,7 @@ def build_mapper(
         c.transform,
         c.clip_sigma,
         c.qa_weight,
+        tuple(c.qa_inputs) if qa is not None else (),
     )
     torch.manual_seed(c.seed)
     n_inputs = counts.shape[1] + (0 if qa is None else qa.shape[1])

@@ -152,17 +152,48 @@ def neighbour_distance(x: np.ndarray, clusters, positions: dict, pairs: int = 20
     return float(np.mean(near) / scale) if near and scale > 0 else float("nan")
 
 
-def knn_predictions(truth, features: np.ndarray, k: int = 5) -> np.ndarray:
-    """Leave-one-out k-nearest-neighbour class of each sample (majority of its k nearest others)."""
+def knn_predictions(truth, features: np.ndarray, k: int = 5, query: np.ndarray | None = None) -> np.ndarray:
+    """k-nearest-neighbour class (majority of the k nearest): leave-one-out of each sample of
+    ``features``, or, with ``query``, of each query row among all of ``features`` (a classifier
+    fitted on one night and applied to another)."""
     from sklearn.neighbors import NearestNeighbors
 
     truth = np.asarray(truth).astype(str)
-    k = min(k, len(truth) - 1)
-    _, neighbours = NearestNeighbors(n_neighbors=k + 1).fit(features).kneighbors(features)
+    loo = query is None
+    k = min(k, len(truth) - 1 if loo else len(truth))
+    found = NearestNeighbors(n_neighbors=k + loo).fit(features)
+    _, neighbours = found.kneighbors(features if loo else query)
     out = []
     for i, row in enumerate(neighbours):
-        others = [j for j in row if j != i][:k]
+        others = [j for j in row if not (loo and j == i)][:k]
         out.append(_majority([truth[j] for j in others]))
+    return np.asarray(out, dtype=str)
+
+
+def cell_label_predictions(truth, clusters, positions: dict, query_clusters) -> np.ndarray:
+    """The class an expert's cell labels give exposures mapped later: out of sample.
+
+    Each cell holding samples (``truth``, ``clusters``: a training night) is labelled with their
+    majority class, as an expert labels the map; an exposure of ``query_clusters`` takes its cell's
+    label, or, in a cell the training night left empty, the majority label of the training
+    samples in the nearest ring of labelled cells.  ``positions`` gives every cell's (row, column),
+    the query's included.
+    """
+    truth = np.asarray(truth).astype(str)
+    members: dict = {}
+    for label, c in zip(truth, np.asarray(clusters)):
+        members.setdefault(c, []).append(label)
+    labelled = list(members)
+    coords = np.array([np.asarray(positions[c], dtype=float) for c in labelled])
+    cell_label = {c: _majority(v) for c, v in members.items()}
+    out = []
+    for c in np.asarray(query_clusters):
+        if c in cell_label:
+            out.append(cell_label[c])
+            continue
+        dist = np.abs(coords - np.asarray(positions[c], dtype=float)).max(axis=1)
+        ring = np.flatnonzero(np.isclose(dist, dist.min()))
+        out.append(_majority([label for r in ring for label in members[labelled[r]]]))
     return np.asarray(out, dtype=str)
 
 

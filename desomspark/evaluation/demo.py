@@ -24,6 +24,7 @@ from desomspark import registry
 from desomspark.config import Config
 from desomspark.desom import metrics
 from desomspark.evaluation.evaluate import GOOD, PAPER_CLASSES, cell_positions, per_class_recall
+from desomspark.evaluation.holdout import assigned_truth
 from desomspark.evaluation.simulate import simulate_night, small_config
 from desomspark.lake.layout import Lake
 from desomspark.serve.report import write_report
@@ -38,23 +39,13 @@ _LOG = logging.getLogger(__name__)
 TRAIN_NIGHT, NEXT_NIGHT = "20251120", "20251121"
 
 
-def _assigned_truth(lake: Lake, nights: list[str]) -> pd.DataFrame:
-    exposures = lake.read(
-        "exposures", nights=nights, columns=["night", "exposure_id", "truth_label"]
-    ).to_pandas()
-    cells = lake.read(
-        "assignments", nights=nights, columns=["night", "exposure_id", "cell", "cell_x", "cell_y"]
-    ).to_pandas()
-    return cells.merge(exposures, on=["night", "exposure_id"])
-
-
 def class_table(lake: Lake, nights: list[str]) -> pd.DataFrame:
     """Exposures per (cell, true class): how the map sorted a simulated night.
 
     Cells are grouped by their majority class, so that a map that sorts well
     reads as a block diagonal.
     """
-    table = _assigned_truth(lake, nights).pivot_table(
+    table = assigned_truth(lake, nights).pivot_table(
         index=["cell_y", "cell_x"], columns="truth_label", values="exposure_id", aggfunc="count", fill_value=0
     )
     majority = table.idxmax(axis=1)
@@ -68,7 +59,7 @@ def map_scores(lake: Lake, nights: list[str]) -> dict:
     """Leave-one-out neighbour accuracy of the map on ``nights`` (all classes, the paper's six, Good/Bad),
     each class's neighbour recall (``recall``) and how many cells the exposures use.
     """
-    members = _assigned_truth(lake, nights)
+    members = assigned_truth(lake, nights)
     members = members[members["truth_label"].notna()]
     predicted = metrics.neighbour_predictions(
         members["truth_label"], members["cell"], cell_positions(members)

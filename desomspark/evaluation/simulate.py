@@ -17,6 +17,19 @@ Streak     good seeing, but one to three satellite or aircraft trails cross
            sky) do not see
 ========== =============================================================
 
+and two defects of the sky between the sources, which no night has unless
+asked for (``classes=``, ``simulate --classes``): the paper's classes do not
+include them, so they test whether a map finds what it was not built for:
+
+========== =============================================================
+Pickup     electronic pickup: a faint sinusoid (0.4-1 sky sigma, period
+           5-15 px) added along the serial read-out, so that it runs as
+           tilted stripes ("herringbone") across every CCD
+AmpGlow    amplifier glow: a bright corner (4-12 sky sigma at the
+           amplifier, fading over 40-120 px) at both read-out amplifiers
+           of every CCD
+========== =============================================================
+
 and, in any class, CCDs may be dead and carry cosmic rays, saturated stars with
 bleed trails and hot columns.  PSFs are drawn with GalSim; stars and galaxies
 are stamped from PSF (and PSF-convolved galaxy) images drawn once per CCD, at
@@ -50,6 +63,9 @@ from desomspark.errors import UserError
 _LOG = logging.getLogger(__name__)
 
 CLASSES = ("Good", "BT", "RBT", "B-Seeing", "BadFocus", "BGP", "Streak")
+#: defects of the sky between the sources, simulated only on request (``plan_night(classes=...)``)
+BACKGROUND_DEFECTS = ("Pickup", "AmpGlow")
+KNOWN_CLASSES = CLASSES + BACKGROUND_DEFECTS
 BGP_KINDS = ("gradient", "scattered", "crowded", "lowexp")
 #: real class mix of ~70k MegaCam exposures (labels of the paper's DESOM-2 cells); BadFocus and the
 #: unlabelled 1.3 % share one bin, since bad focus is rare and unlabelled
@@ -91,6 +107,7 @@ def plan_night(
     mix: str = "balanced",
     cfg: SimulateConfig = SimulateConfig(),
     mjd0: float = 61000.3,
+    classes: tuple[str, ...] = CLASSES,
 ) -> list[ExposureSpec]:
     """Draw the class and conditions of every exposure of a night.
 
@@ -102,19 +119,24 @@ def plan_night(
     mix : {"balanced", "survey"}
         ``balanced``: classes in turn (and BGP kinds in turn); ``survey``: the
         real class mix of MegaCam (SURVEY_MIX).
+    classes : tuple of str
+        The classes the night may hold (default :data:`CLASSES`; any of
+        :data:`KNOWN_CLASSES`).  In the survey mix a class outside
+        SURVEY_MIX has the share of a rare one (2 %).
     """
     if mix not in ("balanced", "survey"):
         raise UserError(f"mix must be 'balanced' or 'survey', not {mix!r}")
+    classes = check_classes(classes)
     rng = np.random.default_rng([seed, 0xD5])
     if mix == "balanced":
-        classes = [CLASSES[i % len(CLASSES)] for i in range(n_exposures)]
+        qualities = [classes[i % len(classes)] for i in range(n_exposures)]
     else:
-        names = list(SURVEY_MIX)
-        p = np.array([SURVEY_MIX[n] for n in names])
-        classes = list(rng.choice(names, size=n_exposures, p=p / p.sum()))
+        names = [n for n in SURVEY_MIX if n in classes] + [c for c in classes if c not in SURVEY_MIX]
+        p = np.array([SURVEY_MIX.get(n, 0.02) for n in names])
+        qualities = list(rng.choice(names, size=n_exposures, p=p / p.sum()))
     specs = []
     n_bgp = 0
-    for i, quality in enumerate(classes):
+    for i, quality in enumerate(qualities):
         kind = ""
         if quality == "BGP":
             kind = BGP_KINDS[n_bgp % len(BGP_KINDS)] if mix == "balanced" else str(rng.choice(BGP_KINDS))
@@ -152,6 +174,18 @@ def plan_night(
             )
         )
     return specs
+
+
+def check_classes(classes) -> tuple[str, ...]:
+    """``classes`` as a tuple of known class names, or a :class:`UserError` naming the unknown ones."""
+    classes = tuple(classes)
+    unknown = [c for c in classes if c not in KNOWN_CLASSES]
+    if unknown or not classes:
+        raise UserError(
+            f"unknown simulated class(es) {', '.join(unknown) or '(none given)'}: "
+            f"known are {', '.join(KNOWN_CLASSES)}"
+        )
+    return classes
 
 
 def make_psf(spec: ExposureSpec, fwhm: float) -> galsim.GSObject:
@@ -292,6 +326,8 @@ def simulate_ccd(spec: ExposureSpec, ccd: int, cfg: SimulateConfig) -> tuple[np.
 
     sky = cfg.sky_rate * spec.exptime
     image = _sky(spec, ccd_row, ccd_col, sky, rng, cfg, hdr)
+    if spec.quality in BACKGROUND_DEFECTS:
+        _add_background_defect(image, spec, ccd, cfg, hdr)
     stars = _add_sources(image, spec, psf, fwhm, rng, cfg)
     if spec.quality == "Streak":
         n_streaks = _add_streaks(image, spec, ccd_row * h, ccd_col * w, fwhm / cfg.pixel_scale, sky, cfg)
@@ -349,6 +385,38 @@ def _sky(
         image += sky * rng.uniform(2.0, 4.0) * np.exp(-(((r - 0.35) / 0.12) ** 2))
         hdr["SIMBGP"] = "scattered"
     return image
+
+
+def sky_sigma(sky: float, cfg: SimulateConfig) -> float:
+    """The noise of a sky level (ADU): photons and read noise, in ADU."""
+    return math.sqrt(sky * cfg.gain + cfg.read_noise**2) / cfg.gain
+
+
+def _add_background_defect(
+    image: np.ndarray, spec: ExposureSpec, ccd: int, cfg: SimulateConfig, hdr: fits.Header
+) -> None:
+    """Add a :data:`BACKGROUND_DEFECTS` pattern to a CCD's sky (before the photon noise).
+
+    Drawn from its own generator of (exposure, CCD), so that the classes of
+    :data:`CLASSES` keep every draw they had before these classes existed.
+    """
+    rng = np.random.default_rng([spec.seed, ccd, 0xB6])
+    h, w = image.shape
+    sigma = sky_sigma(float(image.mean()), cfg)
+    if spec.quality == "Pickup":
+        # a sinusoid in read-out time: the serial register reads a row, then the next, so a period
+        # that does not divide the row length tilts the stripes from row to row
+        amp, period = rng.uniform(0.4, 1.0) * sigma, rng.uniform(5.0, 15.0)
+        k = np.arange(h * w, dtype=np.float64).reshape(h, w)
+        image += (amp * np.sin(2 * np.pi * k / period + rng.uniform(0, 2 * np.pi))).astype(np.float32)
+        hdr["SIMPICK"] = (round(float(period), 3), "simulated pickup period (pixels)")
+    else:
+        # both amplifiers read from the bottom corners (as raw_frame splits the CCD)
+        peak, scale = rng.uniform(4.0, 12.0) * sigma, rng.uniform(40.0, 120.0)
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        for x_amp in (0.0, w - 1.0):
+            image += (peak * np.exp(-np.hypot(xx - x_amp, yy) / scale)).astype(np.float32)
+        hdr["SIMGLOW"] = (round(float(scale), 2), "simulated amplifier glow scale (pixels)")
 
 
 def _add_sources(
@@ -624,6 +692,7 @@ def simulate_night(
     processes: int | None = None,
     progress: bool = True,
     mjd0: float = 61000.3,
+    classes: tuple[str, ...] = CLASSES,
 ) -> list[Path]:
     """Write ``n_exposures`` simulated exposures and ``truth.csv`` into ``out_dir``.
 
@@ -645,6 +714,8 @@ def simulate_night(
         Worker processes (default: the machine's cores).
     mjd0 : float
         MJD of the night's first exposure (the default falls in night 20251120).
+    classes : tuple of str
+        The classes the night may hold (:func:`plan_night`).
 
     Returns
     -------
@@ -655,7 +726,7 @@ def simulate_night(
         raise UserError("--exposures must be at least 1")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    specs = plan_night(n_exposures, seed=seed, mix=mix, cfg=cfg, mjd0=mjd0)
+    specs = plan_night(n_exposures, seed=seed, mix=mix, cfg=cfg, mjd0=mjd0, classes=classes)
     processes = processes or os.cpu_count() or 1
     jobs = [(s, out, cfg, compress, raw) for s in specs]
     paths: list[Path] = []

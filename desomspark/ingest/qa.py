@@ -3,9 +3,12 @@
 Survey operators judge an exposure by a handful of numbers: seeing (PSF FWHM),
 the shape of the stars (elongation a/b, ellipticity 1 - b/a), the sky level
 and noise, how flat the background is, how many sources were found, how many
-saturated, and how deep the image goes.  :func:`ccd_qa` measures them on one
-CCD from the detections and background of :func:`detect.detect_sources` (no
-second detection pass); :func:`exposure_qa` combines the CCDs of an exposure.
+saturated, how deep the image goes, how correlated the sky noise is
+(electronic pickup, fringes) and how long the trails crossing it are
+(satellites).  :func:`ccd_qa` measures them on one CCD from the detections
+and background of :func:`detect.detect_sources` (no second detection pass;
+the trails' length comes from :func:`detect.trails`); :func:`exposure_qa`
+combines the CCDs of an exposure.
 They are stored in ``ccds/`` and ``exposures/``, shown in the report and
 ``export``, used by ``evaluate`` as the classical baseline, and offered to
 DESOM-2 as extra inputs (:data:`QA_FEATURES`).
@@ -50,8 +53,14 @@ QA_FEATURES = (
     "sky_rms",
     "sky_spread",
     "background_structure",
+    "noise_correlation",
+    "trail_length",
     "depth",
 )
+
+#: numbers that are 0 on most exposures and large on a few (the length of the trails): compared on
+#: log(1 + value), or the few longest trails would set the scale by which a short one is judged
+LOG_SCALED = frozenset({"trail_length"})
 
 #: per-CCD numbers (columns of ``ccds/``)
 CCD_QA_COLUMNS = (
@@ -62,6 +71,8 @@ CCD_QA_COLUMNS = (
     "elongation_p90",
     "ellipticity_median",
     "background_structure",
+    "noise_correlation",
+    "trail_length",
     "n_saturated",
     "flux_sn10",
 )
@@ -74,6 +85,8 @@ SUBSAMPLE = 4
 SATURATION_FRACTION = 0.8
 MIN_FWHM_PX = 1.5
 STACK_SIDE = 33  # pixels of a CCD's stacked star (its PSF stars' median), centred on its middle pixel
+NOISE_SAMPLE = 1 << 14  # sky pixels (at most) that measure the noise correlation
+NOISE_CLIP = 3.0  # a pixel beyond this many rms (a source, a cosmic ray) is not sky
 MAX_MEASURED = 64  # PSF-star candidates whose FWHM is measured (the brightest of the smaller half)
 MEASURED_FOR_SIZE = 4 * MAX_MEASURED  # the brightest candidates whose half-light radius is measured
 
@@ -242,6 +255,7 @@ def ccd_qa(
     out["n_stars"] = 0
     out["psf_stack"] = None
     out["background_structure"] = float(np.std(mesh) / rms) if rms > 0 else float("nan")
+    out["noise_correlation"] = noise_correlation(residual, rms)
     saturation = float(saturation) if saturation else float(image.max())
     saturated = _saturated(image, objects, saturation)
     out["n_saturated"] = int(saturated.sum())
@@ -266,6 +280,39 @@ def ccd_qa(
         psf_stack=stacked_star(stamps).astype(np.float16).tobytes(),
     )
     return out
+
+
+def noise_correlation(residual: np.ndarray, rms: float) -> float:
+    """How much neighbouring sky pixels agree beyond white noise: sqrt(rho_x^2 + rho_y^2).
+
+    rho is the correlation of a pixel with its right (x) or upper (y)
+    neighbour, sum(a b) / sqrt(sum(a^2) sum(b^2)) over pairs whose pixels both
+    lie within ``NOISE_CLIP`` rms of the background (sky, not sources).  White
+    noise gives ~0 (1 / sqrt(pairs), a few 1e-3, of sampling noise); electronic
+    pickup, fringes and any pattern finer than the background mesh but wider
+    than a pixel raise it, while the per-star numbers and the background mesh
+    do not see them.  Rows are sampled in pairs, at most :data:`NOISE_SAMPLE`
+    pixels, so a full CCD costs what a small one does (~0.3 ms): moments, not
+    medians, since the clip already keeps the sources out.
+    """
+    h, w = residual.shape
+    if rms <= 0 or h < 2 or w < 2:
+        return float("nan")
+    stride = max(2, -(-h * w // NOISE_SAMPLE))
+    lower = residual[0 : h - 1 : stride, : w - w % 2]
+    upper = residual[1:h:stride, : w - w % 2][: len(lower)]
+    limit = NOISE_CLIP * rms
+    rho = []
+    for a, b in ((lower[:, 0::2], lower[:, 1::2]), (lower, upper)):
+        sky = (np.abs(a) < limit) & (np.abs(b) < limit)
+        if sky.sum() < 100:
+            return float("nan")
+        a, b = a[sky].astype(np.float64), b[sky].astype(np.float64)
+        a -= a.mean()
+        b -= b.mean()
+        norm = math.sqrt(float(a @ a) * float(b @ b))
+        rho.append(float(a @ b) / norm if norm > 0 else 0.0)
+    return float(np.hypot(*rho))
 
 
 def _saturated(image: np.ndarray, objects: np.ndarray, saturation: float) -> np.ndarray:
@@ -349,6 +396,8 @@ EXPOSURE_QA_COLUMNS = (
     "sky_rms",
     "sky_spread",
     "background_structure",
+    "noise_correlation",
+    "trail_length",
     "n_saturated",
     "depth",
 )
@@ -388,13 +437,28 @@ def exposure_qa(ccds, exptime: float | None, zero_point: float | None = None) ->
         sky=float(np.median(sky)),
         sky_rms=float(np.median(rms)),
         sky_spread=float(np.std(sky) / np.median(rms)) if np.median(rms) > 0 else float("nan"),
-        background_structure=float(np.nanmedian(live["background_structure"].to_numpy(float))),
+        background_structure=_median(live["background_structure"]),
+        noise_correlation=_median(live["noise_correlation"]),
+        # a trail crosses a few CCDs of many: the mean keeps it where a median would lose it
+        trail_length=_mean(live["trail_length"]),
         n_saturated=int(live["n_saturated"].fillna(0).sum()),
     )
     flux = weighted_median(live["flux_sn10"], stars)
     if exptime and exptime > 0 and np.isfinite(flux) and flux > 0:
         out["depth"] = float((zero_point or 0.0) - 2.5 * np.log10(flux / exptime))
     return out
+
+
+def _median(column) -> float:
+    """Median ignoring NaN (NaN when every value is, or the column predates the lake's schema)."""
+    values = np.asarray(column, dtype=float)
+    return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+
+
+def _mean(column) -> float:
+    """Mean ignoring NaN (NaN when every value is, or the column predates the lake's schema)."""
+    values = np.asarray(column, dtype=float)
+    return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 def robust_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -407,6 +471,16 @@ def robust_scale(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sd = np.nanstd(q, axis=0)
     spread = np.where(iqr > 0, iqr / 1.349, np.where(sd > 0, sd, 1.0))
     return np.where(np.isfinite(median), median, 0.0), np.where(np.isfinite(spread), spread, 1.0)
+
+
+def compared(values: np.ndarray, names) -> np.ndarray:
+    """Quality numbers (columns ``names``) as they are compared and standardised: log(1 + value) for
+    the :data:`LOG_SCALED` ones (negative values count as 0), the others as they are."""
+    out = np.array(values, dtype=np.float64)
+    for k, name in enumerate(names):
+        if name in LOG_SCALED:
+            out[:, k] = np.log1p(np.clip(out[:, k], 0.0, None))
+    return out
 
 
 def standardise(values: np.ndarray, clip: float = 10.0) -> np.ndarray:

@@ -55,6 +55,8 @@ EXPOSURES = pa.schema(
         ("sky_rms", pa.float64()),  # median CCD background RMS (ADU)
         ("sky_spread", pa.float64()),  # std of the CCD backgrounds across the focal plane / sky_rms
         ("background_structure", pa.float64()),  # median over CCDs of the background map's std / rms
+        ("noise_correlation", pa.float64()),  # median over CCDs: sky pixels' correlation, 0 for white noise
+        ("trail_length", pa.float64()),  # mean over live CCDs of the CCD's trail_length (px per CCD)
         ("n_saturated", pa.int64()),  # detections reaching 80 % of saturation
         ("depth", pa.float64()),  # mag of a point source at S/N 10 (header zero point, else 1 ADU/s = 0)
         (
@@ -88,6 +90,8 @@ CCDS = pa.schema(
         ("elongation_p90", pa.float64()),
         ("ellipticity_median", pa.float64()),
         ("background_structure", pa.float64()),  # std of the sep background mesh / background RMS
+        ("noise_correlation", pa.float64()),  # neighbouring sky pixels' correlation (qa.noise_correlation)
+        ("trail_length", pa.float64()),  # px: total length of the trails detect.trails finds (0: none)
         ("n_saturated", pa.int32()),
         ("flux_sn10", pa.float64()),  # ADU of a point source at S/N 10
         ("psf_stack", pa.binary()),  # float16 33x33 median of the PSF stars, peak 1 (qa.stacked_star)

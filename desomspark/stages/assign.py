@@ -2,8 +2,9 @@
 
 A pandas UDF (``mapInPandas``) loads DESOM-2 once per Python worker and maps
 each exposure's histo-vector to its cell (x = column, y = row on the map) and
-its latent distance to the cell's prototype: an exposure far from every
-prototype is something the map has not seen.  Expert labels (``labels/``,
+its novelty distance: the latent distance to the cell's prototype over the
+cell's own spread (:class:`exposure_mapper.ExposureMapper`); an exposure far
+from its cell is something the map has not seen.  Expert labels (``labels/``,
 last word per cell wins) are joined on the cell.
 """
 

@@ -59,15 +59,18 @@ class Desom2Fit:
     draws: list[dict] = field(default_factory=list)  # every draw fitted: seed, neighbour_distance, cells
 
 
-def training_inputs(lake: Lake, c: Desom2Config, desom1_version: str | None = None) -> Desom2Inputs:
-    """Prepare: the lake's histo-vectors of one DESOM-1 version, with the quality numbers DESOM-2 reads."""
+def training_inputs(
+    lake: Lake, c: Desom2Config, desom1_version: str | None = None, exposure_ids: list[str] | None = None
+) -> Desom2Inputs:
+    """Prepare: the lake's histo-vectors of one DESOM-1 version (``exposure_ids``: only those
+    exposures'), with the quality numbers DESOM-2 reads."""
     unknown = sorted(set(c.qa_inputs) - set(QA_FEATURES))
     if unknown:
         raise UserError(
             f"desom2.qa_inputs: unknown quality number(s) {', '.join(unknown)} "
             f"(known: {', '.join(QA_FEATURES)})"
         )
-    table, version = desom2_inputs(lake, desom1_version, tuple(c.qa_inputs))
+    table, version = desom2_inputs(lake, desom1_version, tuple(c.qa_inputs), exposure_ids)
     grid = registry.RegisteredModel.load("desom1", version).map_shape
     return Desom2Inputs(
         table,
@@ -144,6 +147,7 @@ def fit_draw(data: Desom2Inputs, c: Desom2Config, iterations: int | None = None)
         )
         result = fit(model, shard, job)
     model.eval()
+    mapper.fit_cell_scale(torch.as_tensor(data.x_raw))
     with torch.no_grad():
         cells = model.predict(torch.as_tensor(x))[0].numpy()
     used = int(np.unique(cells).size)
@@ -231,6 +235,7 @@ def record_desom2(lake: Lake, cfg: Config, data: Desom2Inputs, trained: Desom2Fi
                 "bin_scale": mapper.bin_scale.numpy(),
                 "qa_center": mapper.qa_center.numpy(),
                 "qa_scale": mapper.qa_scale.numpy(),
+                "cell_scale": mapper.cell_scale.numpy(),
                 "prototypes": model.som.prototypes.detach().numpy(),
             },
         )
@@ -238,11 +243,16 @@ def record_desom2(lake: Lake, cfg: Config, data: Desom2Inputs, trained: Desom2Fi
 
 
 def train_desom2(
-    lake: Lake, cfg: Config, iterations: int | None = None, desom1_version: str | None = None
+    lake: Lake,
+    cfg: Config,
+    iterations: int | None = None,
+    desom1_version: str | None = None,
+    exposure_ids: list[str] | None = None,
 ) -> dict:
-    """Prepare, fit and record DESOM-2 (tagged with its DESOM-1 version)."""
+    """Prepare, fit and record DESOM-2 (tagged with its DESOM-1 version), on every histo-vector of
+    the lake or on those of ``exposure_ids``."""
     registry.connect(lake, cfg.mlflow)  # an unreachable MLflow fails here, not after the training
-    data = training_inputs(lake, cfg.desom2, desom1_version)
+    data = training_inputs(lake, cfg.desom2, desom1_version, exposure_ids)
     trained = fit_desom2(data, cfg.desom2, iterations)
     new_version, run_id = record_desom2(lake, cfg, data, trained)
     _LOG.info(

@@ -1,0 +1,143 @@
+"""Out-of-sample quality: a map trained on one night, labelled from it, sorting nights it never saw.
+
+An operator trains DESOM-2 once, an expert labels its cells, and later nights
+are sorted by those labels.  :func:`holdout_scores` measures exactly that on
+simulated nights with a true class per exposure:
+
+* the **map**: each cell is labelled with the majority true class of the
+  training nights' exposures in it; an exposure of a test night takes its
+  cell's label, or the majority label of the nearest ring of labelled cells
+  (:func:`metrics.cell_label_predictions`);
+* beside it the **classical 5-NN**: the QA numbers of :data:`qa.QA_FEATURES`,
+  standardised with the training nights' median and spread, each test
+  exposure given the majority class of its 5 nearest training exposures;
+* **novelty** for classes the training nights did not hold: the ROC AUC of the
+  assignment distance (latent distance to the cell's prototype) of that
+  class against the classes seen, and the share of it the novelty rule
+  flags: distance above ``watch.novelty_margin`` times the
+  ``watch.novelty_quantile`` of the training nights' distances.
+
+Pure scoring over lake tables; the bench that makes the nights is
+``bench/holdout.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+
+from desomspark.config import Config
+from desomspark.desom import metrics
+from desomspark.evaluation.evaluate import GOOD, KNN, PAPER_CLASSES, cell_positions, per_class_recall
+from desomspark.ingest.qa import QA_FEATURES, compared, robust_scale
+from desomspark.lake.layout import Lake
+
+_LOG = logging.getLogger(__name__)
+
+MAP = "map, cells labelled on the training night"
+QA_KNN = f"classical {KNN}-NN on QA numbers, fitted on the training night"
+
+
+def assigned_truth(lake: Lake, nights: list[str], columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Each assigned exposure of ``nights``: its cell, novelty distance and true class (and ``columns``
+    of ``exposures``)."""
+    exposures = lake.read(
+        "exposures", nights=nights, columns=["night", "exposure_id", "truth_label", *columns]
+    ).to_pandas()
+    cells = lake.read(
+        "assignments",
+        nights=nights,
+        columns=["night", "exposure_id", "desom2_version", "cell", "cell_x", "cell_y", "distance"],
+    ).to_pandas()
+    return cells.merge(exposures, on=["night", "exposure_id"])
+
+
+def qa_matrix(frame: pd.DataFrame, reference: pd.DataFrame) -> np.ndarray:
+    """The QA numbers of ``frame`` as robust z-scores of ``reference``'s (NaN: the median, 0; the
+    :data:`qa.LOG_SCALED` ones on log(1 + value), as everywhere they are compared)."""
+    center, spread = robust_scale(compared(reference[list(QA_FEATURES)].to_numpy(float), QA_FEATURES))
+    z = np.clip((compared(frame[list(QA_FEATURES)].to_numpy(float), QA_FEATURES) - center) / spread, -10, 10)
+    return np.where(np.isnan(z), 0.0, z)
+
+
+def novelty(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> dict[str, dict]:
+    """Per test class absent from ``train``: the novelty distance's ROC AUC against the classes
+    present, and the share above the novelty rule's cut (``hit_rate``; ``false_alarms`` among the
+    classes present)."""
+    from sklearn.metrics import roc_auc_score
+
+    from desomspark.stages.verdicts import novelty_cutoff
+
+    seen = set(train["truth_label"])
+    cut = novelty_cutoff(train["distance"], cfg)
+    known = test[test["truth_label"].isin(seen)]
+    out = {}
+    for name in sorted(set(test["truth_label"]) - seen):
+        new = test[test["truth_label"] == name]
+        y = np.r_[np.ones(len(new)), np.zeros(len(known))]
+        out[name] = {
+            "exposures": len(new),
+            "auc": float(roc_auc_score(y, np.r_[new["distance"], known["distance"]])),
+            "hit_rate": float((new["distance"] > cut).mean()),
+            "false_alarms": float((known["distance"] > cut).mean()),
+            "cutoff": cut,
+        }
+    return out
+
+
+def holdout_scores(
+    lake: Lake, train_nights: list[str], test_nights: list[str], cfg: Config, unseen: tuple[str, ...] = ()
+) -> dict:
+    """The map (cells labelled on ``train_nights``) and the classical 5-NN (fitted on them), scored on
+    ``test_nights``, with novelty for the test classes training did not hold (and the labels the
+    map gives them: ``named_as``).
+
+    ``unseen``: classes of the training nights that DESOM-2 was not trained on; they label no cell
+    and fit no neighbour.  Both nights must be assigned by the same DESOM-2 version.  Returns
+    ``scores`` (method -> accuracy over all classes, the paper's six, Good/Bad), ``recall``
+    (method -> class -> share named right), ``novelty`` (:func:`novelty`) and the exposure counts.
+    """
+    train = assigned_truth(lake, train_nights, QA_FEATURES).dropna(subset=["truth_label"])
+    train = train[~train["truth_label"].isin(unseen)]
+    test = assigned_truth(lake, test_nights, QA_FEATURES).dropna(subset=["truth_label"])
+    versions = set(train["desom2_version"]) | set(test["desom2_version"])
+    if len(versions) != 1:
+        raise ValueError(f"the nights are assigned by several DESOM-2 versions: {sorted(versions)}")
+    positions = cell_positions(pd.concat([train, test]))
+    truth = test["truth_label"].to_numpy(str)
+    predicted = {
+        MAP: metrics.cell_label_predictions(train["truth_label"], train["cell"], positions, test["cell"]),
+        QA_KNN: metrics.knn_predictions(
+            train["truth_label"], qa_matrix(train, train), KNN, query=qa_matrix(test, train)
+        ),
+    }
+    found = novelty(train, test, cfg)
+    for name, entry in found.items():
+        entry["named_as"] = pd.Series(predicted[MAP][truth == name]).value_counts().to_dict()
+    return {
+        "scores": {
+            name: metrics.prediction_scores(truth, p, GOOD, PAPER_CLASSES) for name, p in predicted.items()
+        },
+        "recall": {name: per_class_recall(truth, p) for name, p in predicted.items()},
+        "novelty": found,
+        "train_exposures": len(train),
+        "test_exposures": len(test),
+    }
+
+
+def scores_table(result: dict) -> pd.DataFrame:
+    """One row per method: accuracy (all classes, the paper's six, Good/Bad) and each class's recall."""
+    rows = []
+    for name, scores in result["scores"].items():
+        rows.append(
+            {
+                "method": name,
+                "all": scores["neighbour_accuracy"],
+                "six": scores["neighbour_accuracy_6"],
+                "good_bad": scores["neighbour_good_bad"],
+            }
+            | result["recall"][name]
+        )
+    return pd.DataFrame(rows)
