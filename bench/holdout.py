@@ -79,6 +79,11 @@ def main() -> None:
     classes = tuple(c.strip() for c in args.classes.split(","))
     cfg = load_config(args.conf)
     root = args.keep or tempfile.mkdtemp(prefix="desomspark-holdout-")
+    # DESOM-2 is trained on every histo-vector of the lake: a kept lake may keep its simulated
+    # nights (raw/), not the tables of an earlier run, or night A's map would have seen B and C
+    leftover = sorted(p.name for p in Path(root).iterdir() if p.name != "raw")
+    if leftover:
+        parser.error(f"--keep {root} holds {', '.join(leftover)} from an earlier run: only raw/ may stay")
     lake = Lake(root)
     spark = get_spark(cfg.spark)
     sim = replace(small_config(cfg.simulate, 4, (512, 512)), p_dead_ccd=0.02)

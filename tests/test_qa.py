@@ -221,3 +221,30 @@ def test_a_trails_length_is_compared_on_a_log_scale():
     np.testing.assert_array_equal(out[:, 0], values[:, 0])
     np.testing.assert_allclose(out[:, 1], [0.0, np.log1p(130.0), np.log1p(1000.0), 0.0])
     assert values[1, 1] == 130.0  # the caller's array is left as it was
+
+
+def test_novelty_of_a_class_training_never_saw(config):
+    """holdout.novelty: the AUC of the novelty distance for a class absent from training, and the share
+    the watch rule's cut (quantile x margin of the training distances) flags, of it and of the rest."""
+    import pandas as pd
+
+    from desomspark.evaluation.holdout import novelty, qa_matrix
+
+    rng = np.random.default_rng(5)
+    train = pd.DataFrame({"truth_label": ["Good", "BT"] * 50, "distance": rng.uniform(0.0, 1.0, 100)})
+    seen = rng.uniform(0.0, 1.0, 40)
+    unseen = np.r_[rng.uniform(2.0, 3.0, 15), rng.uniform(0.0, 1.0, 5)]  # 15 far, 5 ordinary
+    test = pd.DataFrame({"truth_label": ["Good"] * 40 + ["AmpGlow"] * 20, "distance": np.r_[seen, unseen]})
+    found = novelty(train, test, config)
+    assert set(found) == {"AmpGlow"}
+    entry = found["AmpGlow"]
+    cut = np.quantile(train["distance"], config.watch.novelty_quantile) * config.watch.novelty_margin
+    assert entry["cutoff"] == pytest.approx(cut)
+    assert entry["hit_rate"] == pytest.approx(15 / 20) and entry["false_alarms"] == 0.0
+    assert 0.75 < entry["auc"] < 1.0 and entry["exposures"] == 20
+    # the baseline's numbers: robust z-scores of the reference's, a trail's length on log(1 + px)
+    frame = pd.DataFrame({name: rng.normal(1.0, 0.1, 30) for name in qa.QA_FEATURES})
+    frame["trail_length"] = [0.0] * 27 + [100.0, 300.0, 900.0]
+    z = qa_matrix(frame, frame)
+    column = list(qa.QA_FEATURES).index("trail_length")
+    assert z[:27, column].tolist() == [0.0] * 27 and 0 < z[27, column] < z[28, column] < z[29, column]

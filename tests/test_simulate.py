@@ -206,6 +206,13 @@ def test_command_line_writes_a_night(tmp_path):
     assert len(list(out.glob("*.fits"))) == 3 and (out / "truth.csv").exists()
     bad = subprocess.run(cmd[:-2] + ["--mix", "weird"], capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+    # --classes: only the classes asked for, the background defects among them; an unknown one is refused
+    asked = subprocess.run(cmd + ["--classes", "Pickup,AmpGlow"], capture_output=True, text=True, timeout=120)
+    assert asked.returncode == 0, asked.stderr
+    with open(out / "truth.csv", newline="") as fh:
+        assert {row["quality"] for row in csv.DictReader(fh)} <= {"Pickup", "AmpGlow"}
+    unknown = subprocess.run(cmd + ["--classes", "Good,Fringe"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode != 0 and "unknown simulated class(es) Fringe" in unknown.stderr
 
 
 def test_background_defects_live_between_the_sources(small_sim, config):
