@@ -47,7 +47,8 @@ Alerts (``watch.rules`` in conf)
         ``alert_min_bad`` of the last ``alert_window`` exposures (in
         observation order) sit in cells whose expert label is not a good one.
     ``novelty``
-        an exposure's novelty (latent distance to its cell's prototype) is
+        an exposure's novelty (latent distance to its cell's prototype, over
+        the cell's own scale: :class:`exposure_mapper.ExposureMapper`) is
         above ``novelty_margin`` times the ``novelty_quantile`` of the
         distances of the exposures mapped before it by the same model (the
         ``drift_window`` nights before and earlier tonight; at least
