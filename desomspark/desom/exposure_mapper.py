@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from desomspark.config import Desom2Config
-from desomspark.desom.model import DESOM, DesomInference, desom2, map_side_for, split_inference
+from desomspark.desom.model import DESOM, DesomInference, desom2, map_side_for
 from desomspark.errors import UserError
 from desomspark.ingest.qa import LOG_SCALED, compared, robust_scale
 
@@ -179,9 +179,8 @@ class ExposureMapper(nn.Module):
         return torch.cat([out[:, :1], novelty[:, None], out[:, 2:]], dim=1)
 
     @torch.no_grad()
-    def fit_cell_scale(self, x_raw: torch.Tensor) -> None:
-        """Each cell's novelty scale from the training exposures ``x_raw`` (raw inputs)."""
-        node, distance, _ = split_inference(self.inference(self.normalise(x_raw)))
+    def fit_cell_scale(self, node: torch.Tensor, distance: torch.Tensor) -> None:
+        """Each cell's novelty scale from the training exposures' cells and latent distances."""
         overall = torch.quantile(distance, NOVELTY_QUANTILE).clamp_min(1e-12)
         scale = torch.full_like(self.cell_scale, float(overall))
         for cell in torch.unique(node):
@@ -200,7 +199,7 @@ def fit_normalisation(
     qa_inputs: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """The mapper's buffers fitted on a training set (see the module docstring); ``qa_inputs`` names
-    the columns of ``qa``."""
+    each column of ``qa``."""
     v = hellinger(counts) if transform == "hellinger" else clean_and_standardise(counts, clip_sigma)
     if transform == "hellinger":
         # one scale for every bin keeps the Hellinger geometry; dividing by the largest
@@ -213,17 +212,18 @@ def fit_normalisation(
         scale = v.max(dim=0).values - center
     out = {"bin_center": center, "bin_scale": torch.where(scale > 0, scale, torch.ones_like(scale))}
     if qa is not None and qa.shape[1]:
+        if len(qa_inputs) != qa.shape[1]:
+            raise ValueError(f"{qa.shape[1]} quality columns but {len(qa_inputs)} names: {qa_inputs}")
         x_hist = (v - out["bin_center"]) / out["bin_scale"]
         block_variance = float(x_hist.var(dim=0, unbiased=False).sum())
-        median, spread = robust_scale(compared(qa.double().numpy(), qa_inputs))  # unnamed: as they are
+        median, spread = robust_scale(compared(qa.double().numpy(), qa_inputs))
         # unit-variance features, then the block weighted to qa_weight x the histogram block
         factor = np.sqrt(qa_weight * block_variance / qa.shape[1]) if qa_weight > 0 else 0.0
         out["qa_center"] = torch.as_tensor(median, dtype=torch.float32)
         out["qa_scale"] = torch.as_tensor(
             spread / factor if factor > 0 else np.full_like(spread, np.inf), dtype=torch.float32
         )
-        names = tuple(qa_inputs) + ("",) * (qa.shape[1] - len(qa_inputs))
-        out["qa_log"] = torch.tensor([name in LOG_SCALED for name in names], dtype=torch.bool)
+        out["qa_log"] = torch.tensor([name in LOG_SCALED for name in qa_inputs], dtype=torch.bool)
     return out
 
 

@@ -31,7 +31,7 @@ import pandas as pd
 from desomspark.config import Config
 from desomspark.desom import metrics
 from desomspark.evaluation.evaluate import GOOD, KNN, PAPER_CLASSES, cell_positions, per_class_recall
-from desomspark.ingest.qa import QA_FEATURES, compared, robust_scale
+from desomspark.ingest.qa import QA_FEATURES, compared, standardise
 from desomspark.lake.layout import Lake
 
 _LOG = logging.getLogger(__name__)
@@ -57,9 +57,11 @@ def assigned_truth(lake: Lake, nights: list[str], columns: tuple[str, ...] = ())
 def qa_matrix(frame: pd.DataFrame, reference: pd.DataFrame) -> np.ndarray:
     """The QA numbers of ``frame`` as robust z-scores of ``reference``'s (NaN: the median, 0; the
     :data:`qa.LOG_SCALED` ones on log(1 + value), as everywhere they are compared)."""
-    center, spread = robust_scale(compared(reference[list(QA_FEATURES)].to_numpy(float), QA_FEATURES))
-    z = np.clip((compared(frame[list(QA_FEATURES)].to_numpy(float), QA_FEATURES) - center) / spread, -10, 10)
-    return np.where(np.isnan(z), 0.0, z)
+
+    def numbers(table: pd.DataFrame) -> np.ndarray:
+        return compared(table[list(QA_FEATURES)].to_numpy(float), QA_FEATURES)
+
+    return standardise(numbers(frame), reference=numbers(reference))
 
 
 def novelty(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> dict[str, dict]:

@@ -483,8 +483,9 @@ def compared(values: np.ndarray, names) -> np.ndarray:
     return out
 
 
-def standardise(values: np.ndarray, clip: float = 10.0) -> np.ndarray:
-    """Robust z-scores of each column (:func:`robust_scale`), clipped to +-``clip``, NaN -> 0 (the median)."""
-    center, spread = robust_scale(values)
+def standardise(values: np.ndarray, clip: float = 10.0, reference: np.ndarray | None = None) -> np.ndarray:
+    """Robust z-scores of each column (:func:`robust_scale` of ``reference``, default ``values``
+    itself), clipped to +-``clip``, NaN -> 0 (the median)."""
+    center, spread = robust_scale(values if reference is None else reference)
     z = np.clip((np.asarray(values, dtype=np.float64) - center) / spread, -clip, clip)
     return np.where(np.isnan(z), 0.0, z)

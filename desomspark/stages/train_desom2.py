@@ -24,6 +24,7 @@ from desomspark import registry
 from desomspark.config import Config, Desom2Config
 from desomspark.desom.exposure_mapper import ExposureMapper, build_mapper, desom2_map_shape
 from desomspark.desom.metrics import neighbour_distance
+from desomspark.desom.model import split_inference
 from desomspark.desom.train import Shard, TrainJob, fit, row_groups
 from desomspark.errors import UserError
 from desomspark.ingest.qa import QA_FEATURES
@@ -147,9 +148,10 @@ def fit_draw(data: Desom2Inputs, c: Desom2Config, iterations: int | None = None)
         )
         result = fit(model, shard, job)
     model.eval()
-    mapper.fit_cell_scale(torch.as_tensor(data.x_raw))
     with torch.no_grad():
-        cells = model.predict(torch.as_tensor(x))[0].numpy()
+        node, distance, _ = split_inference(mapper.inference(torch.as_tensor(x)))
+    mapper.fit_cell_scale(node, distance)
+    cells = node.numpy()
     used = int(np.unique(cells).size)
     cols = map_shape[1]
     positions = {int(cell): (int(cell) // cols, int(cell) % cols) for cell in np.unique(cells)}
