@@ -8,9 +8,13 @@ of one night of a lake with simulated truth, and prints for each draw its
 neighbour accuracy (the labelled score) beside its neighbour distance and the
 usual map errors; then the Spearman correlation of each with the accuracy; then
 what the procedure with D draws gives, over every way of drawing D of the N
-(the kept draw's accuracy: mean and worst), against one draw alone.
+(the kept draw's accuracy: mean and worst), against one draw alone, for each
+label-free way of keeping one: the lowest neighbour distance (``nb_dist``), the
+draw that agrees most with the others (``consensus``: the highest mean adjusted
+Rand index of its cells with theirs, the medoid of the D partitions), and the
+consensus among the draws of below-median neighbour distance (``both``).
 
-Run: python bench/desom2_draws.py --lake DIR [--night 20251120] [--seeds 16] [--draws 4]
+Run: python bench/desom2_draws.py --lake DIR [--night 20251120] [--seeds 16] [--draws 4 8]
      (a lake of ``desomspark demo --lake DIR``, or of bench/quality.py --keep DIR)
 """
 
@@ -19,12 +23,13 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
-from itertools import combinations
+from itertools import combinations, product
 
 import numpy as np
 import pandas as pd
 import torch
 from scipy.stats import spearmanr
+from sklearn.metrics import adjusted_rand_score
 
 from desomspark import registry
 from desomspark.config import conf_dir, load_config
@@ -34,7 +39,7 @@ from desomspark.evaluation.evaluate import GOOD, PAPER_CLASSES
 from desomspark.lake.layout import Lake
 from desomspark.stages.train_desom2 import Desom2Inputs, fit_draw, training_inputs
 
-SCORES = ["acc", "acc6", "good_bad", "good_bad6"]
+SCORES = ["acc", "acc6", "good_bad", "good_bad6", "Streak"]
 
 
 def night_inputs(lake: Lake, cfg, night: str) -> tuple[Desom2Inputs, np.ndarray]:
@@ -53,7 +58,7 @@ def night_inputs(lake: Lake, cfg, night: str) -> tuple[Desom2Inputs, np.ndarray]
     return data, truth.set_index("exposure_id").loc[data.table["exposure_id"], "truth_label"].to_numpy()
 
 
-def score_draw(data: Desom2Inputs, truth: np.ndarray, c, seed: int) -> dict:
+def score_draw(data: Desom2Inputs, truth: np.ndarray, c, seed: int) -> tuple[dict, np.ndarray]:
     t = time.perf_counter()
     fit = fit_draw(data, replace(c, seed=seed))
     mapper = fit.mapper.eval()
@@ -66,26 +71,37 @@ def score_draw(data: Desom2Inputs, truth: np.ndarray, c, seed: int) -> dict:
         truth, metrics.neighbour_predictions(truth, cells, positions), GOOD, PAPER_CLASSES
     )
     last = fit.history[-1]
+    predicted = metrics.neighbour_predictions(truth, cells, positions)
+    streak = truth == "Streak"
     return {
         "seed": seed,
         "acc": s["neighbour_accuracy"],
         "acc6": s["neighbour_accuracy_6"],
         "good_bad": s["neighbour_good_bad"],
         "good_bad6": s["neighbour_good_bad_6"],
+        "Streak": float(np.mean(predicted[streak] == "Streak")) if streak.any() else float("nan"),
         "cells": fit.cells_used,
         "nb_dist": fit.neighbour_distance,
         "QE": last["quantization_error"],
         "TE": last["topographic_error"],
         "s": time.perf_counter() - t,
-    }
+    }, cells
 
 
-def procedure(table: pd.DataFrame, draws: int) -> pd.DataFrame:
-    """Every way of drawing ``draws`` of the single draws: the kept one's scores (lowest nb_dist)."""
-    kept = [
-        table.loc[list(group)].sort_values(["nb_dist", "seed"]).iloc[0]
-        for group in combinations(table.index, draws)
-    ]
+def procedure(table: pd.DataFrame, draws: int, agreement: np.ndarray, rule: str) -> pd.DataFrame:
+    """Every way of drawing ``draws`` of the single draws: the scores of the one ``rule`` keeps
+    (``nb_dist``, ``consensus`` or ``both``, see the module docstring); ``agreement`` holds the
+    adjusted Rand index of every two draws' cells."""
+    kept = []
+    for group in combinations(table.index, draws):
+        group = list(group)
+        if rule != "nb_dist":
+            if rule == "both":
+                group = [g for g in group if table.loc[g, "nb_dist"] <= table.loc[group, "nb_dist"].median()]
+            mean_ari = {g: np.mean([agreement[g, h] for h in group if h != g] or [0.0]) for g in group}
+            kept.append(table.loc[max(group, key=lambda g: (mean_ari[g], -g))])
+        else:
+            kept.append(table.loc[group].sort_values(["nb_dist", "seed"]).iloc[0])
     return pd.DataFrame(kept)
 
 
@@ -96,7 +112,9 @@ def main() -> None:
     parser.add_argument("--lake", required=True)
     parser.add_argument("--night", default=TRAIN_NIGHT)
     parser.add_argument("--seeds", type=int, default=16)
-    parser.add_argument("--draws", type=int, default=4)
+    parser.add_argument(
+        "--draws", type=int, nargs="+", default=[4], help="draws per procedure (several: each)"
+    )
     parser.add_argument("--conf", default=str(conf_dir() / "local.yaml"))
     parser.add_argument(
         "--exposures-per-cell", type=int, default=DEMO_EXPOSURES_PER_CELL, help="map size (the demo's: 3)"
@@ -109,9 +127,11 @@ def main() -> None:
         f"{len(truth)} exposures of night {args.night}: "
         + ", ".join(f"{k} {v}" for k, v in pd.Series(truth).value_counts().items())
     )
-    rows = []
+    rows, cells = [], []
     for seed in range(1, args.seeds + 1):
-        rows.append(score_draw(data, truth, c, seed))
+        row, cells_of_draw = score_draw(data, truth, c, seed)
+        rows.append(row)
+        cells.append(cells_of_draw)
         print(
             pd.DataFrame(rows[-1:]).to_string(
                 index=False, header=seed == 1, float_format=lambda v: f"{v:.3f}"
@@ -125,17 +145,27 @@ def main() -> None:
             f"  {crit:8s} "
             + "  ".join(f"{m} {spearmanr(table[crit], table[m]).statistic:+.2f}" for m in SCORES)
         )
-    kept = procedure(table, args.draws)
+    agreement = np.array([[adjusted_rand_score(a, b) for b in cells] for a in cells])
+    table["mean_ari"] = (agreement.sum(axis=1) - 1) / max(len(cells) - 1, 1)
+    print("\nmean adjusted Rand index of each draw's cells with the other draws' (the consensus score):")
+    print(table[["seed", "mean_ari", *SCORES]].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(
-        f"\none draw vs the kept one of {args.draws} "
-        f"(all {len(kept)} ways of drawing {args.draws} of {len(table)}):"
+        "  Spearman with mean_ari: "
+        + "  ".join(f"{m} {spearmanr(table['mean_ari'], table[m]).statistic:+.2f}" for m in SCORES)
     )
     for m in SCORES:
         print(
             f"  {m:9s} one draw: mean {table[m].mean():.3f}, 10th percentile {table[m].quantile(0.1):.3f}, "
-            f"worst {table[m].min():.3f}   kept of {args.draws}: mean {kept[m].mean():.3f}, "
-            f"10th percentile {kept[m].quantile(0.1):.3f}, worst {kept[m].min():.3f}"
+            f"worst {table[m].min():.3f}"
         )
+    for draws, rule in product(args.draws, ("nb_dist", "consensus", "both")):
+        kept = procedure(table, draws, agreement, rule)
+        print(f"\nkept one of {draws} by {rule} (all {len(kept)} ways of drawing {draws} of {len(table)}):")
+        for m in SCORES:
+            print(
+                f"  {m:9s} mean {kept[m].mean():.3f}, 10th percentile {kept[m].quantile(0.1):.3f}, "
+                f"worst {kept[m].min():.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -307,6 +307,27 @@ def test_a_cell_pages_its_members(mapped_lake, config, hostile):
     assert client.get(f"/cell/{x}/{y}?page={pages + 1}").status_code == 404
 
 
+def test_the_distance_is_shown_in_the_unit_of_the_map_that_made_it(mapped_lake, config, hostile):
+    """A map trained before cell scales (the shipped default: no ``novelty_quantile`` in its record)
+    serves latent units, and the cell and exposure pages say so; a map trained with them serves its
+    distance over the cell's own scale, and the pages say that."""
+    from desomspark.serve.console.routes import column_units
+
+    _, _, x, y = hostile
+    app = create_app(mapped_lake, config)
+    client = app.test_client()
+    assert "distance (latent units)" in client.get(f"/cell/{x}/{y}").data.decode()
+    state = app.extensions["desomspark"]["view"].map()
+    member = state.cell(x, y).iloc[0]
+    page = client.get(f"/exposure/{member['night']}/{member['exposure_id']}").data.decode()
+    assert f"novelty {member['distance']:.3f} (latent units)" in page
+    shipped = state.desom2
+    assert shipped.novelty_quantile is None
+    trained = replace(shipped, metadata=shipped.metadata | {"novelty_quantile": 0.9})
+    assert column_units(trained)["distance"] == "x the cell's p90 distance"
+    assert column_units(shipped)["distance"] == "latent units"
+
+
 def test_downloaded_tables_open_as_data_in_a_spreadsheet():
     from desomspark.serve.console import spreadsheet_safe
 

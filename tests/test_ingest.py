@@ -456,36 +456,56 @@ def test_the_summary_names_rejected_files_and_exposures_without_cutouts():
     assert lines[-1] == "  no cutout (nothing for the map to sort): calexp42"
 
 
-def test_a_ccd_read_at_its_scanned_offset_equals_the_walked_read(tmp_path, night_dir):
-    """The scan's header offsets let a CCD be read without parsing the headers before it: the
-    pixels are the same, for a plain file, its gzip copy and BZERO-scaled 16-bit data; a
-    tile-compressed HDU has no offset (astropy decompresses it); a file rewritten since its scan
-    is a reject, not wrong pixels."""
+def test_a_ccd_read_where_the_scan_found_its_data_equals_the_walked_read(tmp_path, night_dir):
+    """The scan records where each plain image HDU keeps its pixels and how they scale
+    (:class:`PixelStorage`), so a CCD is read without parsing a header: the pixels are the same,
+    for a plain file, its gzip copy, BZERO-scaled 16-bit data, BLANK and BSCALE, 8-bit to 64-bit;
+    a tile-compressed HDU has no storage (astropy decompresses it); a file rewritten or cut
+    short since its scan is a reject, not wrong pixels."""
+    import dataclasses
     import gzip
 
-    from desomspark.ingest.fitsio import Reject, read_ccd_and_mask
+    from desomspark.ingest.fitsio import PixelStorage, Reject, read_ccd_and_mask
 
     plain = sorted(night_dir.glob("*.fits"))[0]
     zipped = tmp_path / (plain.name + ".gz")
     zipped.write_bytes(gzip.compress(plain.read_bytes(), compresslevel=1))
-    for path in (str(plain), str(zipped)):
-        hdus = scan_file(path).hdus
-        assert all(h.header_offset is not None for h in hdus)
-        for h in hdus:
+    rng = np.random.default_rng(0)
+    kinds = tmp_path / "kinds.fits"
+    hdus = [fits.PrimaryHDU()]
+    for dtype in (np.uint8, np.int16, np.int32, np.int64, np.float32, np.float64):
+        hdus.append(fits.ImageHDU((rng.random((40, 48)) * 100).astype(dtype), name=np.dtype(dtype).name))
+    scaled = fits.ImageHDU(rng.integers(-5, 100, (40, 48)).astype(np.int16), name="scaled")
+    scaled.header.update(BSCALE=0.5, BZERO=10.0, BLANK=-5)
+    hdus.append(scaled)
+    fits.HDUList(hdus).writeto(kinds)
+    for path in (str(plain), str(zipped), str(kinds)):
+        scanned = scan_file(path, 32).hdus
+        assert scanned and all(h.storage is not None for h in scanned)
+        for h in scanned:
             walked, _ = read_ccd_and_mask(path, h.hdu_index)
-            direct, _ = read_ccd_and_mask(path, h.hdu_index, header_offset=h.header_offset)
-            assert direct.dtype == np.float32 and np.array_equal(walked, direct)
+            direct, _ = read_ccd_and_mask(path, h.hdu_index, storage=h.storage)
+            assert direct.dtype == np.float32 and np.array_equal(walked, direct, equal_nan=True)
+    assert np.isnan(
+        read_ccd_and_mask(str(kinds), 7, storage=scan_file(str(kinds), 32).hdus[-1].storage)[0]
+    ).any()
     with fits.open(plain, do_not_scale_image_data=True) as src:  # stored as int16 + BZERO: uint16
         assert src[1].data.dtype.kind == "i" and src[1].header.get("BZERO") == 32768
     compressed = tmp_path / "rice.fits"
     fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(np.ones((64, 64), np.float32), name="c")]).writeto(
         compressed
     )
-    assert [h.header_offset for h in scan_file(str(compressed), 32).hdus] == [None]
-    moved = scan_file(str(plain)).hdus[1].header_offset + 80  # inside a header, not at its start
+    assert [h.storage for h in scan_file(str(compressed), 32).hdus] == [None]
+    stored = PixelStorage.from_dict(scan_file(str(plain)).hdus[1].storage)
+    moved = dataclasses.replace(stored, header_offset=stored.header_offset + 80)  # inside a header
     with pytest.raises(Reject) as err:
-        read_ccd_and_mask(str(plain), 2, header_offset=moved)
+        read_ccd_and_mask(str(plain), 2, storage=moved.to_dict())
     assert err.value.reason == "unreadable_data"
+    cut_short = tmp_path / "cut.fits"
+    cut_short.write_bytes(plain.read_bytes()[: stored.data_offset + 1000])
+    with pytest.raises(Reject) as err:
+        read_ccd_and_mask(str(cut_short), 2, storage=stored.to_dict())
+    assert err.value.reason == "truncated"
 
 
 def test_ccd_tasks_are_sliced_to_keep_cores_busy_and_task_costs_small():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from desomspark import registry
-from desomspark.desom.exposure_mapper import gaussian_taps, hellinger, smooth_on_grid
+from desomspark.desom.exposure_mapper import NOVELTY_QUANTILE, gaussian_taps, hellinger, smooth_on_grid
 from desomspark.desom.mapping import cutout_nodes, map_inputs
 from desomspark.desom.model import split_inference
 from desomspark.errors import UserError
@@ -171,7 +171,7 @@ def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, 
 
 def test_novelty_is_the_latent_distance_over_the_cells_own_scale(mapped):
     """A cell of alike exposures is tight: the novelty divides by each cell's spread on the training set."""
-    from desomspark.desom.exposure_mapper import NOVELTY_MIN_MEMBERS, NOVELTY_QUANTILE
+    from desomspark.desom.exposure_mapper import NOVELTY_MIN_MEMBERS
     from desomspark.ingest.qa import LOG_SCALED
 
     lake, cfg, _, d2, _ = mapped
@@ -234,6 +234,7 @@ def test_assign_stores_the_latent_vector_the_served_model_gives(mapped):
     short = train_desom2(lake, replace(cfg, desom2=replace(cfg.desom2, iterations=20, seed=7)))
     first = registry.registered(lake, cfg, "desom2", f"models:/desom2/{short['version']}")
     assert first.version != version and stored_latents(lake, first.version, None).empty
+    assert first.novelty_quantile == NOVELTY_QUANTILE  # its record says what its distance is over
     table, _ = desom2_inputs(lake, first.desom1_version, first.qa_inputs)
     mapped_again = latent_vectors(lake, first).set_index("exposure_id").loc[table["exposure_id"]]
     direct = map_inputs(

@@ -74,6 +74,33 @@ def test_fwhm_matches_the_simulated_seeing(measured):
     )
 
 
+def test_fwhm_on_the_central_crop_equals_the_whole_stamp():
+    """half_max_fwhm measures on the stamp's central half first and again on the whole stamp where
+    the half-maximum area reaches further: the numbers are those of the whole stamp, bit for bit,
+    for stars, donuts, trails and PSFs wider than the crop (which take the second path)."""
+    rng = np.random.default_rng(4)
+    side, n = 17, 24
+    c = np.arange(side) - (side - 1) / 2
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    dx, dy = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
+    x, y = xx[None] - dx[:, None, None], yy[None] - dy[:, None, None]
+    fwhm = np.concatenate([rng.uniform(1.6, 6.0, n - 6), rng.uniform(10.0, 14.0, 6)])  # 6 wider than the crop
+    sigma = fwhm[:, None, None] / 2.3548
+    shapes = {
+        "star": np.exp(-(x**2 + y**2) / (2 * sigma**2)),
+        "donut": np.exp(-((np.hypot(x, y) - 2 * sigma) ** 2) / (2 * (sigma / 2) ** 2)),
+        "trail": np.exp(-(y**2) / (2 * sigma**2)) * (np.abs(x) < 3 * sigma),
+    }
+    for name, profile in shapes.items():
+        stamps = (profile + rng.normal(0, 0.01, profile.shape)).astype(np.float32)
+        cropped, whole = qa.half_max_fwhm(stamps, dx, dy), qa.half_max_fwhm(stamps, dx, dy, crop=False)
+        assert np.array_equal(cropped, whole), name
+    stars = (shapes["star"] + rng.normal(0, 0.01, shapes["star"].shape)).astype(np.float32)
+    assert np.allclose(
+        qa.half_max_fwhm(stars, dx, dy)[-6:], fwhm[-6:], rtol=0.1
+    )  # measured, not cut at the crop
+
+
 def test_elongation_is_ordered_by_tracking_error(measured):
     median = measured.groupby("quality")["elongation_median"].median()
     assert median["Good"] < 1.12 < median["BT"] < median["RBT"], median.to_string()

@@ -35,11 +35,16 @@ def normalise(stamps: np.ndarray, percentiles: tuple[float, float] = (1.0, 95.0)
     stamps = np.asarray(stamps, dtype=np.float32)
     if stamps.size == 0:
         return stamps.astype(np.float32)
-    lo, hi = np.percentile(stamps, percentiles, axis=(1, 2))
+    # along one axis of (stamp, pixel): over two axes numpy partitions a transposed copy
+    lo, hi = np.percentile(stamps.reshape(len(stamps), -1), percentiles, axis=1)
     lo, hi = lo[:, None, None], hi[:, None, None]
     span = hi - lo
-    scaled = (np.clip(stamps, lo, hi) - lo) / np.where(span > 0, span, 1.0)
-    return np.where(span > 0, scaled, 0.0).astype(np.float32)
+    # (clip - lo) / span in float64 like the percentiles, each step in place
+    scaled = np.clip(stamps, lo, hi)
+    scaled -= lo
+    scaled /= np.where(span > 0, span, 1.0)
+    scaled[~(span > 0)[:, 0, 0]] = 0.0
+    return scaled.astype(np.float32)
 
 
 def encode_pixels(normalised: np.ndarray) -> list[bytes]:

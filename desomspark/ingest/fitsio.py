@@ -23,7 +23,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from urllib.parse import urlparse
 
 import numpy as np
@@ -320,7 +320,50 @@ class HduInfo:
     mask_index: int | None = None  # the HDU of its mask plane, if the file has one
     mask_bits: int | None = None  # mask bits that flag a pixel (None: any non-zero value)
     segments: dict | None = None  # sections.SegmentLayout.to_dict(): a CCD read out as one HDU per amplifier
-    header_offset: int | None = None  # byte where an uncompressed image HDU's header starts
+    storage: dict | None = None  # PixelStorage.to_dict() of an uncompressed image HDU
+
+
+#: numpy's name for each FITS BITPIX (FITS data are big-endian)
+BITPIX_DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+
+
+@dataclass(frozen=True)
+class PixelStorage:
+    """Where and how an uncompressed image HDU stores its pixels, as the scan read them in its
+    header: a CCD task reads them from there without parsing a header again (on a small CCD
+    astropy's parsing cost as much as reading the pixels)."""
+
+    header_offset: int  # byte where the HDU's header starts: checked before reading
+    data_offset: int  # byte where its data start
+    height: int  # NAXIS2 and NAXIS1: the stored array (a raw frame is trimmed after reading)
+    width: int
+    bitpix: int
+    bscale: float = 1.0
+    bzero: float = 0.0
+    blank: int | None = None  # the integer that marks a pixel without a value
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "PixelStorage | None":
+        return None if d is None else cls(**d)
+
+    @classmethod
+    def dict_of(cls, hdu, shape: tuple[int, int], bitpix: int) -> dict | None:
+        """The storage of a plain image HDU whose header gave ``shape`` and ``bitpix``, as a task
+        carries it (None for a tile-compressed one: astropy decompresses it)."""
+        info = hdu.fileinfo() or {}
+        if isinstance(hdu, fits.CompImageHDU) or "hdrLoc" not in info:
+            return None
+        return cls(
+            header_offset=int(info["hdrLoc"]),
+            data_offset=int(info["datLoc"]),
+            height=int(shape[0]),
+            width=int(shape[1]),
+            bitpix=int(bitpix),
+            **_scaling(hdu.header),
+        ).to_dict()
 
 
 @dataclass
@@ -562,7 +605,7 @@ def _check_hdu(
     if bitpix not in VALID_BITPIX:
         scan.rejects.append(Reject("bad_header", f"BITPIX = {bitpix!r} is not a FITS pixel type", **where))
         return
-    shape = tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))
+    shape = stored_shape = tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(naxis, 0, -1))
     if naxis != 2:
         scan.rejects.append(Reject("wrong_dimensions", f"NAXIS={naxis}, shape {shape}", **where))
         return
@@ -598,9 +641,7 @@ def _check_hdu(
             # a raw frame's SATURATE is in raw ADU, before bias and gain: the corrected image's maximum serves
             saturation=_first_card([header, primary], ("SATURATE",)) if layout is None else None,
             raw_layout=layout.to_dict() if layout is not None else None,
-            header_offset=None
-            if isinstance(hdu, fits.CompImageHDU)
-            else (hdu.fileinfo() or {}).get("hdrLoc"),
+            storage=PixelStorage.dict_of(hdu, stored_shape, bitpix),
         )
     )
 
@@ -638,9 +679,20 @@ def _truncated(hdu, size: int | None, scan: FileScan, where: dict) -> bool:
     return False
 
 
-def _physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:
+def _scaling(header: fits.Header) -> dict:
+    """BSCALE, BZERO and BLANK (an integer, or None) of an image header."""
+    blank = header.get("BLANK")
+    return dict(
+        bscale=float(header.get("BSCALE", 1.0)),
+        bzero=float(header.get("BZERO", 0.0)),
+        blank=int(blank) if isinstance(blank, (int, np.integer)) and not isinstance(blank, bool) else None,
+    )
+
+
+def _physical(
+    raw: np.ndarray, bscale: float = 1.0, bzero: float = 0.0, blank: int | None = None
+) -> np.ndarray:
     """Raw FITS pixels -> physical values (BSCALE * raw + BZERO), native float32, BLANK -> NaN."""
-    bscale, bzero = float(header.get("BSCALE", 1.0)), float(header.get("BZERO", 0.0))
     # one pass makes the native-endian float32 copy sep needs and adds BZERO (the usual
     # unsigned 16-bit data); the float32 loop gives the numbers astype-then-add gave
     data = np.empty(raw.shape, np.float32)
@@ -649,10 +701,8 @@ def _physical(raw: np.ndarray, header: fits.Header) -> np.ndarray:
     else:
         np.multiply(raw, bscale, out=data, dtype=np.float32, casting="unsafe")
         data += np.float32(bzero)
-    if raw.dtype.kind in "iu":
-        blank = header.get("BLANK")
-        if isinstance(blank, (int, np.integer)):
-            data[raw == blank] = np.nan
+    if raw.dtype.kind in "iu" and blank is not None:
+        data[raw == blank] = np.nan
     return data
 
 
@@ -687,7 +737,7 @@ def _pixels(hdu) -> np.ndarray:
         raise Reject("wrong_dimensions", "HDU has no data")
     if raw.ndim != 2:
         raise Reject("wrong_dimensions", f"data shape {raw.shape}")
-    return _physical(raw, hdu.header)
+    return _physical(raw, **_scaling(hdu.header))
 
 
 def read_ccd_and_mask(
@@ -697,20 +747,20 @@ def read_ccd_and_mask(
     mask_index: int | None = None,
     mask_bits: int | None = None,
     segments: dict | None = None,
-    header_offset: int | None = None,
+    storage: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`read_ccd` and, where the CCD has a mask plane, :func:`read_mask`, from one opening of the file.
 
     A CCD written as amplifier segments (``segments`` from the scan) is read
     from all of them, each overscan-corrected, and assembled
-    (:func:`sections.assemble`).  With ``header_offset`` (from the scan) a
-    plain image HDU of a local file is read at that byte, without parsing the
-    headers before it (on the 36th CCD of an exposure that parsing cost as
-    much as reading its pixels).
+    (:func:`sections.assemble`).  With ``storage`` (:class:`PixelStorage`,
+    from the scan) a plain image HDU of a local file is read where the scan
+    found its data, without parsing its header or those before it (on the
+    36th CCD of an exposure that parsing cost as much as reading its pixels).
     """
     with _reading():
-        if header_offset is not None and segments is None and mask_index is None:
-            image = _read_at(path, header_offset)
+        if storage is not None and segments is None and mask_index is None:
+            image = _read_stored(path, PixelStorage.from_dict(storage))
             if image is not None:
                 layout = RawLayout.from_dict(raw_layout)
                 return (correct_raw(image, layout) if layout is not None else image), None
@@ -727,24 +777,30 @@ def read_ccd_and_mask(
             return image, mask
 
 
-def _read_at(path: str, offset: int) -> np.ndarray | None:
-    """The pixels of the image HDU whose header starts at byte ``offset`` of a local (or inflated)
-    file; None where the file is not local.  astropy reads that one header, memory-maps its data."""
-    from astropy.io.fits.file import _File  # astropy's own reader of one HDU at a position
-    from astropy.io.fits.hdu.base import _BaseHDU
-
+def _read_stored(path: str, storage: PixelStorage) -> np.ndarray | None:
+    """The pixels of the image HDU ``storage`` describes, from a local (or inflated) file; None where
+    the file is not local.  Its header's first card is checked, so that a file rewritten since its
+    scan is a reject, not wrong pixels."""
     local = _local_file(path)
     if local is None:
         return None
-    f = _File(local, mode="readonly", memmap=True)
-    try:
-        f.seek(offset)
-        hdu = _BaseHDU.readfrom(f, do_not_scale_image_data=True)
-        if not isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU)):
-            raise Reject("unreadable_data", f"no image HDU at byte {offset}: the file changed since its scan")
-        return _pixels(hdu)
-    finally:
-        f.close()
+    n = storage.height * storage.width
+    with open(local, "rb") as fh:
+        fh.seek(storage.header_offset)
+        card = fh.read(80)
+        if not (card.startswith(b"SIMPLE  =") or card.startswith(b"XTENSION= 'IMAGE")):
+            raise Reject(
+                "unreadable_data",
+                f"no image HDU at byte {storage.header_offset}: the file changed since its scan",
+            )
+        fh.seek(storage.data_offset)
+        raw = np.fromfile(fh, dtype=BITPIX_DTYPES[storage.bitpix], count=n)
+    if raw.size < n:
+        raise Reject(
+            "truncated",
+            f"{raw.size} of {n} pixels at byte {storage.data_offset}: the file changed since its scan",
+        )
+    return _physical(raw.reshape(storage.height, storage.width), storage.bscale, storage.bzero, storage.blank)
 
 
 def _flagged(hdu, bits: int | None, raw_layout: dict | None) -> np.ndarray:

@@ -74,6 +74,14 @@ class RegisteredModel:
         return self.metadata.get("transform", self.spec.transform)
 
     @property
+    def novelty_quantile(self) -> float | None:
+        """DESOM-2: its distance is over each cell's own scale, this quantile of the cell's training
+        distances (1: as far as the cell's far members); None for maps trained before, whose
+        distance is in latent units."""
+        q = self.metadata.get("novelty_quantile")
+        return None if q is None else float(q)
+
+    @property
     def qa_inputs(self) -> tuple[str, ...]:
         """DESOM-2: the quality numbers it reads after the histo-vector (empty for the oldest models)."""
         return tuple(self.metadata.get("qa_inputs") or ())

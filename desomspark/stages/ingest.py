@@ -150,7 +150,7 @@ def read_and_process(task: dict, cfg: IngestConfig) -> CcdResult:
         task.get("mask_index"),
         task.get("mask_bits"),
         task.get("segments"),
-        task.get("header_offset"),
+        task.get("storage"),
     )
     return process_ccd(
         image,

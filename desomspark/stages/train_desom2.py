@@ -22,7 +22,12 @@ import torch
 
 from desomspark import registry
 from desomspark.config import Config, Desom2Config
-from desomspark.desom.exposure_mapper import ExposureMapper, build_mapper, desom2_map_shape
+from desomspark.desom.exposure_mapper import (
+    NOVELTY_QUANTILE,
+    ExposureMapper,
+    build_mapper,
+    desom2_map_shape,
+)
 from desomspark.desom.metrics import neighbour_distance
 from desomspark.desom.model import split_inference
 from desomspark.desom.train import Shard, TrainJob, fit, row_groups
@@ -229,6 +234,9 @@ def record_desom2(lake: Lake, cfg: Config, data: Desom2Inputs, trained: Desom2Fi
                 "qa_inputs": list(c.qa_inputs),
                 "qa_weight": c.qa_weight,
                 "node_smoothing": c.node_smoothing,
+                # the distance it serves is over each cell's own scale: this quantile of the cell's
+                # training distances (ExposureMapper.cell_scale)
+                "novelty_quantile": NOVELTY_QUANTILE,
             },
             tags={"desom1_version": version, "run_id": active.info.run_id},
             description=_description(c, trained, data, nights),

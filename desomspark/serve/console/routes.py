@@ -21,6 +21,7 @@ from flask import Blueprint, Response, abort, current_app, redirect, render_temp
 from desomspark.errors import UserError
 from desomspark.lake.layout import Lake
 from desomspark.lake.queries import night_summaries
+from desomspark.registry.record import RegisteredModel
 from desomspark.registry.store import RegistryError
 from desomspark.serve import explore, plots
 from desomspark.serve.console.view import (
@@ -54,6 +55,15 @@ COLUMN_UNITS = {
     "fwhm_px": "px",
     "elongation_median": "a/b",
 }
+
+
+def column_units(desom2: RegisteredModel) -> dict[str, str]:
+    """:data:`COLUMN_UNITS` for the map ``desom2``: its distance (the novelty) is over each cell's own
+    scale where the map was trained so (1: the cell's 90th-percentile distance), in latent units
+    before."""
+    q = desom2.novelty_quantile
+    return COLUMN_UNITS if q is None else COLUMN_UNITS | {"distance": f"x the cell's p{100 * q:.0f} distance"}
+
 
 #: how a map cell can be coloured
 COLOURINGS = ("label", "count", "novelty")
@@ -238,7 +248,7 @@ def cell_page(x: int, y: int):
             members=shown,
             n_members=len(members),
             columns=columns,
-            units=COLUMN_UNITS,
+            units=column_units(data.desom2),
             page=page,
             pages=pages,
             label=labels.get((x, y)),
@@ -303,7 +313,7 @@ def exposure_page(night: str, exposure_id: str):
     history = explore.exposure_label_history(lake(), night, exposure_id)
     return render_template(
         "console/exposure.html",
-        units=COLUMN_UNITS,
+        units=column_units(data.desom2),
         verdict=view().decisions().of_exposure(night, exposure_id),
         own_history=history.iloc[::-1],
         own_label=history["label"].iloc[-1] if len(history) else None,
