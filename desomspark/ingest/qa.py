@@ -119,9 +119,11 @@ def half_max_fwhm(stamps: np.ndarray, dx: np.ndarray, dy: np.ndarray, crop: bool
     stamp, where a star's half-maximum area lies; the few whose area reaches
     further (a donut, a trail) are measured again on the whole stamp.  Both
     give the same numbers (tested): the crop leaves out only sub-pixels that
-    cannot change them, and costs a third.
+    cannot change them, and costs half.
     """
     n, side, _ = stamps.shape
+    if n == 0:
+        return np.zeros(0)
     grid = _FineGrid(side)
     # rings run out to the batch's farthest sub-pixel, whichever part of the stamp is measured
     n_rings = len(np.arange(0.0, grid.farthest(dx, dy), RING_STEP))
