@@ -255,7 +255,7 @@ def test_novelty_of_a_class_training_never_saw(config):
     the watch rule's cut (quantile x margin of the training distances) flags, of it and of the rest."""
     import pandas as pd
 
-    from desomspark.evaluation.holdout import novelty, qa_matrix
+    from desomspark.evaluation.holdout import novelty
 
     rng = np.random.default_rng(5)
     train = pd.DataFrame({"truth_label": ["Good", "BT"] * 50, "distance": rng.uniform(0.0, 1.0, 100)})
@@ -272,6 +272,6 @@ def test_novelty_of_a_class_training_never_saw(config):
     # the baseline's numbers: robust z-scores of the reference's, a trail's length on log(1 + px)
     frame = pd.DataFrame({name: rng.normal(1.0, 0.1, 30) for name in qa.QA_FEATURES})
     frame["trail_length"] = [0.0] * 27 + [100.0, 300.0, 900.0]
-    z = qa_matrix(frame, frame)
+    z = qa.compared_z(frame, reference=frame)
     column = list(qa.QA_FEATURES).index("trail_length")
     assert z[:27, column].tolist() == [0.0] * 27 and 0 < z[27, column] < z[28, column] < z[29, column]

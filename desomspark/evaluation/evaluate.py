@@ -46,7 +46,7 @@ from desomspark.desom.model import split_inference
 from desomspark.errors import UserError
 from desomspark.evaluation import baselines
 from desomspark.ingest.cutout import decode_pixels
-from desomspark.ingest.qa import QA_FEATURES, compared, standardise
+from desomspark.ingest.qa import QA_FEATURES, compared_z
 from desomspark.lake.layout import Lake
 from desomspark.lake.queries import exposure_views, map_members
 
@@ -298,7 +298,7 @@ def score_methods(
         "exposures", columns=["night", "exposure_id", *QA_FEATURES], where=ds.field("exposure_id").isin(ids)
     ).to_pandas()
     qa = members[["night", "exposure_id"]].merge(qa, on=["night", "exposure_id"], how="left")
-    z = standardise(compared(qa[list(QA_FEATURES)].to_numpy(dtype=float), QA_FEATURES))
+    z = compared_z(qa)
     predicted = metrics.knn_predictions(truth, z, KNN)
     out[QA_KNN] = {
         "row": {"clusters": None} | metrics.prediction_scores(truth, predicted, GOOD, PAPER_CLASSES),

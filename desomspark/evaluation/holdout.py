@@ -31,7 +31,7 @@ import pandas as pd
 from desomspark.config import Config
 from desomspark.desom import metrics
 from desomspark.evaluation.evaluate import GOOD, KNN, PAPER_CLASSES, cell_positions, per_class_recall
-from desomspark.ingest.qa import QA_FEATURES, compared, standardise
+from desomspark.ingest.qa import QA_FEATURES, compared_z
 from desomspark.lake.layout import Lake
 
 _LOG = logging.getLogger(__name__)
@@ -52,16 +52,6 @@ def assigned_truth(lake: Lake, nights: list[str], columns: tuple[str, ...] = ())
         columns=["night", "exposure_id", "desom2_version", "cell", "cell_x", "cell_y", "distance"],
     ).to_pandas()
     return cells.merge(exposures, on=["night", "exposure_id"])
-
-
-def qa_matrix(frame: pd.DataFrame, reference: pd.DataFrame) -> np.ndarray:
-    """The QA numbers of ``frame`` as robust z-scores of ``reference``'s (NaN: the median, 0; the
-    :data:`qa.LOG_SCALED` ones on log(1 + value), as everywhere they are compared)."""
-
-    def numbers(table: pd.DataFrame) -> np.ndarray:
-        return compared(table[list(QA_FEATURES)].to_numpy(float), QA_FEATURES)
-
-    return standardise(numbers(frame), reference=numbers(reference))
 
 
 def novelty(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> dict[str, dict]:
@@ -112,7 +102,7 @@ def holdout_scores(
     predicted = {
         MAP: metrics.cell_label_predictions(train["truth_label"], train["cell"], positions, test["cell"]),
         QA_KNN: metrics.knn_predictions(
-            train["truth_label"], qa_matrix(train, train), KNN, query=qa_matrix(test, train)
+            train["truth_label"], compared_z(train), KNN, query=compared_z(test, reference=train)
         ),
     }
     found = novelty(train, test, cfg)

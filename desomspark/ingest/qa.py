@@ -545,6 +545,17 @@ def compared(values: np.ndarray, names) -> np.ndarray:
     return out
 
 
+def compared_z(table, reference=None, names: tuple[str, ...] = QA_FEATURES) -> np.ndarray:
+    """The quality numbers ``names`` of ``table`` (a DataFrame) as the classical baseline compares
+    them: :func:`compared`, then :func:`standardise` by ``reference``'s median and spread (default:
+    ``table``'s own), a missing number at the median."""
+
+    def values(frame) -> np.ndarray:
+        return compared(frame[list(names)].to_numpy(dtype=float), names)
+
+    return standardise(values(table), reference=None if reference is None else values(reference))
+
+
 def standardise(values: np.ndarray, clip: float = 10.0, reference: np.ndarray | None = None) -> np.ndarray:
     """Robust z-scores of each column (:func:`robust_scale` of ``reference``, default ``values``
     itself), clipped to +-``clip``, NaN -> 0 (the median)."""
