@@ -79,6 +79,7 @@ def main() -> None:
     classes = tuple(c.strip() for c in args.classes.split(","))
     cfg = load_config(args.conf)
     root = args.keep or tempfile.mkdtemp(prefix="desomspark-holdout-")
+    Path(root).mkdir(parents=True, exist_ok=True)
     # DESOM-2 is trained on every histo-vector of the lake: a kept lake may keep its simulated
     # nights (raw/), not the tables of an earlier run, or night A's map would have seen B and C
     leftover = sorted(p.name for p in Path(root).iterdir() if p.name != "raw")

@@ -118,7 +118,7 @@ class Desom2Config:
     learning_rate: float = 2e-3
     iterations: int = 10_000
     seed: int = 42
-    draws: int = 4  # DESOM-2 fitted with seeds seed, seed+1...; the map keeping neighbours best is kept
+    draws: int = 8  # DESOM-2 fitted with seeds seed, seed+1...; the map keeping neighbours best is kept
     clip_sigma: float = 3.0
     log_every: int = 500
     transform: str = "hellinger"
@@ -136,11 +136,18 @@ class Desom2Config:
         "depth",
     )
     qa_weight: float = 0.25
+    # a number's standardised value multiplied by its weight here (1 where not named)
+    qa_input_weights: dict[str, float] = field(default_factory=dict)
     node_smoothing: float = 1.0
 
     def __post_init__(self):
         if self.node_smoothing < 0 or self.qa_weight < 0:
             raise UserError("[desom2] node_smoothing and qa_weight must be >= 0")
+        unknown = sorted(set(self.qa_input_weights) - set(self.qa_inputs))
+        if unknown:
+            raise UserError(f"[desom2] qa_input_weights names {unknown}, which are not among qa_inputs")
+        if any(not float(w) > 0 for w in self.qa_input_weights.values()):
+            raise UserError(f"[desom2] qa_input_weights must be > 0: {self.qa_input_weights}")
         if int(self.draws) < 1:
             raise UserError(f"[desom2] draws must be at least 1, not {self.draws}")
 

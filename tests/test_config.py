@@ -23,6 +23,11 @@ from desomspark.errors import UserError
         ("desom1:\n  gamma: [1, 2\n", r"not valid YAML \(line 3"),
         ("- a\n- b\n", "a YAML mapping was expected"),
         ("desom1:\n  gama: 0.1\n", r"unknown key\(s\) in \[desom1\]: gama"),
+        (
+            "desom2:\n  qa_input_weights:\n    trail_lenght: 3\n",
+            r"\[desom2\] qa_input_weights names \['trail_lenght'\], which are not among qa_inputs",
+        ),
+        ("desom2:\n  qa_input_weights:\n    fwhm: 0\n", r"\[desom2\] qa_input_weights must be > 0"),
     ],
 )
 def test_a_bad_file_is_one_error_naming_the_key(tmp_path, text, message):

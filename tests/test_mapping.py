@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from desomspark import registry
-from desomspark.desom.exposure_mapper import NOVELTY_QUANTILE, gaussian_taps, hellinger, smooth_on_grid
+from desomspark.desom.exposure_mapper import (
+    NOVELTY_QUANTILE,
+    fit_normalisation,
+    gaussian_taps,
+    hellinger,
+    smooth_on_grid,
+)
 from desomspark.desom.mapping import cutout_nodes, map_inputs
 from desomspark.desom.model import split_inference
 from desomspark.errors import UserError
@@ -112,6 +118,21 @@ def test_smoothing_over_desom1_nodes_keeps_the_mass_where_the_map_holds_it():
     assert smooth[0, 2, 1] > smooth[0, 1, 1] > smooth[0, 0, 0] > 0  # ... falling off
     assert 0.4 < smooth[1].sum() < 0.55
     assert gaussian_taps(0.0).numel() == 0
+
+
+def test_a_quality_numbers_weight_multiplies_its_standardised_value():
+    """desom2.qa_input_weights: the named number's value enters DESOM-2 multiplied by its weight
+    (its scale divided by it); the other numbers and the histogram block are as without weights."""
+    rng = np.random.default_rng(3)
+    counts = torch.as_tensor(rng.integers(0, 50, (40, 25)), dtype=torch.float32)
+    qa = torch.as_tensor(rng.lognormal(0.0, 1.0, (40, 3)), dtype=torch.float32)
+    names = ("fwhm", "trail_length", "sky")
+    plain = fit_normalisation(counts, qa, "hellinger", 3.0, 0.25, names)
+    weighted = fit_normalisation(counts, qa, "hellinger", 3.0, 0.25, names, {"trail_length": 3.0})
+    ratio = (plain["qa_scale"] / weighted["qa_scale"]).numpy()
+    np.testing.assert_allclose(ratio, [1.0, 3.0, 1.0], rtol=1e-6)
+    for key in ("bin_center", "bin_scale", "qa_center"):
+        assert torch.equal(plain[key], weighted[key]), key
 
 
 def test_quality_numbers_as_extra_inputs_round_trip_through_the_registry(spark, mapped):

@@ -74,17 +74,22 @@ def test_fwhm_matches_the_simulated_seeing(measured):
     )
 
 
-def test_fwhm_on_the_central_crop_equals_the_whole_stamp():
+@pytest.mark.parametrize("side", [17, 41])
+def test_fwhm_on_the_central_crop_equals_the_whole_stamp(side):
     """half_max_fwhm measures on the stamp's central half first and again on the whole stamp where
     the half-maximum area reaches further: the numbers are those of the whole stamp, bit for bit,
-    for stars, donuts, trails and PSFs wider than the crop (which take the second path)."""
+    for stars, donuts, trails and PSFs wider than the crop (which take the second path), in a small
+    and a large stamp."""
     rng = np.random.default_rng(4)
-    side, n = 17, 24
+    n = 24
     c = np.arange(side) - (side - 1) / 2
     yy, xx = np.meshgrid(c, c, indexing="ij")
     dx, dy = rng.uniform(-0.5, 0.5, n), rng.uniform(-0.5, 0.5, n)
     x, y = xx[None] - dx[:, None, None], yy[None] - dy[:, None, None]
-    fwhm = np.concatenate([rng.uniform(1.6, 6.0, n - 6), rng.uniform(10.0, 14.0, 6)])  # 6 wider than the crop
+    # most within the central half, the last 12 (of a small stamp) or 6 (of a large one) past it
+    fwhm = np.concatenate(
+        [rng.uniform(1.6, 6.0, n - 12), rng.uniform(7.0, 10.0, 6), rng.uniform(0.6, 0.8, 6) * side]
+    )
     sigma = fwhm[:, None, None] / 2.3548
     shapes = {
         "star": np.exp(-(x**2 + y**2) / (2 * sigma**2)),
@@ -97,7 +102,7 @@ def test_fwhm_on_the_central_crop_equals_the_whole_stamp():
         assert np.array_equal(cropped, whole), name
     stars = (shapes["star"] + rng.normal(0, 0.01, shapes["star"].shape)).astype(np.float32)
     # the wide ones measured, not cut at the crop
-    assert np.allclose(qa.half_max_fwhm(stars, dx, dy)[-6:], fwhm[-6:], rtol=0.1)
+    assert np.allclose(qa.half_max_fwhm(stars, dx, dy)[-12:], fwhm[-12:], rtol=0.1)
     assert qa.half_max_fwhm(stars[:0], dx[:0], dy[:0]).shape == (0,)  # no star left: no error
 
 

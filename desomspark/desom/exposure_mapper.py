@@ -197,9 +197,10 @@ def fit_normalisation(
     clip_sigma: float,
     qa_weight: float,
     qa_inputs: tuple[str, ...] = (),
+    qa_input_weights: dict[str, float] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The mapper's buffers fitted on a training set (see the module docstring); ``qa_inputs`` names
-    each column of ``qa``."""
+    each column of ``qa``, ``qa_input_weights`` multiplies the named ones' standardised values."""
     v = hellinger(counts) if transform == "hellinger" else clean_and_standardise(counts, clip_sigma)
     if transform == "hellinger":
         # one scale for every bin keeps the Hellinger geometry; dividing by the largest
@@ -219,9 +220,12 @@ def fit_normalisation(
         median, spread = robust_scale(compared(qa.double().numpy(), qa_inputs))
         # unit-variance features, then the block weighted to qa_weight x the histogram block
         factor = np.sqrt(qa_weight * block_variance / qa.shape[1]) if qa_weight > 0 else 0.0
+        # then each named number's value multiplied by its weight: its scale divided by it
+        weight_of = qa_input_weights or {}
+        factor = factor * np.array([float(weight_of.get(name, 1.0)) for name in qa_inputs])
         out["qa_center"] = torch.as_tensor(median, dtype=torch.float32)
         out["qa_scale"] = torch.as_tensor(
-            spread / factor if factor > 0 else np.full_like(spread, np.inf), dtype=torch.float32
+            np.divide(spread, factor, out=np.full_like(spread, np.inf), where=factor > 0), dtype=torch.float32
         )
         out["qa_log"] = torch.tensor([name in LOG_SCALED for name in qa_inputs], dtype=torch.bool)
     return out
@@ -265,6 +269,7 @@ def build_mapper(
         c.clip_sigma,
         c.qa_weight,
         tuple(c.qa_inputs) if qa is not None else (),
+        dict(c.qa_input_weights),
     )
     torch.manual_seed(c.seed)
     n_inputs = counts.shape[1] + (0 if qa is None else qa.shape[1])

