@@ -42,7 +42,7 @@ from desomspark import registry
 from desomspark.config import conf_dir, load_config
 from desomspark.desom import metrics
 from desomspark.evaluation.demo import DEMO_EXPOSURES_PER_CELL, TRAIN_NIGHT
-from desomspark.evaluation.evaluate import GOOD, PAPER_CLASSES
+from desomspark.evaluation.evaluate import GOOD, PAPER_CLASSES, per_class_recall
 from desomspark.lake.layout import Lake
 from desomspark.stages.train_desom2 import Desom2Inputs, fit_draw, training_inputs
 
@@ -51,19 +51,29 @@ OUT_OF_SAMPLE = ["oos_acc", "oos_acc6", "oos_good_bad", "oos_Streak"]
 
 
 def night_inputs(lake: Lake, cfg, nights: list[str]) -> tuple[Desom2Inputs, np.ndarray]:
-    """DESOM-2's inputs of some nights (the champion DESOM-1's histo-vectors) and the truth."""
+    """DESOM-2's inputs of some nights (the champion DESOM-1's histo-vectors) and the truth, in one read."""
     registry.connect(lake, cfg.mlflow)
     data = training_inputs(lake, cfg.desom2, registry.registered(lake, cfg, "desom1").version)
-    keep = data.table["night"].isin(nights).to_numpy()
-    data = Desom2Inputs(
-        data.table[keep].reset_index(drop=True),
-        data.x_raw[keep],
-        data.n_bins,
-        data.desom1_version,
-        data.desom1_grid,
-    )
+    data, _ = of_nights(data, None, nights)
     truth = lake.read("exposures", nights=nights, columns=["exposure_id", "truth_label"]).to_pandas()
     return data, truth.set_index("exposure_id").loc[data.table["exposure_id"], "truth_label"].to_numpy()
+
+
+def of_nights(
+    data: Desom2Inputs, truth: np.ndarray | None, nights: list[str]
+) -> tuple[Desom2Inputs, np.ndarray | None]:
+    """The rows of ``data`` (and of ``truth``, if given) of ``nights``."""
+    keep = data.table["night"].isin(nights).to_numpy()
+    return (
+        Desom2Inputs(
+            data.table[keep].reset_index(drop=True),
+            data.x_raw[keep],
+            data.n_bins,
+            data.desom1_version,
+            data.desom1_grid,
+        ),
+        None if truth is None else truth[keep],
+    )
 
 
 def mapped_cells(mapper, x_raw: np.ndarray) -> np.ndarray:
@@ -72,8 +82,7 @@ def mapped_cells(mapper, x_raw: np.ndarray) -> np.ndarray:
 
 
 def streak_recall(truth: np.ndarray, predicted: np.ndarray) -> float:
-    streak = truth == "Streak"
-    return float(np.mean(predicted[streak] == "Streak")) if streak.any() else float("nan")
+    return per_class_recall(truth, predicted).get("Streak", float("nan"))
 
 
 def score_draw(
@@ -156,8 +165,9 @@ def main() -> None:
     weights = {k: float(v) for k, v in (item.split("=") for item in args.qa_input_weight)}
     c = replace(cfg.desom2, exposures_per_cell=args.exposures_per_cell, qa_input_weights=weights)
     lake = Lake(args.lake)
-    data, truth = night_inputs(lake, replace(cfg, desom2=c), [args.night])
-    test = night_inputs(lake, replace(cfg, desom2=c), args.test_nights) if args.test_nights else None
+    every, every_truth = night_inputs(lake, replace(cfg, desom2=c), [args.night, *args.test_nights])
+    data, truth = of_nights(every, every_truth, [args.night])
+    test = of_nights(every, every_truth, args.test_nights) if args.test_nights else None
     scores = SCORES + (OUT_OF_SAMPLE if test is not None else [])
     print(f"desom2.qa_input_weights: {weights or 'none (all 1)'}")
     print(
