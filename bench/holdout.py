@@ -7,7 +7,11 @@
 3. ``nightly`` on B and C with the champions, as an operator runs them;
 4. score B and C (``desomspark.evaluation.holdout``): the map's cells labelled
    by A's majority class against the classical 5-NN fitted on A, per class;
-5. with ``--withhold NAME``: train DESOM-2 again on A without that class,
+5. the verdicts an operator gets on B and C once an expert has labelled every
+   cell from night A (each by its majority class there): bad exposures
+   accepted and Good ones held back, at ``decide.novelty_margin`` or at each of
+   ``--verdict-margins``;
+6. with ``--withhold NAME``: train DESOM-2 again on A without that class,
    promote, assign A, B, C, and score again: where the unseen class lands, and
    the novelty distance's AUC and the novelty rule's hit rate for it.
 
@@ -30,13 +34,21 @@ from pathlib import Path
 from desomspark import registry
 from desomspark.config import conf_dir, load_config
 from desomspark.evaluation.demo import map_scores, scores_line, train_and_map
-from desomspark.evaluation.holdout import assigned_truth, holdout_scores, scores_table
+from desomspark.evaluation.holdout import (
+    assigned_truth,
+    holdout_scores,
+    majority_labels,
+    scores_table,
+    verdict_scores,
+)
 from desomspark.evaluation.simulate import KNOWN_CLASSES, simulate_night, small_config
 from desomspark.lake.layout import Lake
+from desomspark.serve.explore import label_cells
 from desomspark.stages.ingest import ingest
 from desomspark.stages.nightly import nightly, run_assign
 from desomspark.stages.spark import get_spark
 from desomspark.stages.train_desom2 import train_desom2
+from desomspark.stages.verdicts import decide_nights
 
 NIGHTS = ("20251120", "20251121", "20251122")
 
@@ -56,8 +68,30 @@ def report(title: str, result: dict) -> None:
         print(
             f"novelty of {name} (absent from training, {n['exposures']} exposures): AUC {n['auc']:.3f}, "
             f"rule (distance > {n['cutoff']:.3g}) flags {n['hit_rate']:.3f} of them and "
-            f"{n['false_alarms']:.3f} of the classes seen; the map's labels name them "
+            f"{n['false_alarms']:.3f} of the classes seen (at the verdicts' margin: "
+            f"{n['review_rate']:.3f} and {n['review_false_alarms']:.3f}); the map's labels name them "
             + ", ".join(f"{k} {v}" for k, v in n["named_as"].items())
+        )
+
+
+def verdicts_report(lake: Lake, cfg, margins: list[float]) -> None:
+    """Every cell labelled from night A as an expert would; the verdicts of B and C at each margin."""
+    desom2 = registry.registered(lake, cfg, "desom2")
+    labels = majority_labels(lake, desom2, [NIGHTS[0]])
+    for label in sorted(set(labels.values())):
+        cells = [cell for cell, given in labels.items() if given == label]
+        label_cells(lake, desom2.version, cells, label, desom2.map_shape)
+    print(
+        f"\nverdicts of nights B and C, the {len(labels)} cells of night A labelled by their majority class"
+    )
+    for margin in margins:
+        decide = replace(cfg.decide, novelty_margin=margin)
+        s = verdict_scores(decide_nights(lake, replace(cfg, decide=decide), list(NIGHTS[1:])), lake)
+        print(
+            f"  decide.novelty_margin {margin:g}: bad accepted {s['bad_accepted']} of {s['bad']} "
+            f"{s['bad_accepted_by_class']}, Good held back {s['good_held']} of {s['good']}, "
+            f"review {s['review']} of {s['exposures']}, accuracy {s['accuracy']:.3f}, "
+            f"calibration error {s['calibration_error']:.3f}"
         )
 
 
@@ -71,6 +105,13 @@ def main() -> None:
     parser.add_argument("--withhold", default=None, help="a class to leave out of DESOM-2's training")
     parser.add_argument(
         "--ablate", default=None, help="a QA input to drop from DESOM-2's input, trained and scored again"
+    )
+    parser.add_argument(
+        "--verdict-margins",
+        type=float,
+        nargs="+",
+        default=None,
+        help="decide.novelty_margin values to score the verdicts at (default: the conf's)",
     )
     parser.add_argument("--conf", default=str(conf_dir() / "local.yaml"))
     parser.add_argument("--keep", default=None, help="lake folder to keep (default: a temporary one)")
@@ -123,6 +164,8 @@ def main() -> None:
             + json.dumps({k: round(v, 3) for k, v in map_scores(lake, [NIGHTS[0]])["recall"].items()})
         )
         report("out of sample, nights B and C", holdout_scores(lake, [NIGHTS[0]], list(NIGHTS[1:]), cfg))
+        verdicts_report(lake, cfg, args.verdict_margins or [cfg.decide.novelty_margin])
+        times["verdicts"] = time.perf_counter() - t0 - sum(times.values())
 
         if args.ablate:
             ablated = replace(

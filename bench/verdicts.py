@@ -31,7 +31,7 @@ from desomspark import registry
 from desomspark.config import conf_dir, load_config
 from desomspark.decide.active import label_next
 from desomspark.decide.labels import suggestions
-from desomspark.decide.vote import calibration_error
+from desomspark.evaluation.holdout import majority_labels, verdict_scores
 from desomspark.evaluation.simulate import simulate_night, small_config
 from desomspark.lake.layout import Lake
 from desomspark.serve.explore import label_cell
@@ -62,25 +62,9 @@ def prepare(spark, lake: Lake, cfg, exposures: int, seeds: list[int]) -> list[st
     return nights
 
 
-def truth(lake: Lake) -> pd.DataFrame:
-    return lake.read("exposures", columns=["night", "exposure_id", "truth_label"]).to_pandas()
-
-
-def majority_labels(lake: Lake, desom2) -> dict[tuple[int, int], str]:
-    members = resolved_members(lake, desom2).merge(truth(lake), on=["night", "exposure_id"])
-    return {k: g["truth_label"].value_counts().index[0] for k, g in members.groupby(["cell_x", "cell_y"])}
-
-
 def score(verdicts: pd.DataFrame, lake: Lake) -> dict:
-    v = verdicts.merge(truth(lake), on=["night", "exposure_id"])
-    bad = (v["truth_label"] != "Good").to_numpy()
-    flagged = (v["decision"] != "accept").to_numpy()
-    return {
-        "accuracy": float((flagged == bad).mean()),
-        "calibration_error": calibration_error(v["p_bad"].to_numpy(), bad.astype(float)),
-        "review": int((v["decision"] == "review").sum()),
-        "exposures": len(v),
-    }
+    s = verdict_scores(verdicts, lake)
+    return {k: s[k] for k in ("accuracy", "calibration_error", "review", "exposures")}
 
 
 def clear_labels(lake: Lake) -> None:

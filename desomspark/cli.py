@@ -16,6 +16,7 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -158,6 +159,9 @@ def _pipeline_commands(sub) -> None:
 
     p = command("train-desom2", "train DESOM-2 on the lake's histo-vectors")
     p.add_argument("--iterations", type=_positive, default=None)
+    p.add_argument(
+        "--draws", type=_positive, default=None, help="DESOM-2 draws to fit, one kept (default desom2.draws)"
+    )
     p.add_argument("--desom1", default=None, help="DESOM-1 version whose histo-vectors to use")
 
     p = command("assign", "histo-vector -> DESOM-2 cell for each exposure")
@@ -316,8 +320,6 @@ def _lake(args, create: bool = False):
 
 
 def cmd_simulate(args, cfg: Config) -> int:
-    from dataclasses import replace
-
     from desomspark.evaluation.simulate import CLASSES, simulate_night
 
     sim = cfg.simulate
@@ -395,6 +397,8 @@ def cmd_histovectors(args, cfg: Config) -> int:
 def cmd_train_desom2(args, cfg: Config) -> int:
     from desomspark.stages.train_desom2 import train_desom2
 
+    if args.draws is not None:
+        cfg = replace(cfg, desom2=replace(cfg.desom2, draws=args.draws))
     train_desom2(_lake(args), cfg, iterations=args.iterations, desom1_version=args.desom1)
     return 0
 

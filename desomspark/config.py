@@ -219,8 +219,11 @@ class DecideConfig:
     review_labels: tuple[str, ...] = ("Unsure",)
     rules: dict[str, float] = field(default_factory=dict)
     ccd_outlier: float = 0.5
+    novelty_margin: float = 1.0
 
     def __post_init__(self):
+        if self.novelty_margin <= 0:
+            raise UserError(f"[decide] novelty_margin must be > 0, not {self.novelty_margin}")
         if not 0 <= self.accept_below <= self.retake_above <= 1:
             raise UserError("[decide] need 0 <= accept_below <= retake_above <= 1")
         if not 0 <= self.label_noise < 0.5 or self.prior_weight <= 0 or self.neighbours < 1:

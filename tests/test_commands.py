@@ -44,7 +44,7 @@ def demo_run(tmp_path_factory):
     conf = tmp / "short.yaml"
     local = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", "conf", "local.yaml")))
     local["desom1"] |= {"iterations": 40, "sample": 3000, "log_every": 20, "checkpoint_every": 0}
-    local["desom2"] |= {"iterations": 300, "log_every": 100}
+    local["desom2"] |= {"iterations": 300, "log_every": 100, "draws": 4}
     conf.write_text(yaml.safe_dump(local))
     lake = tmp / "lake"
     done = _cli("demo", "--lake", str(lake), "--exposures", "14", "--conf", str(conf), "--master", "local[2]")

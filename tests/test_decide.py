@@ -25,6 +25,8 @@ from desomspark.decide.labels import own_labels, resolve, suggestions
 from desomspark.decide.teff import teff_factors
 from desomspark.decide.verdict import DecideSettings, decide
 from desomspark.decide.vote import calibration_error, fit_vote, kernel_vote
+from desomspark.errors import UserError
+from desomspark.evaluation.holdout import majority_labels, true_classes
 from desomspark.lake.layout import Lake
 from desomspark.serve.explore import label_cell
 from desomspark.stages.nightly import run_assign
@@ -133,18 +135,9 @@ def lake(mapped_lake, tmp_path_factory):
 
 def _label_by_majority(lake, config):
     desom2 = registry.registered(lake, config, "desom2")
-    members = resolved_members(lake, desom2).merge(
-        lake.read("exposures", columns=["night", "exposure_id", "truth_label"]).to_pandas()
-    )
-    for (x, y), cell in members.groupby(["cell_x", "cell_y"]):
-        label_cell(
-            lake,
-            desom2.version,
-            (int(x), int(y)),
-            cell["truth_label"].value_counts().index[0],
-            desom2.map_shape,
-        )
-    return desom2, members
+    for cell, label in majority_labels(lake, desom2).items():
+        label_cell(lake, desom2.version, cell, label, desom2.map_shape)
+    return desom2, resolved_members(lake, desom2).merge(true_classes(lake))
 
 
 def _cli(*args):
@@ -155,6 +148,29 @@ def _cli(*args):
         env=child_env(),
         timeout=600,
     )
+
+
+def test_the_verdicts_have_their_own_novelty_margin(lake, config):
+    """decide.novelty_margin, not the alert rule's watch.novelty_margin, says which exposures their cell's
+    label no longer decides: beyond it they go to review, with the distance in the reason."""
+    desom2, members = _label_by_majority(lake, config)
+    night = members["night"].iloc[0]
+    watch = replace(config.watch, novelty_min_reference=10)  # the test night has 36 exposures
+    reach = np.quantile(members["distance"], watch.novelty_quantile)
+    margin = float(np.median(members["distance"]) / reach)  # the cut at the median distance
+    tight = replace(config, watch=watch, decide=replace(config.decide, novelty_margin=margin))
+    verdicts = decide_nights(lake, tight, [night]).merge(members[["exposure_id", "distance"]])
+    by_cell = verdicts[(verdicts["label_source"] == "cell") & (verdicts["basis"] == "label")]  # no rule fired
+    novel = by_cell["reason"].str.contains("but novel: distance")
+    assert novel.any() and (~novel).any()
+    assert (novel == (by_cell["distance"] > margin * reach)).all()
+    assert (by_cell.loc[novel, "decision"] == "review").all()
+    assert (by_cell.loc[~novel, "decision"] != "review").all()
+    # the alert rule's margin as tight changes no verdict
+    alerts_only = replace(config, watch=replace(watch, novelty_margin=margin))
+    assert not decide_nights(lake, alerts_only, [night])["reason"].str.contains("novel").any()
+    with pytest.raises(UserError, match="novelty_margin must be > 0"):
+        replace(config.decide, novelty_margin=0.0)
 
 
 def test_a_streak_in_a_good_cell_labelled_by_itself_is_a_retake_and_the_feed_round_trips(

@@ -20,7 +20,8 @@ import pandas as pd
 from desomspark.lake.layout import Lake
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-SHORTER = {"--iterations 20000": "--iterations 40", "--iterations 10000": "--iterations 300"}
+# shorter trainings, and 4 DESOM-2 draws instead of the conf's 8: the choice among draws is still made
+SHORTER = {"--iterations 20000": "--iterations 40", "--iterations 10000": "--iterations 300 --draws 4"}
 
 
 def first_night_commands() -> list[str]:
@@ -91,4 +92,5 @@ def test_the_readme_first_night_gives_a_labelled_map(night_dir, tmp_path):
     registry.connect(lake, load_config().mlflow)
     champion = MlflowClient().get_model_version_by_alias("desom2", "champion")
     assert assignments["desom2_version"].eq(str(champion.version)).all()
+    assert MlflowClient().get_run(champion.run_id).data.params["desom2.draws"] == "4"  # --draws
     assert champion.description and "20251120" in champion.description

@@ -273,6 +273,11 @@ def test_novelty_of_a_class_training_never_saw(config):
     cut = np.quantile(train["distance"], config.watch.novelty_quantile) * config.watch.novelty_margin
     assert entry["cutoff"] == pytest.approx(cut)
     assert entry["hit_rate"] == pytest.approx(15 / 20) and entry["false_alarms"] == 0.0
+    # the verdicts' margin beside it: a cut at the 99th percentile itself sends a few seen ones to review
+    at_reach = novelty(train, test, replace(config, decide=replace(config.decide, novelty_margin=1.0)))
+    reach = np.quantile(train["distance"], config.watch.novelty_quantile)
+    assert at_reach["AmpGlow"]["review_rate"] == pytest.approx((unseen > reach).mean())
+    assert at_reach["AmpGlow"]["review_false_alarms"] == pytest.approx((seen > reach).mean())
     assert 0.75 < entry["auc"] < 1.0 and entry["exposures"] == 20
     # the baseline's numbers: robust z-scores of the reference's, a trail's length on log(1 + px)
     frame = pd.DataFrame({name: rng.normal(1.0, 0.1, 30) for name in qa.QA_FEATURES})

@@ -13,11 +13,16 @@ simulated nights with a true class per exposure:
   exposure given the majority class of its 5 nearest training exposures;
 * **novelty** for classes the training nights did not hold: the ROC AUC of the
   assignment distance (latent distance to the cell's prototype) of that
-  class against the classes seen, and the share of it the novelty rule
+  class against the classes seen, and the share of it the novelty alert rule
   flags: distance above ``watch.novelty_margin`` times the
-  ``watch.novelty_quantile`` of the training nights' distances.
+  ``watch.novelty_quantile`` of the training nights' distances (and the share
+  the verdicts send to review, at ``decide.novelty_margin``);
+* the **verdicts** an operator gets (:func:`verdict_scores`): with every cell
+  labelled by an expert from the training night (:func:`majority_labels`), how
+  many bad exposures of the test nights are accepted and how many Good ones
+  are not.
 
-Pure scoring over lake tables; the bench that makes the nights is
+Scoring over lake tables; the bench that makes the nights is
 ``bench/holdout.py``.
 """
 
@@ -36,6 +41,7 @@ from desomspark.lake.layout import Lake
 
 _LOG = logging.getLogger(__name__)
 
+KEY = ["night", "exposure_id"]
 MAP = "map, cells labelled on the training night"
 QA_KNN = f"classical {KNN}-NN on QA numbers, fitted on the training night"
 
@@ -63,7 +69,8 @@ def novelty(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> dict[str, d
     from desomspark.stages.verdicts import novelty_cutoff
 
     seen = set(train["truth_label"])
-    cut = novelty_cutoff(train["distance"], cfg)
+    cut = novelty_cutoff(train["distance"], cfg, cfg.watch.novelty_margin)
+    review_cut = novelty_cutoff(train["distance"], cfg, cfg.decide.novelty_margin)
     known = test[test["truth_label"].isin(seen)]
     out = {}
     for name in sorted(set(test["truth_label"]) - seen):
@@ -75,8 +82,54 @@ def novelty(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> dict[str, d
             "hit_rate": float((new["distance"] > cut).mean()),
             "false_alarms": float((known["distance"] > cut).mean()),
             "cutoff": cut,
+            "review_rate": float((new["distance"] > review_cut).mean()),
+            "review_false_alarms": float((known["distance"] > review_cut).mean()),
         }
     return out
+
+
+def true_classes(lake: Lake) -> pd.DataFrame:
+    """``night``, ``exposure_id`` and ``truth_label`` (the simulated class) of every exposure."""
+    return lake.read("exposures", columns=[*KEY, "truth_label"]).to_pandas()
+
+
+def majority_labels(lake: Lake, desom2, nights: list[str] | None = None) -> dict[tuple[int, int], str]:
+    """Each occupied cell of the map ``desom2`` (a :class:`RegisteredModel`) and the majority true
+    class of its exposures of ``nights`` (default: every night): the label an expert who looked at
+    those members would give it."""
+    from desomspark.stages.verdicts import resolved_members
+
+    members = resolved_members(lake, desom2)
+    if nights is not None:
+        members = members[members["night"].isin(nights)]
+    members = members.merge(true_classes(lake), on=KEY)
+    return {
+        (int(x), int(y)): cell["truth_label"].value_counts().index[0]
+        for (x, y), cell in members.groupby(["cell_x", "cell_y"])
+    }
+
+
+def verdict_scores(verdicts: pd.DataFrame, lake: Lake) -> dict:
+    """How ``verdicts`` rows (``decide_nights``) fare against the simulated truth: ``accuracy`` of
+    decision != accept against bad (not Good), the expected ``calibration_error`` of ``p_bad``, how
+    many went to ``review``, and the operator's two costly errors: ``bad_accepted`` (of ``bad``)
+    and ``good_held`` (Good exposures not accepted, of ``good``), with the bad accepted per class."""
+    from desomspark.decide.vote import calibration_error
+
+    v = verdicts.merge(true_classes(lake), on=KEY)
+    bad = (v["truth_label"] != GOOD).to_numpy()
+    accepted = (v["decision"] == "accept").to_numpy()
+    return {
+        "accuracy": float((~accepted == bad).mean()),
+        "calibration_error": calibration_error(v["p_bad"].to_numpy(), bad.astype(float)),
+        "review": int((v["decision"] == "review").sum()),
+        "exposures": len(v),
+        "bad_accepted": int((bad & accepted).sum()),
+        "bad": int(bad.sum()),
+        "good_held": int((~bad & ~accepted).sum()),
+        "good": int((~bad).sum()),
+        "bad_accepted_by_class": v.loc[bad & accepted, "truth_label"].value_counts().to_dict(),
+    }
 
 
 def holdout_scores(

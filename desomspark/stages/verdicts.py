@@ -107,12 +107,14 @@ def ccd_notes(lake: Lake, nights: list[str], numbers: pd.DataFrame, outlier: flo
     return notes
 
 
-def novelty_cutoff(distances: pd.Series, cfg: Config) -> float:
-    """Distances beyond this are novel (the ``watch`` rule's quantile x margin over the map's exposures)."""
+def novelty_cutoff(distances: pd.Series, cfg: Config, margin: float) -> float:
+    """Distances beyond this are novel: ``margin`` times the ``watch.novelty_quantile`` of ``distances``
+    (the map's exposures); the verdicts' margin is ``decide.novelty_margin``, the alert rule's
+    ``watch.novelty_margin``."""
     w = cfg.watch
     if len(distances) < w.novelty_min_reference:
         return float("inf")
-    return float(np.quantile(distances, w.novelty_quantile) * w.novelty_margin)
+    return float(np.quantile(distances, w.novelty_quantile) * margin)
 
 
 # --- the vote ----------------------------------------------------------------------------------
@@ -191,7 +193,7 @@ def verdict_table(
     vote = fit_labels(members, z, cfg)
     rows, zt = with_z(targets, z)
     rows["p_vote"], rows["evidence"] = vote.predict(zt) if len(zt) else (np.zeros(0), np.zeros(0))
-    cutoff = novelty_cutoff(members["distance"], cfg)
+    cutoff = novelty_cutoff(members["distance"], cfg, cfg.decide.novelty_margin)
     rows["novel"] = rows["distance"] > cutoff
     rows["novelty_text"] = [f"distance {d:.3g} > {cutoff:.3g}" for d in rows["distance"]]
     rows["agreement_text"] = agreement_texts(members, rows)
