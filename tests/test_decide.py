@@ -166,9 +166,13 @@ def test_the_verdicts_have_their_own_novelty_margin(lake, config):
     assert (novel == (by_cell["distance"] > margin * reach)).all()
     assert (by_cell.loc[novel, "decision"] == "review").all()
     assert (by_cell.loc[~novel, "decision"] != "review").all()
-    # the alert rule's margin as tight changes no verdict
-    alerts_only = replace(config, watch=replace(watch, novelty_margin=margin))
-    assert not decide_nights(lake, alerts_only, [night])["reason"].str.contains("novel").any()
+    # the alert rule's margin plays no part: as tight as the verdicts', the same verdicts
+    alerts_too = replace(tight, watch=replace(watch, novelty_margin=margin))
+    again = decide_nights(lake, alerts_too, [night]).set_index("exposure_id")
+    shown = verdicts.set_index("exposure_id").loc[again.index]
+    assert (again[["decision", "reason"]] == shown[["decision", "reason"]]).all().all()
+    loose = replace(tight, decide=replace(config.decide, novelty_margin=2.0))  # past every distance
+    assert not decide_nights(lake, loose, [night])["reason"].str.contains("novel").any()
     with pytest.raises(UserError, match="novelty_margin must be > 0"):
         replace(config.decide, novelty_margin=0.0)
 
