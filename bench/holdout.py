@@ -37,13 +37,13 @@ from desomspark.evaluation.demo import map_scores, scores_line, train_and_map
 from desomspark.evaluation.holdout import (
     assigned_truth,
     holdout_scores,
+    label_cells_with,
     majority_labels,
     scores_table,
     verdict_scores,
 )
 from desomspark.evaluation.simulate import KNOWN_CLASSES, simulate_night, small_config
 from desomspark.lake.layout import Lake
-from desomspark.serve.explore import label_cells
 from desomspark.stages.ingest import ingest
 from desomspark.stages.nightly import nightly, run_assign
 from desomspark.stages.spark import get_spark
@@ -78,9 +78,7 @@ def verdicts_report(lake: Lake, cfg, margins: list[float]) -> None:
     """Every cell labelled from night A as an expert would; the verdicts of B and C at each margin."""
     desom2 = registry.registered(lake, cfg, "desom2")
     labels = majority_labels(lake, desom2, [NIGHTS[0]])
-    for label in sorted(set(labels.values())):
-        cells = [cell for cell, given in labels.items() if given == label]
-        label_cells(lake, desom2.version, cells, label, desom2.map_shape)
+    label_cells_with(lake, desom2, labels)
     print(
         f"\nverdicts of nights B and C, the {len(labels)} cells of night A labelled by their majority class"
     )

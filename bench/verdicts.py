@@ -31,7 +31,7 @@ from desomspark import registry
 from desomspark.config import conf_dir, load_config
 from desomspark.decide.active import label_next
 from desomspark.decide.labels import suggestions
-from desomspark.evaluation.holdout import majority_labels, verdict_scores
+from desomspark.evaluation.holdout import label_cells_with, majority_labels, verdict_scores
 from desomspark.evaluation.simulate import simulate_night, small_config
 from desomspark.lake.layout import Lake
 from desomspark.serve.explore import label_cell
@@ -109,8 +109,7 @@ def retrain(spark, lake: Lake, cfg, old, majority: dict) -> dict:
     """Every occupied cell labelled (a map an expert has been through); a DESOM-2 of another seed
     promoted; what the verdicts keep, and how many new cells are offered a label."""
     clear_labels(lake)
-    for cell, label in majority.items():
-        label_cell(lake, old.version, cell, label, old.map_shape)
+    label_cells_with(lake, old, majority)
     before = decide_nights(lake, cfg, desom2=old)
     known = before[before["label_source"].notna()]
     other = replace(cfg, desom2=replace(cfg.desom2, seed=cfg.desom2.seed + 1000))

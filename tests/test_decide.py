@@ -26,9 +26,8 @@ from desomspark.decide.teff import teff_factors
 from desomspark.decide.verdict import DecideSettings, decide
 from desomspark.decide.vote import calibration_error, fit_vote, kernel_vote
 from desomspark.errors import UserError
-from desomspark.evaluation.holdout import majority_labels, true_classes
+from desomspark.evaluation.holdout import label_cells_with, majority_labels, true_classes
 from desomspark.lake.layout import Lake
-from desomspark.serve.explore import label_cell
 from desomspark.stages.nightly import run_assign
 from desomspark.stages.train_desom2 import train_desom2
 from desomspark.stages.verdicts import decide_nights, resolved_members
@@ -135,8 +134,7 @@ def lake(mapped_lake, tmp_path_factory):
 
 def _label_by_majority(lake, config):
     desom2 = registry.registered(lake, config, "desom2")
-    for cell, label in majority_labels(lake, desom2).items():
-        label_cell(lake, desom2.version, cell, label, desom2.map_shape)
+    label_cells_with(lake, desom2, majority_labels(lake, desom2))
     return desom2, resolved_members(lake, desom2).merge(true_classes(lake))
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from desomspark.config import Config
+from desomspark.decide.labels import KEY
 from desomspark.desom import metrics
 from desomspark.evaluation.evaluate import GOOD, KNN, PAPER_CLASSES, cell_positions, per_class_recall
 from desomspark.ingest.qa import QA_FEATURES, compared_z
@@ -41,7 +42,6 @@ from desomspark.lake.layout import Lake
 
 _LOG = logging.getLogger(__name__)
 
-KEY = ["night", "exposure_id"]
 MAP = "map, cells labelled on the training night"
 QA_KNN = f"classical {KNN}-NN on QA numbers, fitted on the training night"
 
@@ -49,15 +49,13 @@ QA_KNN = f"classical {KNN}-NN on QA numbers, fitted on the training night"
 def assigned_truth(lake: Lake, nights: list[str], columns: tuple[str, ...] = ()) -> pd.DataFrame:
     """Each assigned exposure of ``nights``: its cell, novelty distance and true class (and ``columns``
     of ``exposures``)."""
-    exposures = lake.read(
-        "exposures", nights=nights, columns=["night", "exposure_id", "truth_label", *columns]
-    ).to_pandas()
+    exposures = lake.read("exposures", nights=nights, columns=[*KEY, "truth_label", *columns]).to_pandas()
     cells = lake.read(
         "assignments",
         nights=nights,
-        columns=["night", "exposure_id", "desom2_version", "cell", "cell_x", "cell_y", "distance"],
+        columns=[*KEY, "desom2_version", "cell", "cell_x", "cell_y", "distance"],
     ).to_pandas()
-    return cells.merge(exposures, on=["night", "exposure_id"])
+    return cells.merge(exposures, on=KEY)
 
 
 def novelty(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> dict[str, dict]:
@@ -107,6 +105,16 @@ def majority_labels(lake: Lake, desom2, nights: list[str] | None = None) -> dict
         (int(x), int(y)): cell["truth_label"].value_counts().index[0]
         for (x, y), cell in members.groupby(["cell_x", "cell_y"])
     }
+
+
+def label_cells_with(lake: Lake, desom2, labels: dict[tuple[int, int], str]) -> None:
+    """Record ``labels`` (cell -> label, e.g. :func:`majority_labels`) on the map ``desom2``, as an
+    expert labelling from the console would: one label file per label given."""
+    from desomspark.serve.explore import label_cells
+
+    for label in sorted(set(labels.values())):
+        cells = [cell for cell, given in labels.items() if given == label]
+        label_cells(lake, desom2.version, cells, label, desom2.map_shape)
 
 
 def verdict_scores(verdicts: pd.DataFrame, lake: Lake) -> dict:
