@@ -13,7 +13,9 @@
    ``--verdict-margins``;
 6. with ``--withhold NAME``: train DESOM-2 again on A without that class,
    promote, assign A, B, C, and score again: where the unseen class lands, and
-   the novelty distance's AUC and the novelty rule's hit rate for it.
+   the novelty distance's AUC and the novelty rule's hit rate for it, beside
+   the same for the simple alternative: the distance to the nearest training
+   exposure in DESOM-2's input (``holdout.input_novelty``).
 
 Seeds given here must not have been used to choose anything (README "Measured
 quality" lists those that were).
@@ -71,6 +73,12 @@ def report(title: str, result: dict) -> None:
             f"{n['false_alarms']:.3f} of the classes seen (at the verdicts' margin: "
             f"{n['review_rate']:.3f} and {n['review_false_alarms']:.3f}); the map's labels name them "
             + ", ".join(f"{k} {v}" for k, v in n["named_as"].items())
+        )
+        nn = n["input_1nn"]
+        print(
+            "  the simple alternative, the nearest training exposure in DESOM-2's input: "
+            f"AUC {nn['auc']:.3f}, beyond the same margin {nn['hit_rate']:.3f} of them "
+            f"and {nn['false_alarms']:.3f} of the classes seen"
         )
 
 

@@ -313,21 +313,51 @@ def test_a_trail_is_cut_out_along_its_length(config):
             assert 450.0 < trailed.qa["trail_length"] < 1200.0, trailed.qa["trail_length"]
             assert tiles.sum() >= 8
             assert (trailed.source_index[tiles] > trailed.source_index[~tiles].max()).all()
-    # the detector's own lines run along the columns (a hot column, a saturated star's bleed):
-    # no tiles, or every good exposure with a bleed would look trailed; a sky trail 10 degrees
-    # off the columns is tiled still
+    # the detector's own lines run along the columns (a hot column, a saturated star's bleed, a
+    # line at the CCD's edge): no tiles, or every good exposure with a bleed would look trailed
     hot = sky.copy()
     hot[:, 300] += 3000.0
     hot[100:400, 150:152] += 60000.0
+    hot[:, 10:13] += 300.0
     detector_lines = process_ccd(hot, "t", 0, config.ingest)
     assert np.isnan(detector_lines.flux).sum() == 0 and detector_lines.qa["trail_length"] == 0.0
-    tilted = (xx - 256) * np.cos(np.deg2rad(10.0)) - (yy - 256) * np.sin(np.deg2rad(10.0))
-    assert (
-        np.isnan(
-            process_ccd(sky + 3000.0 * np.exp(-(tilted**2) / (2 * 1.5**2)), "t", 0, config.ingest).flux
-        ).sum()
-        >= 8
-    )
+    # a sky trail is tiled at any angle: 10 degrees off the columns, and 1 degree off them, where
+    # the PSF spreads it over the columns beside it (a hot column's light is in one column)
+    for off_columns in (10.0, 1.0):
+        tilted = (xx - 256) * np.cos(np.deg2rad(off_columns)) - (yy - 256) * np.sin(np.deg2rad(off_columns))
+        trailed = process_ccd(hot + 3000.0 * np.exp(-(tilted**2) / (2 * 1.5**2)), "t", 0, config.ingest)
+        assert np.isnan(trailed.flux).sum() >= 8, off_columns
+        assert trailed.qa["trail_length"] >= 400.0, off_columns
+
+
+def test_lines_along_the_columns_are_the_skys_only_when_a_psf_spread_them():
+    """Each column-aligned line is measured across itself, row by row: a trail a degree off the
+    columns is the sky's, a line one or two columns wide, a flat band, a saturated line and a
+    line at the CCD's edge are not."""
+    from desomspark.ingest.detect import LinePixels, sky_lines
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:400, 0:600].astype(np.float32)
+    residual = rng.normal(0.0, 10.0, yy.shape).astype(np.float32)
+
+    def psf_line(x0, degrees_off, sigma=1.2):
+        d = (xx - x0) * np.cos(np.deg2rad(degrees_off)) - (yy - 200) * np.sin(np.deg2rad(degrees_off))
+        return 200.0 * np.exp(-(d**2) / (2 * sigma**2))
+
+    residual += psf_line(100, 1.0) + psf_line(500, 0.0, sigma=0.9)
+    residual[:, 200] += 200.0  # a hot column
+    residual[:, 300:302] += 200.0  # a defect two columns wide
+    residual[:, 380:392] += 50.0  # a flat band twelve columns wide
+    residual[:, 450] += 200.0  # a saturated line (flagged below)
+    residual[:, 20] += 200.0  # at the edge
+    theta = np.deg2rad([89.0, 90.0, 90.0, 90.0, 90.0, 90.0, 90.0])
+    lines = np.zeros(7, dtype=[("x", float), ("y", float), ("a", float), ("theta", float)])
+    lines["x"] = [100, 500, 200, 300.5, 385.5, 450, 20]
+    lines["y"], lines["a"], lines["theta"] = 200.0, 100.0, theta
+    saturated = np.zeros(7, bool)
+    saturated[5] = True
+    sky = sky_lines(lines, np.arange(7), LinePixels(residual, 10.0, saturated, edge_margin=37))
+    assert sky.tolist() == [True, True, False, False, False, False, False]
 
 
 def test_a_column_tolerance_outside_0_to_90_degrees_is_refused():

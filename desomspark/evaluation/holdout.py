@@ -17,6 +17,9 @@ simulated nights with a true class per exposure:
   flags: distance above ``watch.novelty_margin`` times the
   ``watch.novelty_quantile`` of the training nights' distances (and the share
   the verdicts send to review, at ``decide.novelty_margin``);
+* beside the map's novelty, the simple alternative (:func:`input_novelty`):
+  each test exposure's distance to its nearest training exposure in DESOM-2's
+  own normalised input, which depends on no draw of the map;
 * the **verdicts** an operator gets (:func:`verdict_scores`): with every cell
   labelled by an expert from the training night (:func:`majority_labels`), how
   many bad exposures of the test nights are accepted and how many Good ones
@@ -82,6 +85,49 @@ def novelty(train: pd.DataFrame, test: pd.DataFrame, cfg: Config) -> dict[str, d
             "cutoff": cut,
             "review_rate": float((new["distance"] > review_cut).mean()),
             "review_false_alarms": float((known["distance"] > review_cut).mean()),
+        }
+    return out
+
+
+def input_novelty(lake: Lake, cfg: Config, train: pd.DataFrame, test: pd.DataFrame) -> dict[str, dict]:
+    """The simple alternative to the map's novelty, per test class absent from ``train``: each test
+    exposure's distance to its nearest training exposure in DESOM-2's own input (histo-vector and
+    quality numbers, normalised on ``train`` as a DESOM-2 trained on it would be), in units of the
+    ``watch.novelty_quantile`` of the training exposures' own distances to their nearest other one.
+
+    Returns ``auc`` (that distance against the classes present) and ``hit_rate`` / ``false_alarms``
+    beyond ``watch.novelty_margin`` of those units.  ``train`` and ``test`` as :func:`assigned_truth`.
+    """
+    import torch
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import NearestNeighbors
+
+    from desomspark.desom.exposure_mapper import build_mapper
+    from desomspark.stages.train_desom2 import training_inputs
+
+    data = training_inputs(lake, cfg.desom2)  # the champion DESOM-1's histo-vectors
+    rows = data.table[KEY].reset_index().merge(train[KEY], on=KEY)["index"].to_numpy()
+    queried = test.merge(data.table[KEY].reset_index(), on=KEY)
+    counts, qa = data.x_raw[:, : data.n_bins], data.x_raw[:, data.n_bins :]
+    mapper = build_mapper(
+        counts[rows], qa[rows] if qa.shape[1] else None, cfg.desom2, (2, 2), node_grid=data.desom1_grid
+    )  # its normalisation only: the map itself is unused
+    with torch.no_grad():
+        z = mapper.normalise(torch.as_tensor(data.x_raw, dtype=torch.float32)).numpy()
+    nearest = NearestNeighbors(n_neighbors=2).fit(z[rows])
+    own = nearest.kneighbors(z[rows])[0][:, 1]  # the first neighbour of a training exposure is itself
+    unit = max(float(np.quantile(own, cfg.watch.novelty_quantile)), 1e-12)
+    distance = nearest.kneighbors(z[queried["index"].to_numpy()], n_neighbors=1)[0][:, 0] / unit
+    labels = queried["truth_label"].to_numpy(str)
+    known = np.isin(labels, list(set(train["truth_label"])))
+    out = {}
+    for name in sorted(set(labels[~known])):
+        new = labels == name
+        y = np.r_[np.ones(new.sum()), np.zeros(known.sum())]
+        out[name] = {
+            "auc": float(roc_auc_score(y, np.r_[distance[new], distance[known]])),
+            "hit_rate": float((distance[new] > cfg.watch.novelty_margin).mean()),
+            "false_alarms": float((distance[known] > cfg.watch.novelty_margin).mean()),
         }
     return out
 
@@ -167,8 +213,10 @@ def holdout_scores(
         ),
     }
     found = novelty(train, test, cfg)
+    nearest = input_novelty(lake, cfg, train, test) if found else {}
     for name, entry in found.items():
         entry["named_as"] = pd.Series(predicted[MAP][truth == name]).value_counts().to_dict()
+        entry["input_1nn"] = nearest[name]
     return {
         "scores": {
             name: metrics.prediction_scores(truth, p, GOOD, PAPER_CLASSES) for name, p in predicted.items()

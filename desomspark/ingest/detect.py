@@ -13,6 +13,7 @@ filter), threshold 2 sigma of the global background RMS, 5 connected pixels,
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass, field
 
@@ -21,7 +22,7 @@ import sep
 
 from desomspark.config import IngestConfig
 from desomspark.ingest.cutout import cut, encode_pixels, normalise
-from desomspark.ingest.qa import CCD_QA_COLUMNS, ccd_qa
+from desomspark.ingest.qa import CCD_QA_COLUMNS, ccd_qa, saturated_peaks
 from desomspark.lake.schema import CUTOUT_SIZE
 
 # sep allocates its pixel stack on every extract call, so a large stack for all CCDs
@@ -175,7 +176,11 @@ def flagged_in_windows(mask: np.ndarray, x: np.ndarray, y: np.ndarray, size: int
 
 
 def trails(
-    objects: np.ndarray, size: int, min_elongation: float, column_tolerance: float = 0.0
+    objects: np.ndarray,
+    size: int,
+    min_elongation: float,
+    column_tolerance: float = 0.0,
+    pixels: "LinePixels | None" = None,
 ) -> np.ndarray:
     """Indices of the detections that are trails.
 
@@ -184,11 +189,13 @@ def trails(
     ``min_elongation`` times longer than wide and longer than two cutouts
     (``size``): for a uniform line of length L the second-moment semi-axis
     ``a`` is L/sqrt(12), so the line runs sqrt(3) a on each side of its
-    centroid.  Lines within ``column_tolerance`` degrees of the readout
-    columns are not trails: there the detector draws them (a saturated star's
-    bleed, a hot column), on good exposures as often as on bad ones, and
-    counting them gave good exposures the look of trailed ones.  Sky trails
-    lie at any angle, so a tolerance of a few degrees spares nearly all of them.
+    centroid.
+
+    The detector draws lines along its readout columns too (a saturated
+    star's bleed, a hot column, the CCD's edge), on good exposures as often
+    as on bad ones.  A line within ``column_tolerance`` degrees of the
+    columns is a trail only when ``pixels`` show it is the sky's
+    (:func:`sky_lines`); without ``pixels`` none of them is.
     """
     if min_elongation <= 0 or len(objects) == 0:
         return np.zeros(0, np.int64)
@@ -196,7 +203,71 @@ def trails(
     # sep's theta: radians from the x axis (the rows), in [-pi/2, pi/2]; a column is at +-pi/2
     along_columns = np.abs(np.cos(objects["theta"].astype(float))) < np.sin(np.radians(column_tolerance))
     long_thin = (a >= min_elongation * np.maximum(b, 1e-3)) & (trail_half_length(a) >= size)
-    return np.flatnonzero(long_thin & ~along_columns)
+    suspects = np.flatnonzero(long_thin & along_columns)
+    long_thin[suspects] = False
+    if pixels is not None and suspects.size:
+        long_thin[suspects[sky_lines(objects, suspects, pixels)]] = True
+    return np.flatnonzero(long_thin)
+
+
+@dataclass(frozen=True)
+class LinePixels:
+    """What tells a line of the sky from one of the detector along the readout columns."""
+
+    residual: np.ndarray  # the CCD less its background
+    rms: float  # the background's noise
+    saturated: np.ndarray  # per detection of the catalogue: its peak reaches saturation
+    edge_margin: int  # px from the CCD's left and right edges
+
+
+#: across a sky trail, the PSF spreads its light: with a FWHM of 2 px or more, a line centred on a
+#: column or between two keeps at least this fraction of its peak on both neighbouring columns
+#: (a hot column keeps none, a bleed or a defect two columns wide none on one side)
+PSF_NEIGHBOUR_FRACTION = 0.2
+#: ... and two pixels out it has fallen below this fraction (a band of background is flat)
+PSF_FALL_FRACTION = 0.9
+#: a line's light, median along its length, at least this many background rms
+LINE_MIN_RMS = 1.0
+
+
+def sky_lines(objects: np.ndarray, index: np.ndarray, pixels: LinePixels) -> np.ndarray:
+    """Which of the column-aligned detections ``index`` of ``objects`` are lines of the sky
+    (satellite trails).
+
+    The detector's own are a saturated star's bleed (its peak saturates), a
+    hot or bad column (one pixel wide: the columns beside it hold none of
+    its light, where a sky trail's light is spread by the PSF over them), or
+    the CCD's edge (within ``edge_margin``, where nothing is cut out either).
+    A detection whose light does not run along it (a blob whose moments
+    happen to be elongated), or runs as a flat band (a background
+    gradient), is no line at all.  Each line is followed row by row, so a
+    trail a degree or two off the columns is measured along itself.
+    """
+    w = pixels.residual.shape[1]
+    x = objects["x"][index]
+    sky = ~pixels.saturated[index] & (x >= pixels.edge_margin) & (x <= w - 1 - pixels.edge_margin)
+    for i in np.flatnonzero(sky):
+        across = _across_line(pixels.residual, objects[index[i]])
+        c = 2 + int(np.argmax(across[2:5]))  # the line's column, within a pixel of its centroid
+        light = across[c]
+        sky[i] = (
+            light >= LINE_MIN_RMS * pixels.rms
+            and min(across[c - 1], across[c + 1]) >= PSF_NEIGHBOUR_FRACTION * light
+            and max(across[c - 2], across[c + 2]) <= PSF_FALL_FRACTION * light
+        )
+    return sky
+
+
+def _across_line(residual: np.ndarray, line: np.ndarray) -> np.ndarray:
+    """Median of ``residual`` -3 to 3 px across a column-aligned ``line`` (in x), over its rows."""
+    h, w = residual.shape
+    theta = float(line["theta"])
+    reach = trail_half_length(line["a"]) * abs(math.sin(theta))
+    rows = np.arange(max(0, int(line["y"] - reach)), min(h, int(line["y"] + reach) + 1))
+    # the line's x on each row: within the column tolerance sin(theta) is far from 0
+    x = line["x"] + (rows - line["y"]) * math.cos(theta) / math.sin(theta)
+    cols = np.clip(np.rint(x).astype(np.intp)[:, None] + np.arange(-3, 4)[None, :], 0, w - 1)
+    return np.median(residual[rows[:, None], cols], axis=0)
 
 
 def trail_half_length(a: np.ndarray) -> np.ndarray:
@@ -336,7 +407,9 @@ def process_ccd(
     result.background, result.background_rms = float(bkg.globalback), float(bkg.globalrms)
     _views(result, image, result.background, result.background_rms, window)
     result.qa = ccd_qa(image, objects, bkg, cfg.back_size, pixel_scale, saturation, residual)
-    lines = trails(objects, CUTOUT_SIZE, cfg.trail_elongation, cfg.trail_column_tolerance)
+    saturated = saturated_peaks(image, objects, saturation)
+    pixels = LinePixels(residual, float(bkg.globalrms), saturated, cfg.edge_margin)
+    lines = trails(objects, CUTOUT_SIZE, cfg.trail_elongation, cfg.trail_column_tolerance, pixels)
     result.qa["trail_length"] = trail_length(objects, lines)
     x, y, flux, inside = _candidates(objects, image.shape, cfg, mask, lines)
     result.n_detected = int(inside.size)

@@ -318,8 +318,7 @@ def ccd_qa(
     out["psf_stack"] = None
     out["background_structure"] = float(np.std(mesh) / rms) if rms > 0 else float("nan")
     out["noise_correlation"] = noise_correlation(residual, rms)
-    saturation = float(saturation) if saturation else float(image.max())
-    saturated = _saturated(image, objects, saturation)
+    saturated = saturated_peaks(image, objects, saturation)
     out["n_saturated"] = int(saturated.sum())
     idx, half = _isolated_bright(image.shape, objects, saturated, rms)
     if idx.size < 3:
@@ -377,8 +376,9 @@ def noise_correlation(residual: np.ndarray, rms: float) -> float:
     return float(np.hypot(*rho))
 
 
-def _saturated(image: np.ndarray, objects: np.ndarray, saturation: float) -> np.ndarray:
-    """Whether each source's peak pixel reaches saturation."""
+def saturated_peaks(image: np.ndarray, objects: np.ndarray, saturation: float | None) -> np.ndarray:
+    """Whether each source's peak pixel reaches saturation (ADU; default: the image's maximum)."""
+    saturation = float(saturation) if saturation else float(image.max())
     h, w = image.shape
     xp = np.clip(objects["xpeak"], 0, w - 1)
     yp = np.clip(objects["ypeak"], 0, h - 1)
