@@ -290,8 +290,10 @@ def test_novelty_of_a_class_training_never_saw(config):
 def test_the_simple_alternative_novelty_is_the_distance_to_the_nearest_training_exposure(mapped_lake, config):
     """holdout.input_novelty: a class kept out of the training exposures lies farther from its nearest
     training exposure, in DESOM-2's own normalised input, than the classes kept in do."""
+    from desomspark import registry
     from desomspark.evaluation.holdout import assigned_truth, input_novelty
 
+    registry.connect(mapped_lake, config.mlflow)  # the lake's store, whichever test connected last
     nights = sorted(mapped_lake.read("exposures", columns=["night"]).to_pandas()["night"].unique())
     frame = assigned_truth(mapped_lake, nights).dropna(subset=["truth_label"]).reset_index(drop=True)
     withheld = "BadFocus"
